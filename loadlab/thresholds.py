@@ -36,6 +36,20 @@ class Thresholds:
     # Prometheus scrape interval for load tests: short, so a minute-long run has
     # enough points; rate windows are always at least 4 intervals.
     scrape_interval_seconds: int = 2
+    # The throughput per user behind LoadTestThroughputPlateau is averaged over this
+    # window (10 scrapes): it is a ratio of two noisy rates, and a shorter window lets
+    # a light run with a handful of users "fall" 30% by chance, while a one-minute
+    # time-scaled run still shows its knee.
+    plateau_window_seconds: int = 20
+    # "Users still rising" for the plateau alert: users now above their minimum of this
+    # window. Two minutes spans a step hold of the step hunt, so a knee found in the
+    # middle of a hold still counts.
+    users_rising_window_seconds: int = 120
+    # "Best of the run" for the plateau alert is the best throughput per user within
+    # this lookback: PromQL cannot see where a run started. 15 min covers every
+    # time-scaled run; a longer run compares against its last 15 minutes, which a knee
+    # still satisfies because throughput per user only falls after the knee.
+    plateau_lookback_seconds: int = 900
     # `for:` durations of the alerts, in seconds. Short enough to fire inside a
     # time-scaled run, long enough that one slow scrape does not page anybody.
     alert_for_seconds: dict[str, int] = field(
@@ -47,6 +61,9 @@ class Thresholds:
             "TargetCPUSaturated": 10,
             "TargetMemoryHigh": 30,
             "LoadGeneratorSaturated": 10,
+            # Not a breaking-point alert: the sidecar being gone would silence the CPU
+            # and memory alerts, so its absence is an alert of its own.
+            "LoadLabSidecarDown": 10,
         }
     )
 

@@ -1,0 +1,301 @@
+"""The breaking-point analysis: pure functions from step summaries to a verdict.
+
+Operational laws frame it. A closed-loop generator with N users and think time Z drives
+throughput X(N) = N / (R(N) + Z). While the server has spare capacity R stays near its
+light-load value, so X grows linearly with N; once the bottleneck is saturated X stays at
+the capacity and R grows instead. The *knee* is where those two asymptotes meet: the first
+step where an added user stops adding throughput. The *break* is the first step whose hold
+breaches the SLO. Every threshold comes from `loadlab.thresholds`.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from loadlab.steps import StepSummary
+from loadlab.thresholds import DEFAULT_THRESHOLDS, Thresholds
+
+TARGET_CPU = "target_cpu"
+GENERATOR_CPU = "generator_cpu"
+CONCURRENCY = "concurrency"
+
+
+@dataclass(frozen=True)
+class KneeResult:
+    step: int  # index of the first step at or past the knee (the first on the plateau)
+    users: float  # where the linear and the flat asymptotes meet
+    detected_at: int  # index of the step whose marginal gain collapsed (confirms the knee)
+    per_user_rps: float  # light-load throughput per user (the linear asymptote's slope)
+    rule: str  # marginal_gain | plateau_fraction
+
+
+def breaches_slo(step: StepSummary, th: Thresholds = DEFAULT_THRESHOLDS) -> list[str]:
+    """Which SLO signals this step's hold breaches (empty when it meets the SLO)."""
+    reasons = []
+    if step.p95_ms is not None and step.p95_ms > th.latency_p95_ms:
+        reasons.append("latency_p95")
+    if step.requests and step.error_ratio > th.error_ratio:
+        reasons.append("error_ratio")
+    return reasons
+
+
+def find_break(steps: list[StepSummary], th: Thresholds = DEFAULT_THRESHOLDS) -> int | None:
+    """Index of the first step whose hold breaches the SLO."""
+    for i, step in enumerate(steps):
+        if breaches_slo(step, th):
+            return i
+    return None
+
+
+def think_time_s(steps: list[StepSummary]) -> float | None:
+    """The generator's think time Z from the response time law N = X (R + Z), median over the steps.
+
+    It holds for every step of a closed loop, on either side of the knee, so the median over
+    all steps is a robust estimate even when each short step is noisy.
+    """
+    values = [s.users / s.rps - s.mean_response_ms / 1000.0 for s in steps
+              if s.rps > 0 and s.users > 0 and s.mean_response_ms is not None]
+    return max(0.0, statistics.median(values)) if values else None
+
+
+def light_load_per_user(steps: list[StepSummary], upto: int) -> float | None:
+    """Throughput one user drives at light load: 1 / (R0 + Z).
+
+    R0 is the lowest mean response time of the run and Z the think time from the response
+    time law. Without mean response times: the median per-user throughput of the first
+    (up to two) steps before `upto`, which is noisier.
+    """
+    z = think_time_s(steps)
+    r0 = min((s.mean_response_ms for s in steps if s.mean_response_ms is not None), default=None)
+    if z is not None and r0 is not None and (r0 / 1000.0 + z) > 0:
+        return 1.0 / (r0 / 1000.0 + z)
+    values = [s.rps / s.users for s in steps[: min(2, upto)] if s.users > 0 and s.rps > 0]
+    return statistics.median(values) if values else None
+
+
+def find_knee(steps: list[StepSummary], th: Thresholds = DEFAULT_THRESHOLDS) -> KneeResult | None:
+    """First step where adding users stopped adding throughput, confirmed by the steps after it.
+
+    Collapse: the marginal throughput per added user falls below
+    `marginal_gain_fraction` x the light-load per-user throughput, or the per-user
+    throughput falls below `plateau_fraction` x its best of the run. A candidate is
+    rejected when a later step shows throughput rising again at a healthy slope (noise).
+    """
+    if len(steps) < 3:
+        return None  # a knee needs a linear part and a flat part to be told apart
+    for i in range(1, len(steps)):
+        prev, cur = steps[i - 1], steps[i]
+        if cur.users <= prev.users:
+            continue
+        g0 = light_load_per_user(steps, i)
+        if not g0:
+            continue
+        marginal = (cur.rps - prev.rps) / (cur.users - prev.users)
+        best_per_user = max(s.rps / s.users for s in steps[: i + 1] if s.users > 0)
+        rule = None
+        if marginal < th.marginal_gain_fraction * g0:
+            rule = "marginal_gain"
+        elif cur.rps / cur.users < th.plateau_fraction * best_per_user:
+            rule = "plateau_fraction"
+        if rule is None:
+            continue
+        best_so_far = max(s.rps for s in steps[: i + 1])
+        resumed = any(
+            later.rps - best_so_far > th.marginal_gain_fraction * g0 * (later.users - prev.users) * 2
+            for later in steps[i + 1:]
+            if later.users > prev.users
+        )
+        if resumed:
+            continue
+        if rule == "marginal_gain" and i == len(steps) - 1:
+            break  # a flat last step alone may be noise: a knee needs a later step to confirm it
+        # Where the linear asymptote (g0 x N) meets the plateau: the knee in users.
+        plateau_rps = plateau_throughput(steps, i, th)
+        estimate = min(max(plateau_rps / g0, steps[0].users), cur.users)
+        first_flat = next(j for j in range(i + 1) if steps[j].users >= estimate)
+        return KneeResult(step=first_flat, users=estimate, detected_at=i, per_user_rps=g0, rule=rule)
+    return None
+
+
+def plateau_throughput(steps: list[StepSummary], knee_step: int, th: Thresholds = DEFAULT_THRESHOLDS) -> float:
+    """Median throughput of the steps from the knee on that still meet the SLO (else the knee step)."""
+    healthy = [s.rps for s in steps[knee_step:] if not breaches_slo(s, th)]
+    if not healthy:
+        healthy = [steps[knee_step].rps, steps[knee_step - 1].rps]
+    return statistics.median(healthy)
+
+
+def capacity(steps: list[StepSummary], knee: KneeResult | None, brk: int | None,
+             th: Thresholds = DEFAULT_THRESHOLDS) -> float | None:
+    """Sustainable throughput: the plateau after the knee, else the best step that met the SLO."""
+    if not steps:
+        return None
+    if knee is not None:
+        within = [s for s in steps[knee.step: brk] if not breaches_slo(s, th)]
+        if within:
+            return statistics.median(s.rps for s in within)
+    healthy = [s.rps for s in steps[: brk] if not breaches_slo(s, th)]
+    return max(healthy) if healthy else max(s.rps for s in steps)
+
+
+def _saturated(cores: float | None, available: float | None, th: Thresholds) -> bool:
+    return cores is not None and available is not None and cores >= th.cpu_saturation_fraction * available
+
+
+def limiting_resource(steps: list[StepSummary], ref: int | None, brk: int | None,
+                      th: Thresholds = DEFAULT_THRESHOLDS) -> tuple[str | None, str]:
+    """(limiting resource, why) judged at the reference step (the knee, else the break)."""
+    if ref is None:
+        return None, "no knee and no break: nothing ran out"
+    if all(s.target_cpu_cores is None and s.generator_cpu_cores is None for s in steps):
+        return None, ("no resource samples (a plain Locust CSV): throughput "
+                      + ("flattened" if ref is not None else "kept rising")
+                      + ", but without the target's and the generator's CPU the cause "
+                        "(target CPU, generator CPU or a concurrency limit) cannot be told apart")
+    # A generator saturated at or before the reference step made the knee itself.
+    for s in steps[: ref + 1]:
+        if _saturated(s.generator_cpu_cores, s.generator_cores_available, th):
+            return GENERATOR_CPU, (
+                f"the load generator used {s.generator_cpu_cores:.2f} of its {s.generator_cores_available:g} "
+                f"usable cores at {s.users} users: the measurement is not valid; add Locust workers "
+                f"(loadlab run --workers N, or Locust --processes/--worker) or move Locust to another machine")
+    # The target at the knee and the step after it (both on the plateau, before the break).
+    window = steps[ref: (ref + 2) if brk is None else max(ref + 1, min(ref + 2, brk + 1))]
+    known = [s for s in window if s.target_cpu_cores is not None]
+    if not known:
+        return None, "target CPU unknown (no sidecar samples for the target group, e.g. a --host target)"
+    peak = max(known, key=lambda s: s.target_cpu_cores or 0.0)
+    if _saturated(peak.target_cpu_cores, peak.target_cores_available, th):
+        return TARGET_CPU, (
+            f"the target used {peak.target_cpu_cores:.2f} of its {peak.target_cores_available:g} usable cores "
+            f"(>= {th.cpu_saturation_fraction:.0%}) at {peak.users} users")
+    r0 = min((s.mean_response_ms for s in steps if s.mean_response_ms is not None), default=None)
+    for s in known:
+        if cpu_bound_on_busy_host(s, r0, th):
+            demand_ms = 1000.0 * s.target_cpu_cores / s.rps
+            return TARGET_CPU, (
+                f"the host's CPUs were saturated ({s.host_cpu_busy_cores:.2f} of {s.host_cores} cores busy) while "
+                f"the target spent {demand_ms:.0f} ms of CPU per request of a {r0:.0f} ms light-load response: "
+                f"CPU-bound, and it got only {s.target_cpu_cores:.2f} cores because other processes took the rest")
+    avail = peak.target_cores_available
+    return CONCURRENCY, (
+        f"throughput flat while the target used only {peak.target_cpu_cores:.2f}"
+        + (f" of {avail:g} usable cores" if avail else " cores")
+        + " and the generator had CPU to spare: a pool, lock or I/O limit (workers, threads, connections, database)")
+
+
+def cpu_bound_on_busy_host(step: StepSummary, light_response_ms: float | None,
+                           th: Thresholds = DEFAULT_THRESHOLDS) -> bool:
+    """The target is CPU-limited even below its own saturation line: no idle CPU was left on the
+    host, and by the utilization law (CPU per request D = U / X) most of a request's light-load
+    response time is CPU work (a quarter or more), so more CPU is what it lacked."""
+    if None in (step.host_cpu_busy_cores, step.host_cores, step.target_cpu_cores, light_response_ms):
+        return False
+    if step.rps <= 0 or not light_response_ms:
+        return False
+    host_saturated = step.host_cpu_busy_cores >= th.cpu_saturation_fraction * step.host_cores
+    demand_ms = 1000.0 * step.target_cpu_cores / step.rps
+    # A quarter: a sleeping or I/O-bound handler spends a few percent of its response on CPU; a
+    # CPU-bound one on a contended host still shows ~30% (measured: 22 ms of a 71 ms response).
+    return host_saturated and demand_ms >= 0.25 * light_response_ms
+
+
+def _point(step: StepSummary, users: float | None = None) -> dict[str, Any]:
+    return {
+        "users": round(users, 1) if users is not None else step.users,
+        "rps": round(step.rps, 2),
+        "p95_ms": None if step.p95_ms is None else round(step.p95_ms, 1),
+        "time": step.start,
+        "step_users": step.users,
+        "error_ratio": round(step.error_ratio, 4),
+    }
+
+
+def signals(steps: list[StepSummary], knee: KneeResult | None, th: Thresholds = DEFAULT_THRESHOLDS) -> list[dict]:
+    """Every threshold crossing, first crossing per signal, in time order."""
+    crossings: dict[str, dict] = {}
+
+    def note(name: str, step: StepSummary, value: float | None) -> None:
+        if name not in crossings:
+            crossings[name] = {"signal": name, "time": step.start, "users": step.users,
+                               "value": None if value is None else round(value, 4)}
+
+    for i, s in enumerate(steps):
+        if s.p95_ms is not None and s.p95_ms > th.latency_p95_ms:
+            note("latency_p95", s, s.p95_ms)
+        if s.requests and s.error_ratio > th.error_ratio:
+            note("error_ratio", s, s.error_ratio)
+        if knee is not None and i == knee.step:
+            note("throughput_plateau", s, s.rps)
+        if _saturated(s.target_cpu_cores, s.target_cores_available, th):
+            note("target_cpu", s, s.target_cpu_cores)
+        if _saturated(s.generator_cpu_cores, s.generator_cores_available, th):
+            note("generator_cpu", s, s.generator_cpu_cores)
+    return sorted(crossings.values(), key=lambda c: c["time"])
+
+
+def analyze_steps(steps: list[StepSummary], th: Thresholds = DEFAULT_THRESHOLDS) -> dict[str, Any]:
+    """The verdict (the `verdict.json` contract) for a run's step summaries."""
+    knee = find_knee(steps, th)
+    brk = find_break(steps, th)
+    if knee is not None and brk is not None and brk < knee.step:
+        knee = None  # the SLO broke before throughput flattened: the break is the finding
+    cap = capacity(steps, knee, brk, th)
+    ref = knee.step if knee is not None else brk
+    resource, basis = limiting_resource(steps, ref, brk, th)
+    crossed = signals(steps, knee, th)
+    reached = knee is not None or brk is not None
+    verdict: dict[str, Any] = {
+        "breaking_point_reached": reached,
+        "knee": _point(steps[knee.step], knee.users) | {"rule": knee.rule,
+                                                         "light_load_rps_per_user": round(knee.per_user_rps, 4)}
+        if knee is not None else None,
+        "break": _point(steps[brk]) | {"reasons": breaches_slo(steps[brk], th)} if brk is not None else None,
+        "capacity_rps": None if cap is None else round(cap, 2),
+        "limiting_resource": resource,
+        "limiting_resource_basis": basis,
+        "measurement_valid": resource != GENERATOR_CPU,
+        "first_signal": crossed[0] if crossed else None,
+        "signals": crossed,
+        "thresholds": {
+            "latency_p95_ms": th.latency_p95_ms,
+            "error_ratio": th.error_ratio,
+            "cpu_saturation_fraction": th.cpu_saturation_fraction,
+            "marginal_gain_fraction": th.marginal_gain_fraction,
+            "plateau_fraction": th.plateau_fraction,
+        },
+        "steps": [s.to_dict() for s in steps],
+    }
+    verdict["summary"] = summary_lines(verdict)
+    return verdict
+
+
+def summary_lines(verdict: dict[str, Any]) -> list[str]:
+    """The verdict in a few human lines (console and report)."""
+    lines = []
+    steps = verdict.get("steps", [])
+    if not steps:
+        return ["no steps found: the run held no user level for 3 seconds or more"]
+    knee, brk, cap = verdict["knee"], verdict["break"], verdict["capacity_rps"]
+    if not verdict["breaking_point_reached"]:
+        top = max(s["users"] for s in steps)
+        lines.append(f"breaking point not reached: throughput still rose and the SLO held up to {top} users "
+                     f"(at least {cap} req/s); raise --max-users or the scenario's users")
+    if knee:
+        lines.append(f"knee: ~{knee['users']:g} users (first flat step {knee['step_users']} users, "
+                     f"{knee['rps']} req/s, p95 {knee['p95_ms']} ms)")
+    if brk:
+        lines.append(f"break: {brk['users']} users ({brk['rps']} req/s, p95 {brk['p95_ms']} ms, "
+                     f"errors {brk['error_ratio']:.2%}): {', '.join(brk['reasons'])} over the SLO")
+    if verdict["breaking_point_reached"]:
+        lines.append(f"capacity: {cap} req/s")
+    if verdict["limiting_resource"] or verdict["breaking_point_reached"]:
+        lines.append(f"limiting resource: {verdict['limiting_resource'] or 'unknown'} ({verdict['limiting_resource_basis']})")
+    if not verdict["measurement_valid"]:
+        lines.append("MEASUREMENT NOT VALID: the load generator ran out of CPU before the target did")
+    first = verdict["first_signal"]
+    if first:
+        lines.append(f"first signal: {first['signal']} at {first['users']} users")
+    return lines

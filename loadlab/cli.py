@@ -1,0 +1,184 @@
+"""The `loadlab` command: run, up, analyze, data, cleanup.
+
+    loadlab run login-step --time-scale 0.1
+    loadlab run login-stress --workers 2 -- --users 300        # after `--`: passed to Locust as is
+    loadlab up                                                 # Locust web UI + the lab, until Ctrl-C
+    loadlab analyze reports/20250101-120000-login-step         # or any Locust --csv prefix
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from loadlab import rundir
+from loadlab.processes import LabError
+from loadlab.runner import DEFAULT_PORTS, REPO_ROOT, SCENARIOS, Lab, LabOptions
+
+EXIT_USAGE = 2
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1-65535, got {value}")
+    return value
+
+
+def _add_lab_options(p: argparse.ArgumentParser, mode: str) -> None:
+    p.add_argument("--host", help="drive this API instead of starting the bundled target (e.g. http://127.0.0.1:8000)")
+    p.add_argument("--target-pid", type=int,
+                   help="with --host on this machine: PID of that server's main process, so the sidecar samples "
+                        "its CPU and memory (it and its children)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="Locust workers (Locust's own master/worker mode); default 0 = one Locust process")
+    p.add_argument("--target-workers", type=int,
+                   help="gunicorn workers of the bundled target (default: CPU count); with --host and "
+                        "--target-pid: how many worker processes that server has, for the CPU verdict")
+    p.add_argument("--hash-profile", choices=("default", "lab"), default="default",
+                   help="password hash cost of the bundled target (default: %(default)s)")
+    p.add_argument("--time-scale", type=_positive_float,
+                   help="scale the scenario's durations and step holds (the Locust suite's --time-scale)")
+    p.add_argument("--out", type=Path, default=Path("reports"),
+                   help="where run directories are created (default: %(default)s)")
+    p.add_argument("--prometheus", choices=("auto", "on", "off"), default="auto",
+                   help="start Prometheus with the lab's rules: auto = when `prometheus` is on PATH (default)")
+    for name, flag in (("target", "--target-port"), ("sidecar", "--sidecar-port"), ("exporter", "--exporter-port"),
+                       ("prometheus", "--prometheus-port"), ("master", "--master-port")):
+        default = "a free port" if mode == "run" else str(DEFAULT_PORTS[name])
+        p.add_argument(flag, type=_port, dest=f"port_{name}", help=f"default: {default}")
+    if mode == "up":
+        p.add_argument("--web-port", type=_port, dest="port_web", help=f"Locust web UI (default {DEFAULT_PORTS['web']})")
+        p.add_argument("--free-ports", action="store_true",
+                       help="use free ports instead of the usual ones (5000, 8089, 9646, 9256, 9090) and print them")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="loadlab", description=(
+        "Run the load lab on this machine and answer: where does the API break, and what ran out first?"))
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a scenario headless, then print the verdict and write the report",
+                         description="Arguments after `--` go to Locust unchanged (e.g. -- --step-users 5).")
+    run.add_argument("scenario", choices=list(SCENARIOS), metavar="SCENARIO", help=", ".join(SCENARIOS))
+    _add_lab_options(run, "run")
+
+    up = sub.add_parser("up", help="the same components with Locust's web UI, until Ctrl-C; prints the URLs",
+                        description="Arguments after `--` go to Locust unchanged.")
+    up.add_argument("scenario", nargs="?", default="login-step", choices=list(SCENARIOS), metavar="SCENARIO",
+                    help="locustfile and preset for the UI (default: login-step)")
+    _add_lab_options(up, "up")
+
+    analyze = sub.add_parser("analyze", help="breaking-point verdict of a run directory or a Locust --csv prefix")
+    analyze.add_argument("path", type=Path, help="run directory, Locust --csv PREFIX, or PREFIX_stats_history.csv")
+    analyze.add_argument("--json", action="store_true", help="print verdict.json instead of the summary")
+    analyze.add_argument("--no-write", action="store_true", help="print only; do not write verdict.json/report.html")
+
+    data = sub.add_parser("data", help="regenerate the test users file (python -m locust_tests.data)")
+    data.add_argument("--count", type=int, help="number of users")
+    data.add_argument("--seed", type=int, help="Faker seed")
+    data.add_argument("--out", type=Path, help="output file")
+
+    cleanup = sub.add_parser("cleanup", help="delete test users from a target that has LAB_ADMIN_TOKEN set")
+    cleanup.add_argument("--host", default="http://127.0.0.1:5000", help="target URL (default: %(default)s)")
+    cleanup.add_argument("--prefix", help="delete users whose username starts with this "
+                                          "(default: lt_, the prefix of every user the Locust suite creates)")
+    cleanup.add_argument("--token", default=os.environ.get("LAB_ADMIN_TOKEN"),
+                         help="the target's admin token (default: $LAB_ADMIN_TOKEN)")
+    return parser
+
+
+def _lab_options(args: argparse.Namespace, mode: str, locust_args: list[str]) -> LabOptions:
+    ports = {name: value for name, value in ((k[5:], v) for k, v in vars(args).items() if k.startswith("port_"))
+             if value is not None}
+    return LabOptions(scenario=args.scenario, mode=mode, host=args.host, workers=args.workers,
+                      time_scale=args.time_scale, out=args.out, target_workers=args.target_workers,
+                      target_pid=args.target_pid, hash_profile=args.hash_profile, ports=ports,
+                      free_ports=getattr(args, "free_ports", False), prometheus=args.prometheus,
+                      locust_args=locust_args)
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    try:
+        verdict, inputs = rundir.analyze(args.path, write=not args.no_write)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"loadlab analyze: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.json:
+        print(json.dumps(verdict, indent=2))
+    else:
+        for line in verdict["summary"]:
+            print(line)
+        if not args.no_write:
+            print(f"verdict: {inputs.out_dir / rundir.VERDICT}")
+            print(f"report: {inputs.out_dir / rundir.REPORT}")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    argv = [sys.executable, "-m", "locust_tests.data"]
+    for flag in ("count", "seed", "out"):
+        if getattr(args, flag) is not None:
+            argv += [f"--{flag}", str(getattr(args, flag))]
+    return subprocess.call(argv, cwd=REPO_ROOT)
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    if not args.token:
+        print("loadlab cleanup: no admin token: pass --token or set LAB_ADMIN_TOKEN to the target's token",
+              file=sys.stderr)
+        return EXIT_USAGE
+    from locust_tests.plugins.cleanup import CleanupError, delete_users
+    from locust_tests.plugins.testdata import PREFIX
+
+    prefix = args.prefix or PREFIX
+    try:
+        deleted = delete_users(args.host, prefix, args.token)
+    except CleanupError as exc:
+        print(f"loadlab cleanup: {exc}", file=sys.stderr)
+        return 1
+    print(f"deleted {deleted} users whose username starts with {prefix!r} from {args.host}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    passthrough: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, passthrough = argv[:cut], argv[cut + 1:]
+    args = build_parser().parse_args(argv)
+    if args.command == "analyze":
+        return cmd_analyze(args)
+    if args.command == "data":
+        return cmd_data(args)
+    if args.command == "cleanup":
+        return cmd_cleanup(args)
+    try:
+        lab = Lab(_lab_options(args, args.command, passthrough))
+        return lab.execute()
+    except LabError as exc:
+        print(f"loadlab {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

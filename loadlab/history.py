@@ -1,0 +1,241 @@
+"""Read what a run left on disk: Locust's `_stats_history.csv` and the lab's resource samples.
+
+Two sources, both optional except the CSV:
+
+* Locust's stats history (`--csv PREFIX --csv-full-history`): one row per second per
+  request name plus an `Aggregated` row. We keep the Aggregated rows. Its `Total Request
+  Count`/`Total Failure Count` are cumulative, so per-interval rates and error ratios come
+  from their deltas. Its `Requests/s` is a ~10 s moving average lagging ~2 s behind
+  (`StatsEntry.current_rps`), so we do not use it. With `--csv-full-history` the percentile
+  columns are Locust's *current* percentiles (a sliding ~10 s window,
+  `get_current_response_time_percentile`); without it they are cumulative since the start.
+* `samples.jsonl`, written by `loadlab.sampler`: one line per scrape of each source
+  (`sidecar`, `target`, `locust`), holding the scraped Prometheus samples.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+AGGREGATED = "Aggregated"
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    """One Aggregated row of Locust's stats history."""
+
+    t: float
+    users: int
+    requests: int  # cumulative
+    failures: int  # cumulative
+    p50_ms: float | None
+    p95_ms: float | None
+    avg_ms: float | None = None  # cumulative mean response time since the start
+
+
+@dataclass
+class LocustHistory:
+    rows: list[HistoryRow]
+    # True when the file has per-name rows besides Aggregated, i.e. it was written with
+    # --csv-full-history, whose percentile columns are the ~10 s sliding window.
+    windowed_percentiles: bool
+    path: Path | None = None
+
+
+def _num(value: str | None) -> float | None:
+    if value is None or value == "" or value == "N/A":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def read_stats_history(path: Path | str) -> LocustHistory:
+    """Parse a Locust `_stats_history.csv` into its Aggregated rows, one per timestamp."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no Locust stats history here (run Locust with --csv PREFIX --csv-full-history)")
+    by_time: dict[float, HistoryRow] = {}
+    per_name = False
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        required = {"Timestamp", "User Count", "Name", "Total Request Count", "Total Failure Count"}
+        missing = required - set(reader.fieldnames or [])
+        if missing:
+            raise ValueError(f"{path}: not a Locust stats history CSV (missing columns: {', '.join(sorted(missing))})")
+        for rec in reader:
+            if rec.get("Name") != AGGREGATED:
+                per_name = True
+                continue
+            t = _num(rec["Timestamp"])
+            if t is None:
+                continue
+            # A later row with the same (integer) timestamp is the fresher one.
+            by_time[t] = HistoryRow(
+                t=t,
+                users=int(_num(rec["User Count"]) or 0),
+                requests=int(_num(rec["Total Request Count"]) or 0),
+                failures=int(_num(rec["Total Failure Count"]) or 0),
+                p50_ms=_num(rec.get("50%")),
+                p95_ms=_num(rec.get("95%")),
+                avg_ms=_num(rec.get("Total Average Response Time")),
+            )
+    rows = [by_time[t] for t in sorted(by_time)]
+    return LocustHistory(rows=rows, windowed_percentiles=per_name, path=path)
+
+
+# ---------------------------------------------------------------- resource samples
+
+Labels = dict[str, str]
+
+
+@dataclass
+class Scrape:
+    t: float
+    source: str
+    samples: list[tuple[str, Labels, float]]
+
+
+@dataclass
+class Samples:
+    """All scrapes of a run, by source, in time order."""
+
+    by_source: dict[str, list[Scrape]] = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+
+    def scrapes(self, source: str) -> list[Scrape]:
+        return self.by_source.get(source, [])
+
+    def __bool__(self) -> bool:
+        return any(self.by_source.values())
+
+
+def iter_sample_lines(path: Path) -> Iterator[dict]:
+    with open(path) as fh:
+        for line in fh:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                # A run killed mid-write leaves a torn last line; everything before it is good.
+                continue
+
+
+def read_samples(path: Path | str) -> Samples:
+    """Load `samples.jsonl`; a missing file gives empty Samples (plain Locust CSV runs)."""
+    path = Path(path)
+    result = Samples()
+    if not path.is_file():
+        return result
+    for rec in iter_sample_lines(path):
+        if rec.get("kind") == "meta":
+            result.meta.update(rec.get("meta", {}))
+            continue
+        if not rec.get("ok", True):
+            continue
+        scrape = Scrape(
+            t=float(rec["t"]),
+            source=rec["source"],
+            samples=[(name, labels, float(value)) for name, labels, value in rec.get("samples", [])],
+        )
+        result.by_source.setdefault(scrape.source, []).append(scrape)
+    for scrapes in result.by_source.values():
+        scrapes.sort(key=lambda s: s.t)
+    return result
+
+
+def _matches(labels: Labels, match: Labels | None) -> bool:
+    return not match or all(labels.get(k) == v for k, v in match.items())
+
+
+def series(scrapes: Iterable[Scrape], name: str, match: Labels | None = None) -> list[tuple[float, float]]:
+    """(t, value summed over every sample of `name` whose labels include `match`).
+
+    A scrape without any such sample contributes no point, so a missing series stays
+    missing instead of turning into zeros.
+    """
+    points = []
+    for scrape in scrapes:
+        found = False
+        total = 0.0
+        for sname, labels, value in scrape.samples:
+            if sname == name and _matches(labels, match):
+                total += value
+                found = True
+        if found:
+            points.append((scrape.t, total))
+    return points
+
+
+def rate_series(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Per-interval rate of a counter; a drop (counter reset) starts again from the new value."""
+    out = []
+    for (t0, v0), (t1, v1) in zip(points, points[1:]):
+        dt = t1 - t0
+        if dt <= 0:
+            continue
+        delta = v1 - v0 if v1 >= v0 else v1
+        out.append((t1, delta / dt))
+    return out
+
+
+def value_at(points: list[tuple[float, float]], t: float) -> float | None:
+    """The last value at or before `t` (None before the first point)."""
+    best = None
+    for pt, value in points:
+        if pt <= t:
+            best = value
+        else:
+            break
+    return best
+
+
+def counter_increase(points: list[tuple[float, float]], start: float, end: float) -> tuple[float, float] | None:
+    """(increase, seconds) of a counter between the samples nearest inside [start, end]."""
+    inside = [(t, v) for t, v in points if start <= t <= end]
+    if len(inside) < 2:
+        return None
+    increase = 0.0
+    for (_, v0), (_, v1) in zip(inside, inside[1:]):
+        increase += v1 - v0 if v1 >= v0 else v1
+    return increase, inside[-1][0] - inside[0][0]
+
+
+def histogram_buckets(scrape: Scrape, name: str) -> dict[float, float]:
+    """Cumulative bucket counts of histogram `name` summed over all its label sets, by `le`."""
+    buckets: dict[float, float] = {}
+    bucket_name = name + "_bucket"
+    for sname, labels, value in scrape.samples:
+        if sname == bucket_name and "le" in labels:
+            le = float(labels["le"])  # "+Inf" parses to inf
+            buckets[le] = buckets.get(le, 0.0) + value
+    return buckets
+
+
+def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
+    """Prometheus' histogram_quantile: linear interpolation inside the bucket holding rank q."""
+    if not buckets:
+        return None
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]]
+    if total <= 0:
+        return None
+    rank = q * total
+    prev_bound, prev_count = 0.0, 0.0
+    for bound in bounds:
+        count = buckets[bound]
+        if count >= rank:
+            if bound == float("inf"):
+                return prev_bound  # as Prometheus does: the highest finite bound
+            if count == prev_count:
+                return bound
+            return prev_bound + (bound - prev_bound) * (rank - prev_count) / (count - prev_count)
+        prev_bound, prev_count = bound, count
+    return prev_bound

@@ -1,0 +1,231 @@
+"""Start, watch and stop the lab's components, always by PID, never by name.
+
+Each component runs in its own session (its own process group), with its output in a log
+file in the run directory. Stopping sends SIGTERM to the group, then SIGKILL to the group
+and to every descendant seen while it ran, so a gunicorn worker or a Locust child that
+slipped out of the group is not left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Callable
+
+import psutil
+
+
+class LabError(Exception):
+    """A failure the user can act on; the message names the thing and says what to do."""
+
+
+class ComponentDied(LabError):
+    pass
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def port_owner(port: int) -> str:
+    """' (pid N, name)' of the process listening on `port`, when the OS lets us see it."""
+    try:
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+                try:
+                    return f" (by pid {conn.pid}, {psutil.Process(conn.pid).name()})"
+                except psutil.Error:
+                    return f" (by pid {conn.pid})"
+    except (psutil.AccessDenied, PermissionError):
+        pass
+    return ""
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class Component:
+    """One process of the lab: started in its own session, logged to a file, stopped by PID."""
+
+    def __init__(self, name: str, args: list[str], log_path: Path, env: dict[str, str] | None = None,
+                 cwd: Path | None = None, ready_url: str | None = None, exits_by_itself: bool = False) -> None:
+        self.name = name
+        self.args = args
+        self.log_path = Path(log_path)
+        self.env = env
+        self.cwd = cwd
+        self.ready_url = ready_url
+        # Locust headless ends on its own; everything else ending early is a failure.
+        self.exits_by_itself = exits_by_itself
+        self.proc: subprocess.Popen | None = None
+        self._seen: dict[int, psutil.Process] = {}
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def start(self) -> "Component":
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        try:
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env=self.env, cwd=self.cwd, start_new_session=True)
+        except FileNotFoundError as exc:
+            raise LabError(f"{self.name}: cannot run {self.args[0]!r} ({exc.strerror}); install it or fix PATH") from exc
+        finally:
+            log.close()  # the child holds its own copy
+        self.remember_descendants()
+        return self
+
+    def remember_descendants(self) -> None:
+        """Note the PIDs of the whole tree so stop() can reach children that left the group."""
+        if not self.proc:
+            return
+        try:
+            root = psutil.Process(self.proc.pid)
+            for proc in [root, *root.children(recursive=True)]:
+                self._seen.setdefault(proc.pid, proc)
+        except psutil.Error:
+            pass
+
+    def pids(self) -> list[int]:
+        return list(self._seen)
+
+    def poll(self) -> int | None:
+        return self.proc.poll() if self.proc else None
+
+    def died_message(self) -> str:
+        code = self.poll()
+        return (f"{self.name} (pid {self.pid}) exited with code {code} during the run; its log: {self.log_path}\n"
+                f"--- last lines of {self.log_path.name} ---\n{tail(self.log_path)}")
+
+    def wait_ready(self, timeout: float = 30.0, check: Callable[[], bool] | None = None) -> None:
+        """Until `ready_url` answers HTTP (any status) or `check()` is true; fail if the process exits."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.poll() is not None:
+                raise ComponentDied(f"{self.name} exited with code {self.poll()} while starting; its log: "
+                                    f"{self.log_path}\n--- last lines ---\n{tail(self.log_path)}")
+            try:
+                if check is not None:
+                    if check():
+                        break
+                elif self.ready_url:
+                    with urllib.request.urlopen(self.ready_url, timeout=2):
+                        break
+                else:
+                    break
+            except urllib.error.HTTPError:
+                break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        else:
+            raise LabError(f"{self.name} did not become ready within {timeout:.0f}s "
+                           f"({self.ready_url or 'readiness check'}); its log: {self.log_path}\n{tail(self.log_path)}")
+        self.remember_descendants()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the group (a clean shutdown writes final reports), then SIGKILL whatever is left."""
+        if not self.proc:
+            return
+        self.remember_descendants()
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        for pid, proc in self._seen.items():
+            if pid == self.proc.pid:
+                continue
+            try:
+                # Same process as the one we saw (PIDs get reused): compare create_time via is_running().
+                if proc.is_running():
+                    proc.kill()
+            except psutil.Error:
+                pass
+        if self.proc.poll() is None:
+            self.proc.wait(timeout=timeout)
+        psutil.wait_procs([p for p in self._seen.values() if p.pid != self.proc.pid], timeout=timeout)
+
+
+class Supervisor:
+    """The components of one lab session; stops them all, in reverse start order, exactly once."""
+
+    def __init__(self) -> None:
+        self.components: list[Component] = []
+
+    def start(self, component: Component) -> Component:
+        self.components.append(component)
+        return component.start()
+
+    def check_alive(self) -> None:
+        for comp in self.components:
+            comp.remember_descendants()
+            if comp.poll() is not None and not comp.exits_by_itself:
+                raise ComponentDied(comp.died_message())
+
+    def all_pids(self) -> list[int]:
+        return sorted({pid for comp in self.components for pid in comp.pids()})
+
+    def stop_all(self) -> None:
+        for comp in reversed(self.components):
+            try:
+                comp.stop()
+            except Exception:  # keep stopping the others
+                pass
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM arrived; unwinds to the finally blocks that stop the components."""
+
+
+def install_signal_handlers() -> Callable[[], None]:
+    """Turn SIGINT/SIGTERM into `Interrupted`; returns a function restoring the old handlers."""
+    def handler(signum, _frame):
+        raise Interrupted(signal.Signals(signum).name)
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore() -> None:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
+
+    return restore
+
+
+def hold_signals() -> None:
+    """Ignore SIGINT/SIGTERM while cleaning up (the handlers installed before are restored after)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)

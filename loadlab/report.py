@@ -1,0 +1,251 @@
+"""report.html: one self-contained file with the verdict, the charts and the step table.
+
+Charts are drawn with matplotlib (Agg, no display needed) and embedded as base64 PNG, so
+the report opens anywhere without network access. Every chart shares the same time axis
+(seconds since the run started, identical limits and margins) and marks the knee and the
+break, so a reader can look straight down the page from a latency jump to the CPU behind it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after selecting the headless backend)
+
+from loadlab.history import LocustHistory, Samples  # noqa: E402
+from loadlab.steps import resource_timeline  # noqa: E402
+
+FIG_SIZE = (11, 2.6)
+MARGINS = {"left": 0.07, "right": 0.92, "top": 0.86, "bottom": 0.2}
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _csv_series(history: LocustHistory) -> dict[str, list[tuple[float, float]]]:
+    rows = history.rows
+    out: dict[str, list[tuple[float, float]]] = {"users": [(r.t, r.users) for r in rows], "rps": [], "fail_per_s": [],
+                                                 "p50_ms": [], "p95_ms": []}
+    for a, b in zip(rows, rows[1:]):
+        dt = b.t - a.t
+        if dt > 0 and b.requests >= a.requests:
+            out["rps"].append((b.t, (b.requests - a.requests) / dt))
+            out["fail_per_s"].append((b.t, max(0, b.failures - a.failures) / dt))
+    for r in rows:
+        if r.p50_ms is not None and r.requests:
+            out["p50_ms"].append((r.t, r.p50_ms))
+        if r.p95_ms is not None and r.requests:
+            out["p95_ms"].append((r.t, r.p95_ms))
+    return out
+
+
+class _Charts:
+    """Figures on one time axis: x = seconds since `t0`, limits [0, span]."""
+
+    def __init__(self, t0: float, span: float, verdict: dict[str, Any]) -> None:
+        self.t0, self.span, self.verdict = t0, max(span, 1.0), verdict
+
+    def xs(self, points):
+        return [t - self.t0 for t, _ in points]
+
+    def figure(self, title: str, ylabel: str):
+        fig, ax = plt.subplots(figsize=FIG_SIZE)
+        fig.subplots_adjust(**MARGINS)
+        ax.set_title(title, loc="left", fontsize=10)
+        ax.set_ylabel(ylabel)
+        ax.set_xlim(0, self.span)
+        ax.grid(alpha=0.3)
+        ax.set_xlabel("seconds since start")
+        return fig, ax
+
+    def mark(self, ax) -> None:
+        """The knee and the break, on every chart, plus the measured holds shaded."""
+        for step in self.verdict.get("steps", []):
+            ax.axvspan(step["hold_start"] - self.t0, step["end"] - self.t0, color="0.85", alpha=0.35, lw=0)
+        for key, color in (("knee", "tab:orange"), ("break", "tab:red")):
+            point = self.verdict.get(key)
+            if point:
+                x = point["time"] - self.t0
+                ax.axvline(x, color=color, ls="--", lw=1.5)
+                ax.annotate(f"{key} {point['users']:g} users", (x, 1.0), xycoords=("data", "axes fraction"),
+                            xytext=(3, -12), textcoords="offset points", color=color, fontsize=8)
+
+
+def render_charts(verdict: dict[str, Any], history: LocustHistory, samples: Samples | None,
+                  slo_ms: float) -> list[tuple[str, str]]:
+    """[(title, base64 PNG)] for the five charts."""
+    csv_series = _csv_series(history)
+    resources = resource_timeline(samples) if samples else {}
+    times = [r.t for r in history.rows]
+    t0 = times[0] if times else time.time()
+    charts = _Charts(t0, (times[-1] - t0) if times else 1.0, verdict)
+    steps = verdict.get("steps", [])
+    out = []
+
+    fig, ax = charts.figure("Users and throughput", "users")
+    ax.plot(charts.xs(csv_series["users"]), [v for _, v in csv_series["users"]], color="tab:blue", label="users")
+    ax2 = ax.twinx()
+    ax2.plot(charts.xs(csv_series["rps"]), [v for _, v in csv_series["rps"]], color="tab:green", lw=1, label="req/s")
+    ax2.scatter([s["hold_start"] - t0 for s in steps], [s["rps"] for s in steps], color="tab:green", s=14, zorder=3)
+    if verdict.get("capacity_rps") and verdict.get("breaking_point_reached"):
+        ax2.axhline(verdict["capacity_rps"], color="tab:green", ls=":", lw=1)
+    ax2.set_ylabel("req/s")
+    ax.legend(handles=ax.get_lines() + ax2.get_lines()[:1], loc="upper left", fontsize=8)
+    charts.mark(ax)
+    out.append(("Users and throughput", _png(fig)))
+
+    fig, ax = charts.figure("Failures", "failures/s")
+    ax.plot(charts.xs(csv_series["fail_per_s"]), [v for _, v in csv_series["fail_per_s"]], color="tab:red")
+    ax.set_ylim(bottom=0)
+    charts.mark(ax)
+    out.append(("Failures", _png(fig)))
+
+    fig, ax = charts.figure("Latency (Locust, ~10 s window) with the SLO", "ms")
+    ax.plot(charts.xs(csv_series["p50_ms"]), [v for _, v in csv_series["p50_ms"]], color="tab:blue", label="p50")
+    ax.plot(charts.xs(csv_series["p95_ms"]), [v for _, v in csv_series["p95_ms"]], color="tab:purple", label="p95")
+    ax.scatter([s["hold_start"] - t0 for s in steps if s["p95_ms"] is not None],
+               [s["p95_ms"] for s in steps if s["p95_ms"] is not None], color="tab:purple", s=14, zorder=3,
+               label="p95 per step (hold)")
+    ax.axhline(slo_ms, color="tab:red", ls=":", label=f"SLO p95 {slo_ms:g} ms")
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="upper left", fontsize=8)
+    charts.mark(ax)
+    out.append(("Latency", _png(fig)))
+
+    fig, ax = charts.figure("Target CPU and memory", "CPU (cores)")
+    if resources.get("target_cpu_cores"):
+        pts = resources["target_cpu_cores"]
+        ax.plot(charts.xs(pts), [v for _, v in pts], color="tab:orange", label="target CPU")
+        ax2 = ax.twinx()
+        mem = resources.get("target_memory_bytes", [])
+        ax2.plot(charts.xs(mem), [v / 2**20 for _, v in mem], color="tab:gray", lw=1, label="target RSS")
+        ax2.set_ylabel("RSS (MiB)")
+        avail = next((s["target_cores_available"] for s in steps if s.get("target_cores_available")), None)
+        if avail:
+            ax.axhline(avail, color="tab:orange", ls=":", lw=1, label=f"usable cores ({avail:g})")
+        ax.legend(loc="upper left", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no target CPU samples (plain Locust CSV or --host target)", transform=ax.transAxes,
+                ha="center", color="0.4")
+    ax.set_ylim(bottom=0)
+    charts.mark(ax)
+    out.append(("Target CPU and memory", _png(fig)))
+
+    fig, ax = charts.figure("Load generator (Locust) CPU", "CPU (cores)")
+    if resources.get("generator_cpu_cores"):
+        pts = resources["generator_cpu_cores"]
+        ax.plot(charts.xs(pts), [v for _, v in pts], color="tab:brown", label="Locust CPU")
+        host = resources.get("host_cpu_busy_cores", [])
+        ax.plot(charts.xs(host), [v for _, v in host], color="0.6", lw=1, label="host busy (all processes)")
+        avail = next((s["generator_cores_available"] for s in steps if s.get("generator_cores_available")), None)
+        if avail:
+            ax.axhline(avail, color="tab:brown", ls=":", lw=1, label=f"usable cores ({avail:g})")
+        ax.legend(loc="upper left", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no generator CPU samples (plain Locust CSV)", transform=ax.transAxes, ha="center",
+                color="0.4")
+    ax.set_ylim(bottom=0)
+    charts.mark(ax)
+    out.append(("Generator CPU", _png(fig)))
+    return out
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def render_html(verdict: dict[str, Any], history: LocustHistory, samples: Samples | None, title: str,
+                slo_ms: float) -> str:
+    charts = render_charts(verdict, history, samples, slo_ms)
+    esc = html.escape
+    t0 = history.rows[0].t if history.rows else 0.0
+    summary = "".join(f"<li>{esc(line)}</li>" for line in verdict.get("summary", []))
+    status = ("breaking point reached" if verdict.get("breaking_point_reached") else "breaking point not reached")
+    cards = [
+        ("knee (users)", _fmt(verdict["knee"]["users"]) if verdict.get("knee") else "none"),
+        ("break (users)", _fmt(verdict["break"]["users"]) if verdict.get("break") else "none"),
+        ("capacity (req/s)", _fmt(verdict.get("capacity_rps"))),
+        ("limiting resource", verdict.get("limiting_resource") or "unknown"),
+    ]
+    card_html = "".join(f'<div class="card"><div class="k">{esc(k)}</div><div class="v">{esc(v)}</div></div>'
+                        for k, v in cards)
+    images = "".join(
+        f'<figure><img class="chart" alt="{esc(name)}" src="data:image/png;base64,{data}"></figure>'
+        for name, data in charts)
+    head = ("<tr><th>step</th><th>users</th><th>t (s)</th><th>hold (s)</th><th>req/s</th><th>p50 ms</th>"
+            "<th>p95 ms</th><th>errors</th><th>target CPU</th><th>target RSS MiB</th><th>Locust CPU</th>"
+            "<th>SLO</th></tr>")
+    rows = []
+    breaking = {verdict["break"]["time"]} if verdict.get("break") else set()
+    knee_time = verdict["knee"]["time"] if verdict.get("knee") else None
+    for s in verdict.get("steps", []):
+        mark = " knee" if s["start"] == knee_time else ""
+        mark += " break" if s["start"] in breaking else ""
+        slo_ok = not ((s["p95_ms"] or 0) > slo_ms or s["error_ratio"] > verdict["thresholds"]["error_ratio"])
+        mem = s.get("target_memory_bytes")
+        rows.append(
+            f'<tr class="{mark.strip()}"><td>{s["index"]}{esc(mark)}</td><td>{s["users"]}</td>'
+            f'<td>{s["start"] - t0:.0f}</td><td>{s["end"] - s["hold_start"]:.0f}</td><td>{s["rps"]:.1f}</td>'
+            f'<td>{_fmt(s["p50_ms"], 0)}</td><td>{_fmt(s["p95_ms"], 0)}</td><td>{s["error_ratio"]:.2%}</td>'
+            f'<td>{_fmt(s.get("target_cpu_cores"), 2)}</td><td>{_fmt(None if mem is None else mem / 2**20, 0)}</td>'
+            f'<td>{_fmt(s.get("generator_cpu_cores"), 2)}</td><td>{"ok" if slo_ok else "breach"}</td></tr>')
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1020px; color: #222; }}
+h1 {{ font-size: 1.4em; margin-bottom: 0.2em; }} .status {{ color: #555; margin-top: 0; }}
+.cards {{ display: flex; gap: 0.8em; margin: 1em 0; }}
+.card {{ border: 1px solid #ddd; border-radius: 6px; padding: 0.5em 0.9em; flex: 1; }}
+.card .k {{ font-size: 0.8em; color: #666; }} .card .v {{ font-size: 1.3em; font-weight: 600; }}
+figure {{ margin: 0.3em 0; }} img.chart {{ width: 100%; display: block; }}
+table {{ border-collapse: collapse; width: 100%; font-size: 0.85em; }}
+th, td {{ border-bottom: 1px solid #eee; padding: 0.25em 0.4em; text-align: right; }}
+tr.knee td {{ background: #fff3e0; }} tr.break td {{ background: #fdecea; }}
+.muted {{ color: #777; font-size: 0.85em; }}
+</style></head><body>
+<h1>{esc(title)}</h1>
+<p class="status" id="verdict-status">{esc(status)}</p>
+<ul id="verdict">{summary}</ul>
+<div class="cards">{card_html}</div>
+<h2>On one time axis</h2>
+<p class="muted">Dashed lines: knee (orange) and break (red). Grey bands: the part of each step the verdict
+measures (the hold, after the transient). Dots: the per-step values the verdict uses.</p>
+{images}
+<h2>Steps</h2>
+<table id="steps">{head}{''.join(rows)}</table>
+<p class="muted">SLO: p95 &le; {slo_ms:g} ms and errors &le; {verdict['thresholds']['error_ratio']:.0%}
+(loadlab/thresholds.py). p95 per step: {esc(', '.join(sorted({s['p95_source'] for s in verdict.get('steps', [])})) or '–')}.
+Generated {esc(time.strftime('%Y-%m-%d %H:%M:%S'))} by loadlab.</p>
+<script>
+// Mark each chart that decoded (a browser check of the report, and a visible hint if one did not).
+window.addEventListener("load", () => {{
+  for (const img of document.querySelectorAll("img.chart")) {{
+    img.classList.add(img.naturalWidth > 0 ? "decoded" : "broken");
+  }}
+}});
+</script>
+</body></html>
+"""
+
+
+def write_report(path: Path, verdict: dict[str, Any], history: LocustHistory, samples: Samples | None,
+                 title: str, slo_ms: float) -> Path:
+    path = Path(path)
+    path.write_text(render_html(verdict, history, samples, title, slo_ms))
+    return path

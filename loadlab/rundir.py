@@ -1,0 +1,100 @@
+"""A run directory: where each file lives, and `analyze()` turning it into verdict.json + report.html.
+
+Works on the lab's own run directories and on any Locust `--csv PREFIX --csv-full-history`
+output: the analysis needs only `PREFIX_stats_history.csv`; the resource samples and
+`run.json` add CPU and memory when they are there.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from loadlab.analysis import analyze_steps
+from loadlab.history import LocustHistory, Samples, read_samples, read_stats_history
+from loadlab.report import write_report
+from loadlab.steps import summarize_steps
+from loadlab.thresholds import DEFAULT_THRESHOLDS, Thresholds
+
+LOCUST_PREFIX = "locust"  # Locust's --csv prefix inside a run directory
+SAMPLES = "samples.jsonl"
+RUN_META = "run.json"
+VERDICT = "verdict.json"
+REPORT = "report.html"
+HISTORY_SUFFIX = "_stats_history.csv"
+
+
+@dataclass
+class RunInputs:
+    history_csv: Path
+    out_dir: Path
+    samples_path: Path | None
+    meta: dict[str, Any]
+
+
+def locate(path: Path | str) -> RunInputs:
+    """Find the stats history (and samples, run.json) from a run dir, a CSV prefix, or the CSV itself."""
+    path = Path(path)
+    if path.is_dir():
+        own = path / f"{LOCUST_PREFIX}{HISTORY_SUFFIX}"
+        found = [own] if own.is_file() else sorted(path.glob(f"*{HISTORY_SUFFIX}"))
+        if not found:
+            raise FileNotFoundError(
+                f"{path}: no *{HISTORY_SUFFIX} here. Run Locust with --csv PREFIX --csv-full-history, "
+                f"then `loadlab analyze PREFIX`")
+        if len(found) > 1:
+            raise FileNotFoundError(f"{path}: several Locust histories ({', '.join(p.name for p in found)}); "
+                                    f"pass the CSV prefix you mean, e.g. `loadlab analyze {found[0].as_posix()[:-len(HISTORY_SUFFIX)]}`")
+        csv_path, out_dir = found[0], path
+    else:
+        text = str(path)
+        csv_path = path if text.endswith(HISTORY_SUFFIX) else Path(text + HISTORY_SUFFIX)
+        if not csv_path.is_file():
+            raise FileNotFoundError(
+                f"{csv_path}: not found. Give a run directory, a Locust --csv prefix (the file PREFIX{HISTORY_SUFFIX} "
+                f"must exist; write it with --csv PREFIX --csv-full-history) or that CSV file itself")
+        out_dir = csv_path.parent
+    samples = out_dir / SAMPLES
+    meta: dict[str, Any] = {}
+    if (out_dir / RUN_META).is_file():
+        try:
+            meta = json.loads((out_dir / RUN_META).read_text())
+        except json.JSONDecodeError:
+            meta = {}
+    return RunInputs(history_csv=csv_path, out_dir=out_dir, samples_path=samples if samples.is_file() else None,
+                     meta=meta)
+
+
+def analysis_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """The parts of run.json the step summaries use."""
+    keys = ("target_workers", "host_cores", "generator_processes", "target_group", "generator_group")
+    return {k: meta[k] for k in keys if meta.get(k) is not None}
+
+
+def analyze(path: Path | str, th: Thresholds = DEFAULT_THRESHOLDS, write: bool = True,
+            title: str | None = None) -> tuple[dict[str, Any], RunInputs]:
+    """Verdict for a run; writes verdict.json and report.html beside the inputs when `write`."""
+    inputs = locate(path)
+    history: LocustHistory = read_stats_history(inputs.history_csv)
+    samples: Samples = read_samples(inputs.samples_path) if inputs.samples_path else Samples()
+    steps = summarize_steps(history, samples, analysis_meta(inputs.meta))
+    verdict = analyze_steps(steps, th)
+    verdict["source"] = {
+        "stats_history": str(inputs.history_csv),
+        "resource_samples": str(inputs.samples_path) if inputs.samples_path else None,
+        "windowed_percentiles": history.windowed_percentiles,
+        "scenario": inputs.meta.get("scenario"),
+    }
+    if steps and not history.windowed_percentiles:
+        verdict["summary"].append("note: the CSV lacks --csv-full-history, so p95 per step is Locust's cumulative "
+                                  "percentile, not the step's own")
+    if steps and not samples:
+        verdict["summary"].append("note: no resource samples beside the CSV, so CPU fields are null")
+    if write:
+        (inputs.out_dir / VERDICT).write_text(json.dumps(verdict, indent=2) + "\n")
+        write_report(inputs.out_dir / REPORT, verdict, history, samples,
+                     title or f"loadlab report: {inputs.meta.get('scenario') or inputs.history_csv.name}",
+                     th.latency_p95_ms)
+    return verdict, inputs

@@ -1,0 +1,159 @@
+"""Sample the lab's /metrics endpoints every second into the run directory.
+
+The analysis and the report need resource data whether or not Prometheus runs, so the lab
+scrapes the sidecar, the target and Locust's exporter itself, parses the text with
+prometheus_client's own parser, and appends one JSON line per scrape to `samples.jsonl`.
+Only the metric families the lab reads are kept, so a long run stays small.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+from collections import deque
+from pathlib import Path
+from typing import IO
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from loadlab.history import Scrape, histogram_buckets, histogram_quantile
+
+# Metric name prefixes worth keeping (process-exporter / node_exporter names from the
+# sidecar, the target's http_* and app_* metrics, Locust's exporter).
+KEEP_PREFIXES = (
+    "namedprocess_namegroup_",
+    "node_cpu_seconds_total",
+    "node_memory_",
+    "node_load1",
+    "http_request",
+    "app_",
+    "locust_",
+)
+
+
+def parse_metrics(text: str, keep: tuple[str, ...] = KEEP_PREFIXES) -> list[tuple[str, dict[str, str], float]]:
+    """Samples of a Prometheus text exposition whose sample name starts with one of `keep`."""
+    out = []
+    for family in text_string_to_metric_families(text):
+        # Filter on sample names: the parser strips `_total` from counter family names.
+        for sample in family.samples:
+            if sample.name.startswith(keep):
+                out.append((sample.name, dict(sample.labels), float(sample.value)))
+    return out
+
+
+def scrape(url: str, timeout: float = 2.0) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return response.read().decode("utf-8", errors="replace")
+
+
+class Sampler(threading.Thread):
+    """A daemon thread scraping `sources` ({name: url}) every `interval` seconds into `path`."""
+
+    def __init__(self, path: Path, sources: dict[str, str], interval: float = 1.0,
+                 keep: tuple[str, ...] = KEEP_PREFIXES, meta: dict | None = None) -> None:
+        super().__init__(name="loadlab-sampler", daemon=True)
+        self.path = Path(path)
+        self.sources = dict(sources)
+        self.interval = interval
+        self.keep = keep
+        self._stop_event = threading.Event()
+        self._lock = threading.Lock()
+        self.recent: dict[str, deque[Scrape]] = {name: deque(maxlen=15) for name in sources}
+        self.errors: dict[str, str] = {}
+        self._fh: IO[str] = open(self.path, "a")
+        if meta:
+            self.write_meta(meta)
+
+    def write_meta(self, meta: dict) -> None:
+        with self._lock:
+            self._fh.write(json.dumps({"kind": "meta", "t": time.time(), "meta": meta}) + "\n")
+            self._fh.flush()
+
+    def run(self) -> None:
+        next_at = time.monotonic()
+        while not self._stop_event.is_set():
+            self.sample_once()
+            next_at += self.interval
+            delay = next_at - time.monotonic()
+            if delay < 0:  # a slow scrape: skip ahead instead of bursting to catch up
+                next_at = time.monotonic()
+                delay = 0
+            self._stop_event.wait(delay)
+
+    def sample_once(self) -> None:
+        for name, url in self.sources.items():
+            t = time.time()
+            try:
+                samples = parse_metrics(scrape(url), self.keep)
+            except Exception as exc:  # a component restarting or gone: record it, keep sampling the rest
+                self.errors[name] = f"{type(exc).__name__}: {exc}"
+                record = {"t": t, "source": name, "ok": False, "error": self.errors[name]}
+            else:
+                self.errors.pop(name, None)
+                record = {"t": t, "source": name, "ok": True, "samples": samples}
+                self.recent[name].append(Scrape(t=t, source=name, samples=samples))
+            with self._lock:
+                if self._fh.closed:
+                    return
+                self._fh.write(json.dumps(record, separators=(",", ":")) + "\n")
+        with self._lock:
+            if not self._fh.closed:
+                self._fh.flush()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        if self.is_alive():
+            self.join(timeout=5)
+        with self._lock:
+            self._fh.close()
+
+    # ------------------------------------------------------------ live progress
+
+    def _window(self, source: str, seconds: float) -> tuple[Scrape, Scrape] | None:
+        recent = list(self.recent.get(source, ()))
+        if len(recent) < 2:
+            return None
+        last = recent[-1]
+        first = next((s for s in recent if last.t - s.t <= seconds), recent[-2])
+        if first is last:
+            first = recent[-2]
+        return first, last
+
+    @staticmethod
+    def _sum(scrape: Scrape, name: str, **match: str) -> float | None:
+        values = [v for n, labels, v in scrape.samples
+                  if n == name and all(labels.get(k) == val for k, val in match.items())]
+        return sum(values) if values else None
+
+    def progress(self, window: float = 5.0) -> dict[str, float | None]:
+        """Users, throughput, p95 (ms), failures/s and target CPU (cores) over the last seconds."""
+        out: dict[str, float | None] = {"step": None, "users": None, "rps": None, "p95_ms": None, "fail_per_s": None,
+                                        "target_cpu_cores": None, "generator_cpu_cores": None}
+        pair = self._window("locust", window)
+        if pair:
+            first, last = pair
+            dt = last.t - first.t
+            out["users"] = self._sum(last, "locust_users")
+            out["step"] = self._sum(last, "locust_step")  # only while the step hunt runs
+            for key, name in (("rps", "locust_requests_total"), ("fail_per_s", "locust_request_failures_total")):
+                a, b = self._sum(first, name), self._sum(last, name)
+                if a is not None and b is not None and dt > 0 and b >= a:
+                    out[key] = (b - a) / dt
+            before, after = (histogram_buckets(s, "locust_request_duration_seconds") for s in (first, last))
+            if before and after:
+                delta = {le: after[le] - before.get(le, 0.0) for le in after}
+                q = histogram_quantile(0.95, delta)
+                out["p95_ms"] = None if q is None else q * 1000
+        pair = self._window("sidecar", window)
+        if pair:
+            first, last = pair
+            dt = last.t - first.t
+            for key, group in (("target_cpu_cores", "target"), ("generator_cpu_cores", "locust")):
+                a = self._sum(first, "namedprocess_namegroup_cpu_seconds_total", groupname=group)
+                b = self._sum(last, "namedprocess_namegroup_cpu_seconds_total", groupname=group)
+                if a is not None and b is not None and dt > 0:
+                    out[key] = max(0.0, b - a) / dt
+        return out

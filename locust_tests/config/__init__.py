@@ -1,0 +1,1 @@
+"""Settings of the Locust suite (see test_config.py)."""

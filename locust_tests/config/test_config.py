@@ -1,0 +1,102 @@
+"""Settings of the Locust suite, each overridable by an environment variable of the same name.
+
+    HOST=http://127.0.0.1:8000 MIN_WAIT_TIME=500 locust -f locust_tests/scenarios/login_test.py
+
+`--host` on Locust's command line (or LOCUST_HOST, or host= in locust.conf) still wins over HOST,
+as in any locustfile: HOST is only the User classes' default `host`.
+
+The SLO defaults come from `loadlab/thresholds.py`, the one place the alert rules, dashboards and
+the breaking-point analysis read them from too; the variables here only override them for a run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from loadlab.thresholds import DEFAULT_THRESHOLDS
+
+_SUITE_DIR = Path(__file__).resolve().parent.parent
+
+
+def _fail(name: str, raw: str, expected: str) -> SystemExit:
+    # SystemExit rather than ValueError: Locust imports this while loading the locustfile, and a
+    # one-line message serves a user better there than a traceback.
+    return SystemExit(f"environment variable {name}={raw!r} is not valid: expected {expected}")
+
+
+def _str(name: str, default: str) -> str:
+    return os.environ.get(name, "") or default
+
+
+def _int(name: str, default: int, minimum: int = 0) -> int:
+    raw = os.environ.get(name, "")
+    if raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _fail(name, raw, f"a whole number >= {minimum}") from None
+    if value < minimum:
+        raise _fail(name, raw, f"a whole number >= {minimum}")
+    return value
+
+
+def _float(name: str, default: float, low: float, high: float) -> float:
+    raw = os.environ.get(name, "")
+    if raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise _fail(name, raw, f"a number between {low} and {high}") from None
+    if not low <= value <= high:
+        raise _fail(name, raw, f"a number between {low} and {high}")
+    return value
+
+
+def _url(name: str, default: str) -> str:
+    value = _str(name, default).rstrip("/")
+    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+        raise _fail(name, value, "an http:// or https:// URL such as http://127.0.0.1:5000")
+    return value
+
+
+def _path(name: str, default: str) -> str:
+    value = _str(name, default)
+    if not value.startswith("/"):
+        raise _fail(name, value, "a URL path starting with '/'")
+    return value
+
+
+# The API under test; Locust's --host overrides it.
+HOST: str = _url("HOST", "http://localhost:5000")
+
+# Think time between a simulated user's requests, in milliseconds (uniformly random in between).
+MIN_WAIT_TIME: int = _int("MIN_WAIT_TIME", 1000)
+MAX_WAIT_TIME: int = _int("MAX_WAIT_TIME", 3000)
+if MAX_WAIT_TIME < MIN_WAIT_TIME:
+    raise SystemExit(f"MAX_WAIT_TIME ({MAX_WAIT_TIME}) is below MIN_WAIT_TIME ({MIN_WAIT_TIME}): "
+                     "set MAX_WAIT_TIME >= MIN_WAIT_TIME")
+
+# How many test users `python -m locust_tests.data` writes into test_users.json by default.
+USERS_COUNT: int = _int("USERS_COUNT", 1000, minimum=1)
+# How many of them the login scenario seeds and logs in with. Each account may have several
+# concurrent sessions; 100 keeps seeding to a few seconds even with the target's slow default hash.
+LOGIN_USERS: int = _int("LOGIN_USERS", 100, minimum=1)
+TEST_USERS_FILE: str = _str("TEST_USERS_FILE", str(_SUITE_DIR / "data" / "test_users.json"))
+
+# Endpoint paths of the API (the existing API spells registration this way).
+REGISTRATION_ENDPOINT: str = _path("REGISTRATION_ENDPOINT", "/client_registeration")
+LOGIN_ENDPOINT: str = _path("LOGIN_ENDPOINT", "/client_login")
+HEALTH_ENDPOINT: str = _path("HEALTH_ENDPOINT", "/healthz")
+ADMIN_USERS_ENDPOINT: str = _path("ADMIN_USERS_ENDPOINT", "/admin/users")
+
+# SLO the step hunt judges each step against (defaults: loadlab/thresholds.py).
+SLO_P95_MS: float = _float("SLO_P95_MS", DEFAULT_THRESHOLDS.latency_p95_ms, 1.0, 3_600_000.0)
+SLO_ERROR_RATIO: float = _float("SLO_ERROR_RATIO", DEFAULT_THRESHOLDS.error_ratio, 0.0, 1.0)
+# The first part of each step is a transient (users still arriving, queues filling) that the
+# step hunt ignores: with 1-3 s think time a closed loop settles within a few cycles (a few
+# seconds); 0.3 of a hold is 45 s of a 150 s step, 4.5 s of a 15 s time-scaled one.
+STEP_TRANSIENT_FRACTION: float = _float("STEP_TRANSIENT_FRACTION", 0.3, 0.0, 0.9)

@@ -1,0 +1,128 @@
+"""Cleanup: delete the users a run created, through the target's admin endpoint.
+
+    DELETE {host}/admin/users?prefix=P   with header X-Admin-Token: $LAB_ADMIN_TOKEN
+
+The endpoint only exists when the target runs with LAB_ADMIN_TOKEN set. In a locustfile,
+`cleanup.remove_after_test(prefix)` deletes the run's users when the test stops (and once more
+at exit, for requests that were still in flight) if LAB_ADMIN_TOKEN is set in Locust's
+environment; `--keep-users` (env LOCUST_KEEP_USERS=true) keeps them. By hand:
+
+    LAB_ADMIN_TOKEN=... python -m locust_tests.plugins.cleanup --host http://127.0.0.1:5000 --prefix lt_
+
+`delete_users` and the CLI do not import Locust.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import urllib.parse
+from collections.abc import Callable
+from typing import Any
+
+from .httpclient import call
+from .testdata import PREFIX
+
+ADMIN_ENDPOINT = "/admin/users"
+TOKEN_ENV = "LAB_ADMIN_TOKEN"
+# A prefix must name a set of users, never "everyone": at least 3 characters, username alphabet.
+PREFIX_RE = re.compile(r"[A-Za-z0-9_.\-]{3,64}")
+
+logger = logging.getLogger(__name__)
+
+
+class CleanupError(Exception):
+    """Cleanup could not be done; the message says why and what to do."""
+
+
+def delete_users(host: str, prefix: str, token: str, endpoint: str = ADMIN_ENDPOINT, timeout: float = 60.0) -> int:
+    """Delete the target's users whose username starts with `prefix`; return how many."""
+    if not PREFIX_RE.fullmatch(prefix):
+        raise CleanupError(f"prefix {prefix!r} is not allowed: use 3-64 letters, digits, '_', '.', '-'")
+    if not token:
+        raise CleanupError(f"no admin token: set {TOKEN_ENV} to the token the target was started with")
+    url = f"{host.rstrip('/')}{endpoint}?{urllib.parse.urlencode({'prefix': prefix})}"
+    try:
+        status, body = call("DELETE", url, headers={"X-Admin-Token": token}, timeout=timeout)
+    except OSError as exc:
+        raise CleanupError(f"cannot reach {host} ({getattr(exc, 'reason', exc)}): is the target running?") from None
+    if status == 200 and isinstance(body, dict) and isinstance(body.get("deleted"), int):
+        return body["deleted"]
+    if status == 404:
+        # The target answers 404 both without the endpoint and for a wrong token (it hides the endpoint).
+        raise CleanupError(f"{host} answered 404 to DELETE {endpoint}: start the target with {TOKEN_ENV} set, "
+                           f"and set the same {TOKEN_ENV} here")
+    if status in (401, 403):
+        raise CleanupError(f"{host} rejected the admin token: {TOKEN_ENV} must equal the target's")
+    raise CleanupError(f"{host} answered {status} to DELETE {endpoint} (expected 200 with a \"deleted\" count)")
+
+
+_option_added = False
+
+
+def remove_after_test(prefix: str | Callable[[Any], str]) -> None:
+    """Register listeners that delete users starting with `prefix` (or prefix(environment)) when
+    the test stops and at exit, on the master/standalone process, unless --keep-users."""
+    global _option_added
+    from locust import events
+
+    from locust_tests.config import test_config
+
+    from .roles import is_coordinator, target_host
+
+    if not _option_added:  # two locustfiles in one run may both ask for cleanup
+        _option_added = True
+
+        @events.init_command_line_parser.add_listener
+        def _add_arguments(parser: Any) -> None:
+            parser.add_argument("--keep-users", action="store_true", default=False, env_var="LOCUST_KEEP_USERS",
+                                include_in_web_ui=False,
+                                help=f"Keep the users this run created (by default they are deleted at the end "
+                                     f"when {TOKEN_ENV} is set)")
+
+    def _remove(environment: Any, **_: Any) -> None:
+        if not is_coordinator(environment):
+            return
+        options = environment.parsed_options
+        if options is not None and getattr(options, "keep_users", False):
+            return
+        token = os.environ.get(TOKEN_ENV, "")
+        host = target_host(environment)
+        if not token or host is None:
+            return
+        wanted = prefix(environment) if callable(prefix) else prefix
+        try:
+            deleted = delete_users(host, wanted, token, test_config.ADMIN_USERS_ENDPOINT)
+        except CleanupError as exc:
+            logger.warning("cleanup: users starting with %s were not deleted: %s", wanted, exc)
+            return
+        if deleted:
+            logger.info("cleanup: deleted %d users starting with %s (--keep-users keeps them)", deleted, wanted)
+
+    events.test_stop.add_listener(_remove)
+    events.quitting.add_listener(_remove)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m locust_tests.plugins.cleanup",
+                                     description="Delete test users from the target through its admin endpoint.")
+    parser.add_argument("--host", required=True, help="the target, e.g. http://127.0.0.1:5000")
+    parser.add_argument("--prefix", default=PREFIX,
+                        help=f"delete users whose username starts with this (default {PREFIX!r}: every user "
+                             f"the Locust suite created)")
+    parser.add_argument("--endpoint", default=ADMIN_ENDPOINT, help=f"admin path (default {ADMIN_ENDPOINT})")
+    args = parser.parse_args(argv)
+    token = os.environ.get(TOKEN_ENV, "")
+    try:
+        deleted = delete_users(args.host, args.prefix, token, args.endpoint)
+    except CleanupError as exc:
+        print(f"cleanup: {exc}")
+        return 1
+    print(f"cleanup: deleted {deleted} users starting with {args.prefix!r} from {args.host}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,162 @@
+"""A prometheus-client Collector that turns Locust's own stats into metric families at scrape time.
+
+Nothing is counted twice: every value is read from the runner's RequestStats when Prometheus
+scrapes, so on a master it covers all workers, and the totals equal Locust's CSV and HTML
+reports. Metric names (a contract read by dashboards, recording rules and alerts):
+
+    locust_users                                    gauge    simulated users now
+    locust_running                                  gauge    1 while spawning or running, else 0
+    locust_workers                                  gauge    connected workers (0 when standalone)
+    locust_step                                     gauge    current step of the step hunt (only then)
+    locust_requests_total{method,name}              counter  all requests, failures included
+    locust_request_failures_total{method,name}      counter  failed requests
+    locust_request_duration_seconds{method,name}    histogram of response times
+    locust_errors_total{method,name,error}          counter  failures by (shortened) error text
+
+Labels carry Locust's request *name* (which a locustfile sets to the route, e.g. name="login"),
+never a raw URL or a user. A new test start clears Locust's stats, so the counters restart from
+zero: Prometheus' rate()/increase() treat that as an ordinary counter reset.
+
+This module does not import Locust (the runner is duck-typed), so it can be tested and reused
+without gevent's monkey patching.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+# Same buckets as the target's own request histogram (and prometheus-client's defaults), so
+# dashboards can put client-side and server-side latency quantiles side by side.
+BUCKETS_SECONDS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+# Error texts can carry anything (exception reprs, server messages). Shorten them, and cap how
+# many distinct ones become label values: beyond the cap they are counted as error="other".
+ERROR_TEXT_MAX = 80
+MAX_DISTINCT_ERRORS = 20
+OTHER_ERROR = "other"
+
+_ACTIVE_STATES = ("spawning", "running")  # locust.runners.STATE_SPAWNING / STATE_RUNNING
+_ADDRESS = re.compile(r"\b0x[0-9a-fA-F]+\b")
+_SPACE = re.compile(r"\s+")
+
+
+_BOUNDS_MS = [b * 1000.0 for b in BUCKETS_SECONDS]
+# Locust's rounded response times form a small set (~300 keys below 100 s), so the bucket of each
+# key is looked up once and remembered: a scrape then costs one dict lookup per key.
+_bucket_of: dict[int, int] = {}
+_BUCKET_CACHE_MAX = 4096
+
+
+def cumulative_buckets(response_times_ms: dict[int, int]) -> list[int]:
+    """Cumulative counts per bucket bound of BUCKETS_SECONDS (le, inclusive) of a Locust
+    {ms: count} dict, followed by the +Inf count. Locust keeps response times rounded (1 ms below
+    100 ms, then 2 significant digits), so a bound counts every recorded value that rounds to at
+    most it."""
+    counts = [0] * (len(_BOUNDS_MS) + 1)
+    for ms, count in response_times_ms.items():
+        index = _bucket_of.get(ms)
+        if index is None:
+            index = bisect.bisect_left(_BOUNDS_MS, ms)
+            if len(_bucket_of) < _BUCKET_CACHE_MAX:
+                _bucket_of[ms] = index
+        counts[index] += count
+    return list(itertools.accumulate(counts))
+
+
+def short_error(text: Any) -> str:
+    """An error as a short, single-line label value (addresses masked, at most ERROR_TEXT_MAX)."""
+    value = _SPACE.sub(" ", _ADDRESS.sub("0x...", str(text))).strip() or "unknown"
+    if len(value) > ERROR_TEXT_MAX:
+        value = value[: ERROR_TEXT_MAX - 3].rstrip() + "..."
+    return value
+
+
+class ErrorLabels:
+    """Maps errors to label values, admitting the first MAX_DISTINCT_ERRORS distinct ones.
+
+    The admitted set only grows until `reset()` (a new test), so each series stays a proper
+    counter: "other" sums the errors that came after the cap, and sums only grow."""
+
+    def __init__(self, limit: int = MAX_DISTINCT_ERRORS) -> None:
+        self.limit = limit
+        self._admitted: set[tuple[str, str, str]] = set()
+
+    def reset(self) -> None:
+        self._admitted.clear()
+
+    def label(self, method: str, name: str, error: str) -> str:
+        key = (method, name, error)
+        if key in self._admitted:
+            return error
+        if len(self._admitted) < self.limit:
+            self._admitted.add(key)
+            return error
+        return OTHER_ERROR
+
+
+class LocustCollector(Collector):
+    """Yields the metric families above from `environment.runner` at each scrape."""
+
+    def __init__(self, environment: Any, error_limit: int = MAX_DISTINCT_ERRORS) -> None:
+        self.environment = environment
+        self.errors = ErrorLabels(error_limit)
+
+    def describe(self) -> list[Metric]:
+        return []  # scrape-time values: nothing to check at registration
+
+    def collect(self) -> Iterator[Metric]:
+        runner = self.environment.runner
+        if runner is None:
+            return
+        stats = runner.stats
+        # Take the entries first: the scrape must not see a dict that grows under it.
+        entries = [e for e in list(stats.entries.values()) if e.num_requests or e.num_failures]
+        errors = list(stats.errors.values())
+
+        yield GaugeMetricFamily("locust_users", "Simulated users currently running.", value=runner.user_count)
+        yield GaugeMetricFamily("locust_running", "1 while Locust is spawning or running users, else 0.",
+                                value=1 if runner.state in _ACTIVE_STATES else 0)
+        # Only a master has worker clients; a standalone runner reports 0.
+        workers = runner.worker_count if hasattr(runner, "clients") else 0
+        yield GaugeMetricFamily("locust_workers", "Locust workers connected to this master.", value=workers)
+        step = getattr(self.environment.shape_class, "current_step", None)
+        if step is not None:
+            yield GaugeMetricFamily("locust_step", "Current step of the step hunt (1-based; 0 before it starts).",
+                                    value=step)
+
+        requests = CounterMetricFamily("locust_requests", "Requests made, failures included.",
+                                       labels=["method", "name"])
+        failures = CounterMetricFamily("locust_request_failures", "Requests that failed.",
+                                       labels=["method", "name"])
+        durations = HistogramMetricFamily("locust_request_duration_seconds",
+                                          "Response times recorded by Locust.", labels=["method", "name"])
+        bounds = [floatToGoString(b) for b in BUCKETS_SECONDS] + ["+Inf"]
+        for entry in entries:
+            labels = [entry.method or "", entry.name]
+            requests.add_metric(labels, entry.num_requests)
+            failures.add_metric(labels, entry.num_failures)
+            counts = cumulative_buckets(entry.response_times)
+            durations.add_metric(labels, buckets=list(zip(bounds, counts)),
+                                 sum_value=entry.total_response_time / 1000.0)
+        yield requests
+        yield failures
+        yield durations
+
+        by_label: dict[tuple[str, str, str], int] = {}
+        for err in errors:
+            method, name = err.method or "", err.name
+            label = self.errors.label(method, name, short_error(err.error))
+            key = (method, name, label)
+            by_label[key] = by_label.get(key, 0) + err.occurrences
+        family = CounterMetricFamily("locust_errors", "Failures by error (text shortened, distinct values capped).",
+                                     labels=["method", "name", "error"])
+        for labels, value in by_label.items():
+            family.add_metric(list(labels), value)
+        yield family

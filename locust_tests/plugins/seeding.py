@@ -1,0 +1,89 @@
+"""Seeding: make sure the users a scenario logs in with exist before its load starts.
+
+    seeding.seed_before_test(users)   # in a locustfile, at import
+
+registers a test_start listener that, on the master or standalone process only (so once per run,
+however many workers), registers each user through the API itself. It is idempotent: a user
+that already exists (409) is fine. Locust fires test_start before it spawns any user, and waits
+for the listener, so the load never starts against missing accounts.
+
+`register_users` does not import Locust, so other tools can seed the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from .httpclient import call
+
+logger = logging.getLogger(__name__)
+
+# Parallel registrations while seeding: enough to keep a 2-worker target busy, few enough that
+# seeding never looks like load.
+SEED_CONCURRENCY = 8
+
+
+@dataclass
+class SeedReport:
+    created: int = 0
+    existing: int = 0
+    failed: int = 0
+    first_problem: str = ""
+
+
+def register_users(host: str, users: list[dict[str, str]], endpoint: str = "/client_registeration",
+                   concurrency: int = SEED_CONCURRENCY) -> SeedReport:
+    """Register `users` at host+endpoint; 201 counts as created, 409 as already existing."""
+    url = host.rstrip("/") + endpoint
+    report = SeedReport()
+
+    def register(user: dict[str, str]) -> tuple[int, str]:
+        try:
+            status, body = call("POST", url, {k: user[k] for k in ("username", "email", "password")})
+        except OSError as exc:
+            return 0, f"no answer from {host} ({getattr(exc, 'reason', exc)})"
+        detail = body.get("error", "") if isinstance(body, dict) else ""
+        return status, f"HTTP {status} {detail}".strip()
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        for status, problem in pool.map(register, users):
+            if status == 201:
+                report.created += 1
+            elif status == 409:
+                report.existing += 1
+            else:
+                report.failed += 1
+                report.first_problem = report.first_problem or problem
+    return report
+
+
+def seed_before_test(users: list[dict[str, str]]) -> None:
+    """Register a test_start listener that seeds `users` into the target once per run."""
+    from locust import events
+
+    from locust_tests.config import test_config
+
+    from .roles import is_coordinator, target_host
+
+    @events.test_start.add_listener
+    def _seed(environment: Any, **_: Any) -> None:
+        if not is_coordinator(environment):
+            return
+        host = target_host(environment)
+        if host is None:
+            logger.error("seeding: no host to seed: pass --host")
+            return
+        report = register_users(host, users, test_config.REGISTRATION_ENDPOINT)
+        if report.failed:
+            logger.error("seeding: %d of %d test users could not be created at %s (first: %s); logins with "
+                         "them will fail", report.failed, len(users), host, report.first_problem)
+        else:
+            logger.info("seeding: %d test users ready at %s (%d created, %d already there)",
+                        len(users), host, report.created, report.existing)
+        if environment.shape_class is not None:
+            # The load starts now: seeding time must not eat into a preset or the first step.
+            # (A master resets the shape's clock after test_start itself; a standalone runner does not.)
+            environment.shape_class.reset_time()

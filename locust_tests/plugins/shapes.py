@@ -1,0 +1,187 @@
+"""Named load presets and the step hunt, chosen with `--scenario NAME`.
+
+    from locust_tests.plugins import shapes
+    shapes.use_presets("login")   # this locustfile offers login's presets (and "step")
+
+Options (each also an env var, or a key in locust.conf):
+    --scenario NAME     LOCUST_SCENARIO     a preset of this locustfile, or "step"
+    --time-scale F      LOCUST_TIME_SCALE   multiply durations and step holds by F (e.g. 0.05)
+    --step-users N      LOCUST_STEP_USERS   users added per step (default 10)
+    --step-time T       LOCUST_STEP_TIME    hold per step, e.g. 150s or 2m30s (default 150s)
+    --max-users N       LOCUST_MAX_USERS    last step's users (default 1000)
+    --no-stop-on-break  LOCUST_NO_STOP_ON_BREAK=true   run every step up to --max-users
+
+Without --scenario nothing changes: no shape is active and -u/-r/-t behave as in plain Locust.
+That is why the shape classes here are marked `abstract`: Locust activates any concrete
+LoadTestShape it finds in a locustfile, so these are only activated by `--scenario`, at init, by
+setting `environment.shape_class` on the master (the one process that runs shapes).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from locust import LoadTestShape, events
+from locust.env import Environment
+from locust.util.timespan import parse_timespan
+
+from .presets import (
+    DEFAULT_MAX_USERS,
+    DEFAULT_STEP_TIME_S,
+    DEFAULT_STEP_USERS,
+    KINDS,
+    STEP,
+    Preset,
+    Slo,
+    Snapshot,
+    StepHunt,
+    StepPlan,
+    StepResult,
+    Tick,
+)
+from .roles import is_coordinator
+
+logger = logging.getLogger(__name__)
+
+_offered: dict[str, Preset] = {}
+
+
+def use_presets(kind: str) -> None:
+    """Offer the presets of `kind` ("registration" or "login") to --scenario in this run."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown scenario kind {kind!r}: one of {', '.join(KINDS)}")
+    _offered.update(KINDS[kind])
+
+
+def scenario_names() -> list[str]:
+    return [*_offered, STEP]
+
+
+class PresetShape(LoadTestShape):
+    """Constant users for the preset's (time-scaled) duration, then stop."""
+
+    abstract = True  # activated by --scenario only (see the module docstring)
+
+    def __init__(self, preset: Preset, time_scale: float = 1.0) -> None:
+        super().__init__()
+        self.preset = preset
+        self.time_scale = time_scale
+
+    def tick(self) -> Tick:
+        return self.preset.tick(self.get_run_time(), self.time_scale)
+
+
+class StepShape(LoadTestShape):
+    """The step hunt: equal steps of users, each held long enough to reach steady state, judged
+    against the SLO from Locust's own stats; stops one step after the first breaching step."""
+
+    abstract = True  # activated by --scenario step only
+
+    def __init__(self, plan: StepPlan, slo: Slo, transient_fraction: float, stop_on_break: bool = True) -> None:
+        super().__init__()
+        self.hunt = StepHunt(plan, slo, transient_fraction, stop_on_break, on_result=self._log_result)
+
+    @property
+    def current_step(self) -> int:
+        """1-based index of the running step (exported as the gauge locust_step)."""
+        return self.hunt.current_step
+
+    def reset_time(self) -> None:
+        super().reset_time()
+        # A new test (e.g. Start pressed again in the web UI) hunts from the first step again.
+        self.hunt = StepHunt(self.hunt.plan, self.hunt.slo, self.hunt.transient_fraction,
+                             self.hunt.stop_on_break, on_result=self._log_result)
+
+    def tick(self) -> Tick:
+        result = self.hunt.tick(self.get_run_time(), self._snapshot)
+        if result is None and self.hunt.step >= 0:
+            self._log_end()
+        return result
+
+    def _snapshot(self) -> Snapshot:
+        total = self.runner.stats.total
+        return Snapshot(total.num_requests, total.num_failures, total.num_none_requests, dict(total.response_times))
+
+    def _log_result(self, result: StepResult) -> None:
+        verdict = f"BREACH ({result.reason})" if result.breached else "within SLO"
+        logger.info("step %d: %d users, %.1f req/s, p95 %d ms, errors %.2f%% -> %s", result.step, result.users,
+                    result.rps, result.p95_ms, 100 * result.error_ratio, verdict)
+
+    def _log_end(self) -> None:
+        if getattr(self, "_ended", False):
+            return
+        self._ended = True
+        hunt = self.hunt
+        if hunt.break_step is not None:
+            logger.info("step hunt: the SLO broke at step %d (%d users); stopping", hunt.break_step + 1,
+                        hunt.plan.users(hunt.break_step))
+        else:
+            logger.info("step hunt: reached %d users without breaching the SLO", hunt.plan.max_users)
+
+
+def build_shape(name: str, options: Any) -> LoadTestShape:
+    """The shape for --scenario `name` (ValueError naming the choices if there is none)."""
+    from locust_tests.config import test_config
+
+    time_scale = float(getattr(options, "time_scale", 1.0))
+    if time_scale <= 0:
+        raise ValueError(f"--time-scale must be positive (got {time_scale})")
+    if name == STEP:
+        step_time = parse_timespan(str(options.step_time)) if isinstance(options.step_time, str) else options.step_time
+        plan = StepPlan(int(options.step_users), float(step_time) * time_scale, int(options.max_users))
+        slo = Slo(test_config.SLO_P95_MS, test_config.SLO_ERROR_RATIO)
+        return StepShape(plan, slo, test_config.STEP_TRANSIENT_FRACTION, not options.no_stop_on_break)
+    if name not in _offered:
+        raise ValueError(f"unknown --scenario {name!r}: this locustfile offers {', '.join(scenario_names())}")
+    return PresetShape(_offered[name], time_scale)
+
+
+@events.init_command_line_parser.add_listener
+def _add_arguments(parser: Any) -> None:
+    add = parser.add_argument
+    add("--scenario", default="", env_var="LOCUST_SCENARIO", include_in_web_ui=False,
+        help="Run a named preset (registration: normal, heavy, spike; login: baseline, stress, breaking-point; "
+             "either: step). Without it, -u/-r/-t work as usual")
+    add("--time-scale", type=float, default=1.0, env_var="LOCUST_TIME_SCALE", include_in_web_ui=False,
+        help="Multiply a preset's duration and the step hold by this (e.g. 0.05 for a smoke run)")
+    add("--step-users", type=int, default=DEFAULT_STEP_USERS, env_var="LOCUST_STEP_USERS", include_in_web_ui=False,
+        help=f"Step hunt: users added per step (default {DEFAULT_STEP_USERS})")
+    add("--step-time", default=f"{DEFAULT_STEP_TIME_S:g}s", env_var="LOCUST_STEP_TIME", include_in_web_ui=False,
+        help=f"Step hunt: hold per step, e.g. 150s, 2m30s (default {DEFAULT_STEP_TIME_S:g}s, before --time-scale)")
+    add("--max-users", type=int, default=DEFAULT_MAX_USERS, env_var="LOCUST_MAX_USERS", include_in_web_ui=False,
+        help=f"Step hunt: users of the last step (default {DEFAULT_MAX_USERS})")
+    add("--no-stop-on-break", action="store_true", default=False, env_var="LOCUST_NO_STOP_ON_BREAK",
+        include_in_web_ui=False,
+        help="Step hunt: keep stepping up to --max-users after the SLO breaks (default: stop one step later)")
+
+
+@events.init.add_listener
+def _on_init(environment: Environment, runner: Any = None, **_: Any) -> None:
+    options = environment.parsed_options
+    if options is None or not options.scenario or not is_coordinator(environment):
+        return
+    try:
+        shape = build_shape(options.scenario, options)
+    except ValueError as exc:
+        logger.error("%s", exc)
+        sys.exit(1)
+    shape.runner = environment.runner
+    environment.shape_class = shape
+    # With --class-picker the web UI can switch between this preset and plain -u/-r ("Default").
+    environment.available_shape_classes = {**(environment.available_shape_classes or {}), type(shape).__name__: shape}
+    ignored = [flag for flag, value in (("-u", options.num_users), ("-r", options.spawn_rate), ("-t", options.run_time))
+               if value]
+    if ignored:
+        logger.warning("--scenario %s sets users, spawn rate and duration itself: %s ignored", options.scenario,
+                       ", ".join(ignored))
+    if isinstance(shape, StepShape):
+        plan = shape.hunt.plan
+        logger.info("scenario step: +%d users every %g s up to %d users; SLO p95 <= %g ms, errors <= %.1f%%",
+                    plan.step_users, plan.step_time_s, plan.max_users, shape.hunt.slo.p95_ms,
+                    100 * shape.hunt.slo.error_ratio)
+    else:
+        preset = shape.preset
+        logger.info("scenario %s: %d users at %g/s for %g s", preset.name, preset.users, preset.spawn_rate,
+                    preset.duration_s * shape.time_scale)

@@ -1,0 +1,1 @@
+"""Locustfiles: run them with `locust -f locust_tests/scenarios/<name>.py`."""

@@ -1,0 +1,37 @@
+"""Login load: simulated users log in with test accounts seeded before the load starts.
+
+    locust -f locust_tests/scenarios/login_test.py --users 500 --spawn-rate 50 --run-time 10m
+    locust -f locust_tests/scenarios/login_test.py --headless --scenario baseline   # stress, breaking-point, step
+"""
+
+import itertools
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout, installed or not
+
+from locust import FastHttpUser, between, task  # noqa: E402
+
+from locust_tests.config import test_config as cfg  # noqa: E402
+from locust_tests.plugins import cleanup, exporter, preflight, seeding, shapes, testdata  # noqa: E402,F401
+from locust_tests.plugins.checks import expect_token  # noqa: E402
+
+ACCOUNTS = testdata.load_users(cfg.TEST_USERS_FILE, limit=cfg.LOGIN_USERS)
+shapes.use_presets("login")
+seeding.seed_before_test(ACCOUNTS)  # once, from the master, before any user starts
+cleanup.remove_after_test(testdata.DATA_PREFIX)  # when LAB_ADMIN_TOKEN is set
+_accounts = itertools.cycle(ACCOUNTS)
+
+
+class LoggingInUser(FastHttpUser):
+    host = cfg.HOST
+    wait_time = between(cfg.MIN_WAIT_TIME / 1000, cfg.MAX_WAIT_TIME / 1000)
+
+    def on_start(self):
+        account = next(_accounts)
+        self.credentials = {"username": account["username"], "password": account["password"]}
+
+    @task
+    def login(self):
+        with self.client.post(cfg.LOGIN_ENDPOINT, json=self.credentials, catch_response=True) as response:
+            expect_token(response)

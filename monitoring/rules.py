@@ -1,0 +1,246 @@
+"""Recording rules and breaking-point alerts, built from `loadlab.thresholds`.
+
+Recording rules hold what dashboards and alerts share (throughput, error ratio, latency
+quantiles from both histograms, CPU in cores and as a fraction of the cores available), so a
+panel shows exactly the number an alert fires on. `monitoring/RUNBOOK.md` explains each alert.
+
+Every rate window is `Thresholds.rate_window_seconds` (4 scrape intervals): shorter windows
+hold fewer than two samples after a missed scrape and `rate()` returns nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loadlab.thresholds import DEFAULT_THRESHOLDS, Thresholds
+
+# Selectors, in one place like a mixin's config. Job names are the scrape jobs of
+# prometheus_config.JOBS; group names are the sidecar's `--group` names.
+LOCUST = 'job="locust"'
+TARGET = 'job="target"'
+SIDECAR = 'job="sidecar"'
+# The API's own traffic: health checks (compose, the runner) are cheap and would dilute the
+# latency quantiles. /metrics is not counted by the instrumentation at all.
+TARGET_API = 'job="target", endpoint!="/healthz"'
+TARGET_GROUP = "target"
+GENERATOR_GROUP = "locust"
+
+# Recording-rule names (level:metric:operations), imported by the dashboards.
+USERS = "loadlab:locust_users"
+LOCUST_RPS = "loadlab:locust_requests:rate"
+LOCUST_FAILURES_RPS = "loadlab:locust_request_failures:rate"
+LOCUST_ERROR_RATIO = "loadlab:locust_error_ratio:rate"
+PER_USER = "loadlab:locust_throughput_per_user"
+PER_USER_SETTLED = "loadlab:locust_throughput_per_user:settled"
+PER_USER_BEST = "loadlab:locust_throughput_per_user:best"
+TARGET_RPS = "loadlab:http_requests:rate"
+TARGET_5XX_RPS = "loadlab:http_requests_5xx:rate"
+TARGET_ERROR_RATIO = "loadlab:http_error_ratio:rate"
+HOST_CORES = "loadlab:host_cpu:cores"
+HOST_CPU_UTILISATION = "loadlab:host_cpu:utilisation"
+HOST_MEMORY_UTILISATION = "loadlab:host_memory:utilisation"
+GROUP_CPU_CORES = "loadlab:namegroup_cpu:cores"
+GROUP_CORES_AVAILABLE = "loadlab:namegroup_cpu:cores_available"
+GROUP_CPU_SATURATION = "loadlab:namegroup_cpu:saturation"
+GROUP_RESIDENT_BYTES = "loadlab:namegroup_memory_resident:bytes"
+QUANTILES = ("p50", "p95", "p99")
+
+# gunicorn's arbiter only supervises; the workers serve. One process stays out of the target's
+# "busy" count (a single-process server still counts as one: clamp_min below).
+TARGET_IDLE_PROCESSES = 1
+
+
+def latency(side: str, quantile: str) -> str:
+    """Recording-rule name of a latency quantile: side is "locust" (client) or "http" (server)."""
+    return f"loadlab:{side}_request_duration_seconds:{quantile}"
+
+
+def _s(seconds: int) -> str:
+    return f"{int(seconds)}s"
+
+
+def _quantile_expr(metric: str, selector: str, q: float, window: str) -> str:
+    # `>= 0` drops the NaN histogram_quantile returns for a window without requests: the
+    # alerts treat "nothing completed" explicitly instead of comparing against NaN.
+    return f"histogram_quantile({q}, sum by (le) (rate({metric}_bucket{{{selector}}}[{window}]))) >= 0"
+
+
+def recording_groups(t: Thresholds = DEFAULT_THRESHOLDS) -> list[dict[str, Any]]:
+    w = _s(t.rate_window_seconds)
+    pw = _s(t.plateau_window_seconds)
+    load = [
+        {"record": USERS, "expr": f"sum(locust_users{{{LOCUST}}})"},
+        {"record": LOCUST_RPS, "expr": f"sum(rate(locust_requests_total{{{LOCUST}}}[{w}]))"},
+        {"record": LOCUST_FAILURES_RPS, "expr": f"sum(rate(locust_request_failures_total{{{LOCUST}}}[{w}]))"},
+        # Absent (not NaN) when nothing completed; the alerts handle that case on purpose.
+        {"record": LOCUST_ERROR_RATIO, "expr": f"{LOCUST_FAILURES_RPS} / ({LOCUST_RPS} > 0)"},
+        # Averaged over the same window as the rate, so users spawned a moment ago do not
+        # count before their requests can.
+        {"record": PER_USER, "expr": (
+            f"sum(rate(locust_requests_total{{{LOCUST}}}[{pw}]))\n"
+            f"/ (sum(avg_over_time(locust_users{{{LOCUST}}}[{pw}])) > 0)")},
+        # Only once users have been running for a whole window: right after the first spawn
+        # every new user fires at once, which would set an unreachable "best".
+        {"record": PER_USER_SETTLED, "expr": f"{PER_USER} and on() (min_over_time({USERS}[{pw}]) > 0)"},
+        {"record": PER_USER_BEST, "expr": f"max_over_time({PER_USER_SETTLED}[{_s(t.plateau_lookback_seconds)}])"},
+        {"record": TARGET_RPS, "expr": f"sum(rate(http_requests_total{{{TARGET_API}}}[{w}]))"},
+        {"record": TARGET_5XX_RPS, "expr": f'sum(rate(http_requests_total{{{TARGET_API}, status=~"5.."}}[{w}])) or on() (0 * {TARGET_RPS})'},
+        {"record": TARGET_ERROR_RATIO, "expr": f"{TARGET_5XX_RPS} / ({TARGET_RPS} > 0)"},
+    ]
+    for name, q in zip(QUANTILES, (0.5, 0.95, 0.99)):
+        load.append({"record": latency("locust", name),
+                     "expr": _quantile_expr("locust_request_duration_seconds", LOCUST, q, w)})
+    for name, q in zip(QUANTILES, (0.5, 0.95, 0.99)):
+        load.append({"record": latency("http", name),
+                     "expr": _quantile_expr("http_request_duration_seconds", TARGET_API, q, w)})
+
+    cores = f"scalar({HOST_CORES})"
+    procs = "sum by (groupname) (namedprocess_namegroup_num_procs{%s, groupname=\"%s\"})"
+    resources = [
+        {"record": HOST_CORES, "expr": f"count(count by (cpu) (node_cpu_seconds_total{{{SIDECAR}}}))"},
+        {"record": HOST_CPU_UTILISATION, "expr": (
+            f'sum(rate(node_cpu_seconds_total{{{SIDECAR}, mode!~"idle|iowait|steal"}}[{w}])) / {cores}')},
+        {"record": HOST_MEMORY_UTILISATION, "expr": (
+            f"1 - sum(node_memory_MemAvailable_bytes{{{SIDECAR}}}) / sum(node_memory_MemTotal_bytes{{{SIDECAR}}})")},
+        {"record": GROUP_CPU_CORES, "expr": (
+            f'sum by (groupname) (rate(namedprocess_namegroup_cpu_seconds_total{{{SIDECAR}, '
+            f'groupname=~"{TARGET_GROUP}|{GENERATOR_GROUP}"}}[{w}]))')},
+        # Target: one core per gunicorn worker (a sync worker is one Python thread of work),
+        # i.e. its processes minus the arbiter, at most the host's cores.
+        {"record": GROUP_CORES_AVAILABLE, "labels": {"groupname": TARGET_GROUP}, "expr": (
+            f"clamp_max(clamp_min({procs % (SIDECAR, TARGET_GROUP)} - {TARGET_IDLE_PROCESSES}, 1), {cores})")},
+        # Generator: one core per Locust process generating load. Standalone that is the one
+        # process; distributed (locust_workers > 0) the master only coordinates, so its
+        # process does not count.
+        {"record": GROUP_CORES_AVAILABLE, "labels": {"groupname": GENERATOR_GROUP}, "expr": (
+            f"clamp_max(clamp_min(\n  {procs % (SIDECAR, GENERATOR_GROUP)}\n"
+            f"  - on() group_left() (max(locust_workers{{{LOCUST}}}) > bool 0 or on() vector(0)),\n"
+            f"  1), {cores})")},
+        {"record": GROUP_CPU_SATURATION, "expr": f"{GROUP_CPU_CORES} / {GROUP_CORES_AVAILABLE}"},
+        {"record": GROUP_RESIDENT_BYTES, "expr": (
+            f'sum by (groupname) (namedprocess_namegroup_memory_bytes{{{SIDECAR}, memtype="resident", '
+            f'groupname=~"{TARGET_GROUP}|{GENERATOR_GROUP}"}})')},
+    ]
+    interval = _s(t.scrape_interval_seconds)
+    return [
+        {"name": "loadlab-load", "interval": interval, "rules": load},
+        {"name": "loadlab-resources", "interval": interval, "rules": resources},
+    ]
+
+
+# Annotation fragments. `query` runs at the alert's evaluation time, so they quote the load at
+# the moment the alert (re-)evaluated, not a later one.
+def _load_context() -> str:
+    return (
+        f"at {{{{ with query `{USERS}` }}}}{{{{ . | first | value | printf \"%.0f\" }}}}{{{{ else }}}}unknown{{{{ end }}}} users"
+        f" and {{{{ with query `{LOCUST_RPS}` }}}}{{{{ . | first | value | printf \"%.1f\" }}}}{{{{ else }}}}unknown{{{{ end }}}} req/s"
+    )
+
+
+def _q(expr: str, fmt: str) -> str:
+    """Template text quoting the first value of `expr`, or "unknown"."""
+    return f"{{{{ with query `{expr}` }}}}{{{{ . | first | value | {fmt} }}}}{{{{ else }}}}unknown{{{{ end }}}}"
+
+
+def _stalled(window: str) -> str:
+    # Users have been running for a whole window and not one request completed in it: every
+    # ratio and quantile has a zero denominator, which must not look like "healthy". (A whole
+    # window, `offset` included: a request counter that just appeared needs two samples, and a
+    # rule evaluation after them, before rate() returns anything.)
+    return (f"(clamp_max(min_over_time({USERS}[{window}]) > 0, 1) and on() ({USERS} offset {window} > 0)"
+            f" unless on() ({LOCUST_RPS} > 0))")
+
+
+def alert_rules(t: Thresholds = DEFAULT_THRESHOLDS) -> list[dict[str, Any]]:
+    w = _s(t.rate_window_seconds)
+    stalled = _stalled(w)
+    fors = t.alert_for_seconds
+    ctx = _load_context()
+    slo_ms = f"{t.latency_p95_ms:g}ms"
+    pct = f"{t.error_ratio * 100:g}%"
+    sat = f"{t.cpu_saturation_fraction * 100:g}%"
+
+    def alert(name: str, expr: str, severity: str, component: str, summary: str, description: str) -> dict[str, Any]:
+        return {
+            "alert": name, "expr": expr, "for": _s(fors[name]),
+            "labels": {"severity": severity, "component": component},
+            "annotations": {"summary": summary, "description": description,
+                            "runbook_url": f"monitoring/RUNBOOK.md#{name.lower()}"},
+        }
+
+    p95_client, p95_server = latency("locust", "p95"), latency("http", "p95")
+    cpu = f"{GROUP_CPU_CORES}{{groupname=\"%s\"}}"
+    avail = f"{GROUP_CORES_AVAILABLE}{{groupname=\"%s\"}}"
+    rules = [
+        alert("TargetDown",
+              f"up{{{TARGET}}} == 0 or absent(up{{{TARGET}}})",
+              "critical", "target",
+              "Target API is down{{ if $labels.instance }} ({{ $labels.instance }}){{ end }}",
+              "Prometheus cannot scrape the target API{{ if $labels.instance }} at {{ $labels.instance }}"
+              "{{ else }}: no `target` job is scraped at all{{ end }}, " + ctx + ". The last scrape took "
+              + _q(f'scrape_duration_seconds{{{TARGET}}}', 'printf "%.2f"') + f" s (timeout {t.scrape_interval_seconds} s): "
+              "at the timeout the target is alive but so overloaded that /metrics waits behind the load; "
+              "far below it, it refuses connections (down)."),
+        alert("LoadTestErrorRatioHigh",
+              f"{LOCUST_ERROR_RATIO} > {t.error_ratio:g}\n"
+              f"or on() {stalled}\n"
+              # Load from another tool (no Locust job): judge the API's own 5xx ratio.
+              f"or on() ({TARGET_ERROR_RATIO} > {t.error_ratio:g} unless on() {LOCUST_RPS})",
+              "critical", "target",
+              "Error ratio {{ $value | humanizePercentage }} is above the " + pct + " SLO",
+              "{{ $value | humanizePercentage }} of requests failed over the last " + w + " (SLO " + pct + "), "
+              + ctx + " (100% with no request completing means the target stopped answering). "
+              "The API itself counted " + _q(TARGET_5XX_RPS, 'printf "%.1f"') + " 5xx/s."),
+        alert("LoadTestLatencySLOBreached",
+              f"{p95_client} > {t.latency_p95_seconds:g}\n"
+              f"or on() ({p95_server} > {t.latency_p95_seconds:g} unless on() {p95_client})\n"
+              f"or on() ({stalled} * +Inf)",
+              "critical", "target",
+              "p95 latency {{ $value | humanizeDuration }} breaches the " + slo_ms + " SLO",
+              "Client-side (Locust) p95 latency is {{ $value | humanizeDuration }} over the last " + w
+              + " (SLO " + slo_ms + "; +Inf: no request completed), " + ctx
+              + ". Server-side p95 is " + _q(p95_server, "humanizeDuration")
+              + ": far below the client's means requests queue before the app sees them."),
+        alert("LoadTestThroughputPlateau",
+              f"{PER_USER} < {t.plateau_fraction:g} * {PER_USER_BEST}\n"
+              f"and on() ({USERS} > min_over_time({USERS}[{_s(t.users_rising_window_seconds)}]))",
+              "warning", "target",
+              "Throughput per user fell to {{ $value | printf \"%.3f\" }} req/s while users keep rising: the knee",
+              "Each user now gets {{ $value | printf \"%.3f\" }} req/s, below " + f"{t.plateau_fraction * 100:g}%"
+              + " of the run's best (" + _q(PER_USER_BEST, 'printf "%.3f"') + " req/s), " + ctx
+              + ". Adding users no longer adds throughput: the target has passed its knee."),
+        alert("TargetCPUSaturated",
+              f"{GROUP_CPU_SATURATION}{{groupname=\"{TARGET_GROUP}\"}} > {t.cpu_saturation_fraction:g}",
+              "warning", "target",
+              "Target CPU at {{ $value | humanizePercentage }} of its available cores",
+              "The target uses " + _q(cpu % TARGET_GROUP, 'printf "%.2f"') + " of "
+              + _q(avail % TARGET_GROUP, 'printf "%.0f"') + " available cores ({{ $value | humanizePercentage }}, "
+              "saturated at " + sat + "), " + ctx + ". CPU is what runs out first."),
+        alert("TargetMemoryHigh",
+              f"{GROUP_RESIDENT_BYTES}{{groupname=\"{TARGET_GROUP}\"}} > {t.target_memory_limit_bytes}",
+              "warning", "target",
+              "Target resident memory {{ $value | humanize1024 }}B is above "
+              f"{t.target_memory_limit_bytes / 1024**2:g} MiB",
+              "The target's processes hold {{ $value | humanize1024 }}B resident (limit "
+              f"{t.target_memory_limit_bytes / 1024**2:g} MiB), " + ctx + ". A leak or too many workers."),
+        alert("LoadGeneratorSaturated",
+              f"{GROUP_CPU_SATURATION}{{groupname=\"{GENERATOR_GROUP}\"}} > {t.cpu_saturation_fraction:g}",
+              "critical", "generator",
+              "Locust is out of CPU ({{ $value | humanizePercentage }}): the measured breaking point is not valid",
+              "The load generator uses " + _q(cpu % GENERATOR_GROUP, 'printf "%.2f"') + " of "
+              + _q(avail % GENERATOR_GROUP, 'printf "%.0f"') + " cores its processes can use "
+              "({{ $value | humanizePercentage }}), " + ctx + ". Latency and throughput now measure "
+              "Locust, not the target: add Locust workers (--processes N or --worker)."),
+        # Not a breaking-point alert: without the sidecar the CPU and memory alerts above would
+        # resolve silently, because their series disappear.
+        alert("LoadLabSidecarDown",
+              f"up{{{SIDECAR}}} == 0 or absent(up{{{SIDECAR}}})",
+              "warning", "sidecar",
+              "Resource sidecar is not scraped: CPU and memory alerts are blind",
+              "Prometheus cannot scrape the psutil sidecar{{ if $labels.instance }} at {{ $labels.instance }}{{ end }}, "
+              + ctx + ". TargetCPUSaturated, TargetMemoryHigh and LoadGeneratorSaturated cannot fire."),
+    ]
+    return [{"name": "loadlab-alerts", "interval": _s(t.scrape_interval_seconds), "rules": rules}]
+
+
+ALERT_NAMES = tuple(rule["alert"] for rule in alert_rules()[0]["rules"])

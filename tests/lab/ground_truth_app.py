@@ -1,0 +1,74 @@
+"""A server whose breaking point is known in advance, to check the analysis against.
+
+W gunicorn sync workers, each serving one request at a time with a fixed service time S,
+either sleeping (a concurrency limit: CPU stays idle) or burning CPU (a CPU limit). By the
+operational laws its capacity is X = W / S, and a closed-loop generator with think time Z
+reaches it at N* = W (S + Z) / S users.
+
+It has the target API's two endpoints, so the Locust suite runs against it unchanged:
+`POST /client_login` costs S; `POST /client_registeration` (the suite's seeding) answers at
+once so that seeding does not eat the test's time. `/healthz` and `/metrics` as usual.
+
+    python -m tests.lab.ground_truth_app --port P --workers W --service-ms S --mode sleep|burn
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import time
+
+from flask import Flask, jsonify, request
+
+from target_app.instrumentation import instrument
+from target_app.server import serve
+
+
+def busy_for(seconds: float) -> None:
+    """Burn `seconds` of this thread's CPU time: the demand is fixed even when the CPU is shared."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+def create_app(service_s: float, mode: str) -> Flask:
+    app = Flask("ground_truth")
+    work = time.sleep if mode == "sleep" else busy_for
+    ids = itertools.count(1)
+
+    @app.post("/client_login")
+    def login():
+        work(service_s)
+        body = request.get_json(silent=True) or {}
+        if not body.get("password"):
+            return jsonify(error="invalid_credentials", message="wrong username or password", field=None), 401
+        return jsonify(token="ground-truth-token", expires_in=3600)
+
+    @app.post("/client_registeration")
+    def register():
+        body = request.get_json(silent=True) or {}
+        return jsonify(id=next(ids), username=body.get("username")), 201
+
+    @app.get("/healthz")
+    def healthz():
+        return jsonify(status="ok", database="ok")
+
+    instrument(app)
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--workers", type=int, required=True)
+    parser.add_argument("--service-ms", type=float, required=True)
+    parser.add_argument("--mode", choices=("sleep", "burn"), required=True)
+    args = parser.parse_args()
+    serve(functools.partial(create_app, args.service_ms / 1000.0, args.mode), args.host, args.port, args.workers,
+          gunicorn_options={"timeout": 120, "backlog": 2048})
+
+
+if __name__ == "__main__":
+    main()

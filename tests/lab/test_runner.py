@@ -1,0 +1,153 @@
+"""`loadlab run` end to end against the bundled target, its error paths, and the report in a browser."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from loadlab.runner import new_run_dir
+from tests.helpers import REPO_ROOT, require_binary
+from tests.lab.conftest import LOADLAB, assert_all_gone, run_loadlab
+
+# A short step hunt: 3 steps of 6 s (150 s x 0.04), few seeded accounts, the lab's cheap hash.
+SHORT = ["run", "login-step", "--time-scale", "0.04", "--target-workers", "2", "--hash-profile", "lab"]
+SHORT_LOCUST = ["--", "--step-users", "5", "--max-users", "15"]
+ENV = {"LOGIN_USERS": "10", "MIN_WAIT_TIME": "200", "MAX_WAIT_TIME": "400"}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reports")
+    run = run_loadlab([*SHORT, *SHORT_LOCUST], out, env=ENV, timeout=180)
+    return run
+
+
+@pytest.mark.timeout(240)
+def test_run_leaves_a_complete_run_directory_and_no_process(finished_run):
+    run = finished_run
+    assert run.returncode == 0, run.output
+    d = run.run_dir
+    assert d.parent.name.startswith("reports") and d.name.endswith("-login-step")
+    for name in ("locust_stats_history.csv", "locust_stats.csv", "locust.html", "locust.json", "samples.jsonl",
+                 "run.json", "verdict.json", "report.html", "logs/target.log", "logs/sidecar.log", "logs/locust.log"):
+        assert (d / name).is_file() and (d / name).stat().st_size > 0, f"{name} missing:\n{run.output}"
+    if (d / "logs" / "prometheus.log").exists():  # Prometheus ran (it is on PATH): its TSDB is in the run dir
+        assert (d / "prometheus" / "prometheus.yml").is_file() and (d / "prometheus" / "data").is_dir()
+    sources = {json.loads(line).get("source") for line in (d / "samples.jsonl").read_text().splitlines()}
+    assert {"sidecar", "target", "locust"} <= sources
+    verdict = json.loads((d / "verdict.json").read_text())
+    assert {"knee", "break", "capacity_rps", "limiting_resource", "first_signal", "breaking_point_reached"} <= set(verdict)
+    assert [s["users"] for s in verdict["steps"]][:3] == [5, 10, 15]
+    assert all(s["target_cpu_cores"] is not None and s["generator_cpu_cores"] is not None for s in verdict["steps"])
+    assert "verdict:" in run.output and f"report: {d / 'report.html'}" in run.output
+    assert_all_gone(run.started_pids())
+
+
+def test_a_run_directory_is_never_reused(tmp_path):
+    first = new_run_dir(tmp_path, "login-step")
+    (first / "verdict.json").write_text("{}")
+    second = new_run_dir(tmp_path, "login-step")
+    assert second != first and (first / "verdict.json").read_text() == "{}"
+
+
+def test_a_taken_port_is_one_clear_error_before_anything_starts(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        run = run_loadlab(["run", "login-step", "--target-port", str(port)], tmp_path / "reports", timeout=60)
+    assert run.returncode == 2
+    assert f"port {port} for the target API is already in use" in run.output
+    assert "--target-port" in run.output
+    assert not (tmp_path / "reports").exists() or not any((tmp_path / "reports").iterdir())
+
+
+def test_a_missing_prometheus_binary_is_named_with_the_fix(tmp_path):
+    env = {"PATH": str(Path(sys.executable).parent)}  # the venv only: no prometheus there
+    run = run_loadlab(["run", "login-step", "--prometheus", "on"], tmp_path / "reports", env=env, timeout=60)
+    assert run.returncode == 2
+    assert "prometheus not found on PATH" in run.output and "apt-get install prometheus" in run.output
+
+
+def _start_in_background(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+    out = tmp_path / "reports"
+    args = [*LOADLAB, *SHORT, "--prometheus", "off", "--out", str(out), "--", "--step-users", "5", "--max-users", "50"]
+    log = open(tmp_path / "loadlab.out", "w")
+    proc = subprocess.Popen(args, cwd=REPO_ROOT, env={**os.environ, **ENV, "PYTHONUNBUFFERED": "1"}, stdout=log,
+                            stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:  # until Locust is up: every component is running
+        text = (tmp_path / "loadlab.out").read_text()
+        if "\nlocust " in text or text.startswith("locust "):
+            break
+        assert proc.poll() is None, text
+        time.sleep(0.3)
+    else:
+        proc.kill()
+        pytest.fail("loadlab did not start Locust in 90 s:\n" + (tmp_path / "loadlab.out").read_text())
+    run_dir = next(out.iterdir())
+    return proc, run_dir
+
+
+@pytest.mark.timeout(180)
+def test_a_component_dying_mid_run_is_named_and_nothing_is_left(tmp_path):
+    proc, run_dir = _start_in_background(tmp_path)
+    try:
+        meta = json.loads((run_dir / "run.json").read_text())
+        sidecar = next(c for c in meta["components"] if c["name"] == "sidecar")
+        os.kill(sidecar["pid"], signal.SIGKILL)
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    output = (tmp_path / "loadlab.out").read_text()
+    assert code == 1, output
+    assert f"sidecar (pid {sidecar['pid']}) exited" in output and str(run_dir / "logs" / "sidecar.log") in output
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert_all_gone([c["pid"] for c in meta["components"]] + meta["pids"])
+
+
+@pytest.mark.timeout(180)
+def test_ctrl_c_stops_every_component(tmp_path):
+    proc, run_dir = _start_in_background(tmp_path)
+    try:
+        time.sleep(3)
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    output = (tmp_path / "loadlab.out").read_text()
+    assert code == 130, output
+    assert "interrupted" in output
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert_all_gone([c["pid"] for c in meta["components"]] + meta["pids"])
+
+
+@pytest.mark.timeout(120)
+def test_report_renders_in_headless_chromium_with_every_chart(finished_run, tmp_path):
+    chromium = require_binary("chromium")
+    report = finished_run.run_dir / "report.html"
+    assert finished_run.returncode == 0, finished_run.output
+    proc = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
+         "--virtual-time-budget=5000", "--dump-dom", report.as_uri()],
+        capture_output=True, text=True, timeout=90)
+    dom = proc.stdout
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'id="verdict"' in dom and "capacity" in dom
+    # Every chart decoded to a real image (the report's inline check marks them), none broken.
+    assert dom.count('class="chart decoded"') == 5, dom[:2000]
+    assert 'class="chart broken"' not in dom
+    # The page writes nothing to the console, so any console line (an uncaught error) is a failure.
+    assert not [line for line in proc.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line], proc.stderr
