@@ -17,8 +17,6 @@ import argparse
 import os
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,11 +27,7 @@ from pathlib import Path
 
 import psutil
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from _processes import free_port, stop  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
 def start_server(name: str, workers: int, workdir: Path, extra: list[str]) -> tuple[subprocess.Popen, int]:
@@ -54,17 +48,6 @@ def start_server(name: str, workers: int, workdir: Path, extra: list[str]) -> tu
         except OSError:
             time.sleep(0.1)
     raise SystemExit(f"{name} server did not answer within 30 s; see {workdir / (name + '.log')}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the server's process group (it was started in its own session), then SIGKILL."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def wrk_command(wrk_path: str, port: int, duration: int, connections: int) -> list[str]:

@@ -21,7 +21,6 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+
+from _processes import free_port  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 REPO = Path(__file__).resolve().parent.parent
 PROCESS_EXPORTER = "/usr/bin/prometheus-process-exporter"
@@ -47,12 +48,6 @@ while True: time.sleep(3600)
 """
 
 GOALS = {"cpu_percent": 1.0, "rss_mb": 40.0, "p99_ms": 20.0, "cpu_ratio": 1.5}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for(url: str, proc: subprocess.Popen, timeout: float = 20.0) -> None:

@@ -61,14 +61,15 @@ def _add_lab_options(p: argparse.ArgumentParser, mode: str) -> None:
                    help="where run directories are created (default: %(default)s)")
     p.add_argument("--prometheus", choices=("auto", "on", "off"), default="auto",
                    help="start Prometheus with the lab's rules: auto = when `prometheus` is on PATH (default)")
-    for name, flag in (("target", "--target-port"), ("sidecar", "--sidecar-port"), ("exporter", "--exporter-port"),
+    for name, flag in (("target", "--target-port"), ("target_metrics", "--target-metrics-port"),
+                       ("sidecar", "--sidecar-port"), ("exporter", "--exporter-port"),
                        ("prometheus", "--prometheus-port"), ("master", "--master-port")):
         default = "a free port" if mode == "run" else str(DEFAULT_PORTS[name])
         p.add_argument(flag, type=_port, dest=f"port_{name}", help=f"default: {default}")
     if mode == "up":
         p.add_argument("--web-port", type=_port, dest="port_web", help=f"Locust web UI (default {DEFAULT_PORTS['web']})")
         p.add_argument("--free-ports", action="store_true",
-                       help="use free ports instead of the usual ones (5000, 8089, 9646, 9256, 9090) and print them")
+                       help="use free ports instead of the usual ones (5000, 9101, 8089, 9646, 9256, 9090) and print them")
 
 
 def build_parser() -> argparse.ArgumentParser:

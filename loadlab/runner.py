@@ -52,14 +52,17 @@ SCENARIOS: dict[str, tuple[str, str]] = {
 
 # The ports users know from each tool; `loadlab up` uses them, `loadlab run` takes free ones.
 DEFAULT_PORTS: dict[str, int] = {
-    "target": 5000, "web": 8089, "exporter": 9646, "sidecar": 9256, "prometheus": 9090, "master": 5557,
+    "target": 5000, "target_metrics": 9101, "web": 8089, "exporter": 9646, "sidecar": 9256, "prometheus": 9090,
+    "master": 5557,
 }
 PORT_FLAGS = {
-    "target": "--target-port", "web": "--web-port", "exporter": "--exporter-port", "sidecar": "--sidecar-port",
+    "target": "--target-port", "target_metrics": "--target-metrics-port", "web": "--web-port",
+    "exporter": "--exporter-port", "sidecar": "--sidecar-port",
     "prometheus": "--prometheus-port", "master": "--master-port",
 }
 WHAT = {
-    "target": "the target API", "web": "Locust's web UI", "exporter": "Locust's Prometheus exporter",
+    "target": "the target API", "target_metrics": "the target's metrics (served by the gunicorn arbiter)",
+    "web": "Locust's web UI", "exporter": "Locust's Prometheus exporter",
     "sidecar": "the resource sidecar", "prometheus": "Prometheus", "master": "Locust's master (workers connect here)",
 }
 
@@ -147,7 +150,7 @@ class Lab:
     def needed_ports(self) -> list[str]:
         names = ["sidecar", "exporter"]
         if not self.opts.host:
-            names.append("target")
+            names += ["target", "target_metrics"]
         if self.prometheus_bin:
             names.append("prometheus")
         if self.opts.workers:
@@ -190,12 +193,21 @@ class Lab:
     def target_url(self) -> str:
         return self.opts.host.rstrip("/") if self.opts.host else f"http://127.0.0.1:{self.ports['target']}"
 
+    def target_metrics_url(self) -> str:
+        """Where the target's metrics are read. A target we start serves them from the gunicorn
+        arbiter on their own port, so scrapes never queue behind the load in the workers'
+        accept queue; an external --host only has /metrics on its API port."""
+        if self.opts.host:
+            return f"{self.target_url()}/metrics"
+        return f"http://127.0.0.1:{self.ports['target_metrics']}/metrics"
+
     def start_target(self) -> int | None:
         if self.opts.host:
             return self.opts.target_pid
         workers = self.opts.target_workers or host_cores()
         comp = self.component("target", self.python(
             "-m", "target_app", "--host", "127.0.0.1", "--port", str(self.ports["target"]),
+            "--metrics-port", str(self.ports["target_metrics"]),
             "--workers", str(workers), "--db", str(self.run_dir / "target.db"),
             "--hash-profile", self.opts.hash_profile), ready_url=f"{self.target_url()}/healthz")
         self.sup.start(comp).wait_ready(timeout=60)
@@ -231,7 +243,7 @@ class Lab:
         (prom_dir / "data").mkdir(parents=True)
         rules = [r for r in default_rule_files() if Path(r).is_file()]
         targets = {"sidecar": f"127.0.0.1:{self.ports['sidecar']}", "locust": f"127.0.0.1:{self.ports['exporter']}",
-                   "target": self.target_url().split("://", 1)[1].split("/", 1)[0]}
+                   "target": self.target_metrics_url().split("://", 1)[1].split("/", 1)[0]}
         config = prom_dir / "prometheus.yml"
         config.write_text(render(targets, rules, DEFAULT_THRESHOLDS.scrape_interval_seconds))
         url = f"http://127.0.0.1:{self.ports['prometheus']}"
@@ -290,7 +302,7 @@ class Lab:
 
     def start_sampler(self) -> None:
         sources = {"sidecar": f"http://127.0.0.1:{self.ports['sidecar']}/metrics",
-                   "target": f"{self.target_url()}/metrics",
+                   "target": self.target_metrics_url(),
                    "locust": f"http://127.0.0.1:{self.ports['exporter']}/metrics"}
         self.sampler = Sampler(self.run_dir / rundir.SAMPLES, sources)
         self.sampler.start()

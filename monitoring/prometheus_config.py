@@ -19,9 +19,16 @@ from loadlab.thresholds import DEFAULT_THRESHOLDS
 # The three scrape jobs. The names are a contract: rules, dashboards and alerts select on them.
 JOBS = ("target", "locust", "sidecar")
 
+# The `target` job scrapes the target's metrics port (`python -m target_app --metrics-port 9101`),
+# served by the gunicorn arbiter, not /metrics on the API port (5000): that one is answered by the
+# same sync workers from the same accept queue as the load, so under overload the scrape times
+# out and Prometheus goes blind (and TargetDown fires) exactly when it matters.
+TARGET_METRICS_PORT = 9101
 # Where each job listens by default, natively and in docker-compose (service:port).
-NATIVE_TARGETS: dict[str, str] = {"target": "127.0.0.1:5000", "locust": "127.0.0.1:9646", "sidecar": "127.0.0.1:9256"}
-COMPOSE_TARGETS: dict[str, str] = {"target": "target:5000", "locust": "locust-master:9646", "sidecar": "sidecar:9256"}
+NATIVE_TARGETS: dict[str, str] = {"target": f"127.0.0.1:{TARGET_METRICS_PORT}", "locust": "127.0.0.1:9646",
+                                  "sidecar": "127.0.0.1:9256"}
+COMPOSE_TARGETS: dict[str, str] = {"target": f"target:{TARGET_METRICS_PORT}", "locust": "locust-master:9646",
+                                   "sidecar": "sidecar:9256"}
 NATIVE_ALERTMANAGER = "127.0.0.1:9093"
 COMPOSE_ALERTMANAGER = "alertmanager:9093"
 

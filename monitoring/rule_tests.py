@@ -20,12 +20,14 @@ from typing import Any, Callable
 
 from loadlab.thresholds import DEFAULT_THRESHOLDS, Thresholds
 from monitoring import rules as r
+from monitoring.prometheus_config import NATIVE_TARGETS
 
 Fn = Callable[[float], float]
 INTERVAL = DEFAULT_THRESHOLDS.scrape_interval_seconds
 LOCUST_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 HTTP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-INSTANCES = {"target": "127.0.0.1:5000", "locust": "127.0.0.1:9646", "sidecar": "127.0.0.1:9256"}
+# The instance labels of the committed native config.
+INSTANCES = dict(NATIVE_TARGETS)
 
 
 def _const(value: float) -> Fn:

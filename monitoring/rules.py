@@ -178,9 +178,11 @@ def alert_rules(t: Thresholds = DEFAULT_THRESHOLDS) -> list[dict[str, Any]]:
               "Target API is down{{ if $labels.instance }} ({{ $labels.instance }}){{ end }}",
               "Prometheus cannot scrape the target API{{ if $labels.instance }} at {{ $labels.instance }}"
               "{{ else }}: no `target` job is scraped at all{{ end }}, " + ctx + ". The last scrape took "
-              + _q(f'scrape_duration_seconds{{{TARGET}}}', 'printf "%.2f"') + f" s (timeout {t.scrape_interval_seconds} s): "
-              "at the timeout the target is alive but so overloaded that /metrics waits behind the load; "
-              "far below it, it refuses connections (down)."),
+              + _q(f'scrape_duration_seconds{{{TARGET}}}', 'printf "%.2f"') + f" s (timeout {t.scrape_interval_seconds} s). "
+              "The lab scrapes the target's metrics port, served by the gunicorn arbiter apart from the load, "
+              "so far below the timeout the target refuses connections (down, or the wrong port); at the "
+              "timeout the host is starved, or the job scrapes /metrics on the API port, which waits behind "
+              "the load (start the target with --metrics-port)."),
         alert("LoadTestErrorRatioHigh",
               f"{LOCUST_ERROR_RATIO} > {t.error_ratio:g}\n"
               f"or on() {stalled}\n"

@@ -42,6 +42,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=_positive_int("--port/TARGET_APP_PORT", 1, 65535),
                         default=env.get("TARGET_APP_PORT", "5000"),
                         help="port to bind (env TARGET_APP_PORT; default 5000)")
+    parser.add_argument("--metrics-port", type=_positive_int("--metrics-port/TARGET_APP_METRICS_PORT", 0, 65535),
+                        default=env.get("TARGET_APP_METRICS_PORT") or "0",
+                        help="also serve /metrics (all workers' totals) from the gunicorn arbiter on this port "
+                             "of --host, so scrapes never queue behind the load as they do on the API port "
+                             "(env TARGET_APP_METRICS_PORT; default 0 = off; the lab's convention is 9101)")
     parser.add_argument("--workers", type=_positive_int("--workers/TARGET_APP_WORKERS"),
                         default=env.get("TARGET_APP_WORKERS") or str(default_workers()),
                         help="gunicorn sync worker processes (env TARGET_APP_WORKERS; default: number of CPUs)")
@@ -72,7 +77,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             storage.init_schema()
         finally:
             storage.close()
+        if args.metrics_port and args.no_metrics:
+            raise ServeError("--metrics-port needs the metrics: drop --no-metrics (TARGET_APP_NO_METRICS) "
+                             "or --metrics-port (TARGET_APP_METRICS_PORT)")
+        if args.metrics_port == args.port:
+            raise ServeError(f"--metrics-port and --port are both {args.port}: choose another --metrics-port")
         check_port(args.host, args.port)
+        if args.metrics_port:
+            check_port(args.host, args.metrics_port, "--metrics-port")
     except (ConfigError, StorageError, ServeError) as exc:
         print(f"target_app: {exc}", file=sys.stderr)
         return 2
@@ -82,13 +94,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     config["SECRET_KEY"] = settings["SECRET_KEY"]
     factory = functools.partial(create_app, config)
     mode = "Flask dev server" if args.dev else f"gunicorn, {args.workers} workers"
+    if args.no_metrics:
+        metrics = "off"
+    elif args.metrics_port:
+        metrics = f"on, also at http://{args.host}:{args.metrics_port}/metrics"
+    else:
+        metrics = "on"
     print(f"target_app: serving http://{args.host}:{args.port} ({mode}), database {os.path.abspath(args.db)}, "
-          f"hash profile {args.hash_profile}, metrics {'off' if args.no_metrics else 'on'}", file=sys.stderr)
+          f"hash profile {args.hash_profile}, metrics {metrics}", file=sys.stderr)
     try:
         if args.dev:
-            serve_dev(factory, args.host, args.port)
+            serve_dev(factory, args.host, args.port, metrics_port=args.metrics_port)
         else:
-            serve(factory, args.host, args.port, args.workers, metrics=not args.no_metrics)
+            serve(factory, args.host, args.port, args.workers, metrics=not args.no_metrics,
+                  metrics_port=args.metrics_port)
     except ServeError as exc:
         print(f"target_app: {exc}", file=sys.stderr)
         return 2

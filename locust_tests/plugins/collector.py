@@ -79,24 +79,24 @@ def short_error(text: Any) -> str:
 
 
 class ErrorLabels:
-    """Maps errors to label values, admitting the first MAX_DISTINCT_ERRORS distinct ones.
+    """Maps error texts to label values, admitting the first `limit` distinct texts.
 
     The admitted set only grows until `reset()` (a new test), so each series stays a proper
-    counter: "other" sums the errors that came after the cap, and sums only grow."""
+    counter: "other" sums the errors whose text came after the cap, and sums only grow. Series
+    are then bounded by (request names) x (limit + 1)."""
 
     def __init__(self, limit: int = MAX_DISTINCT_ERRORS) -> None:
         self.limit = limit
-        self._admitted: set[tuple[str, str, str]] = set()
+        self._admitted: set[str] = set()
 
     def reset(self) -> None:
         self._admitted.clear()
 
-    def label(self, method: str, name: str, error: str) -> str:
-        key = (method, name, error)
-        if key in self._admitted:
+    def label(self, error: str) -> str:
+        if error in self._admitted:
             return error
         if len(self._admitted) < self.limit:
-            self._admitted.add(key)
+            self._admitted.add(error)
             return error
         return OTHER_ERROR
 
@@ -152,7 +152,7 @@ class LocustCollector(Collector):
         by_label: dict[tuple[str, str, str], int] = {}
         for err in errors:
             method, name = err.method or "", err.name
-            label = self.errors.label(method, name, short_error(err.error))
+            label = self.errors.label(short_error(err.error))
             key = (method, name, label)
             by_label[key] = by_label.get(key, 0) + err.occurrences
         family = CounterMetricFamily("locust_errors", "Failures by error (text shortened, distinct values capped).",

@@ -95,8 +95,9 @@ class StepShape(LoadTestShape):
                              self.hunt.stop_on_break, on_result=self._log_result)
 
     def tick(self) -> Tick:
+        ended_before = self.hunt.done
         result = self.hunt.tick(self.get_run_time(), self._snapshot)
-        if result is None and self.hunt.step >= 0:
+        if result is None and not ended_before:
             self._log_end()
         return result
 
@@ -110,15 +111,13 @@ class StepShape(LoadTestShape):
                     result.rps, result.p95_ms, 100 * result.error_ratio, verdict)
 
     def _log_end(self) -> None:
-        if getattr(self, "_ended", False):
-            return
-        self._ended = True
         hunt = self.hunt
-        if hunt.break_step is not None:
-            logger.info("step hunt: the SLO broke at step %d (%d users); stopping", hunt.break_step + 1,
-                        hunt.plan.users(hunt.break_step))
-        else:
+        if hunt.break_step is None:
             logger.info("step hunt: reached %d users without breaching the SLO", hunt.plan.max_users)
+        else:
+            logger.info("step hunt: the SLO broke at step %d (%d users); %s", hunt.break_step + 1,
+                        hunt.plan.users(hunt.break_step),
+                        "stopping" if hunt.stop_on_break else f"ran on to {hunt.plan.max_users} users")
 
 
 def build_shape(name: str, options: Any) -> LoadTestShape:
@@ -129,7 +128,10 @@ def build_shape(name: str, options: Any) -> LoadTestShape:
     if time_scale <= 0:
         raise ValueError(f"--time-scale must be positive (got {time_scale})")
     if name == STEP:
-        step_time = parse_timespan(str(options.step_time)) if isinstance(options.step_time, str) else options.step_time
+        try:
+            step_time = parse_timespan(str(options.step_time))
+        except ValueError:
+            raise ValueError(f"--step-time {options.step_time!r} is not a duration: use e.g. 150, 150s or 2m30s") from None
         plan = StepPlan(int(options.step_users), float(step_time) * time_scale, int(options.max_users))
         slo = Slo(test_config.SLO_P95_MS, test_config.SLO_ERROR_RATIO)
         return StepShape(plan, slo, test_config.STEP_TRANSIENT_FRACTION, not options.no_stop_on_break)

@@ -11,7 +11,7 @@ import pytest
 
 from locust_tests.plugins.cleanup import delete_users
 from tests.helpers import free_port, require_binary
-from tests.locust_tests.conftest import LocustRun, locust_args, run_locust
+from tests.locust_tests.conftest import LocustRun, Target, locust_args, run_locust
 
 LINGER = "2"  # seconds the exporter serves the final totals; the test scrapes every 0.2 s
 
@@ -27,8 +27,8 @@ def headless(launch, tmp_path_factory, target, scenario: str, name: str, *args: 
     return run_locust(proc, f"http://127.0.0.1:{port}/metrics", timeout, csv_prefix=out / name)
 
 
-def assert_exporter_equals_csv(run: LocustRun) -> None:
-    assert run.returncode == 0, run.log[-3000:]
+def assert_exporter_equals_csv(run: LocustRun, returncode: int = 0) -> None:
+    assert run.returncode == returncode, run.log[-3000:]
     row = run.aggregated()
     assert int(row["Request Count"]) > 0
     assert run.metric_sum("locust_requests_total") == int(row["Request Count"])
@@ -82,6 +82,16 @@ def test_cleanup_deletes_exactly_the_users_the_run_registered(registration_run, 
                                           registration_run.log)]
     assert sum(deleted) == registered
     assert delete_users(target.url, "lt_standalone1_", target.token) == 0  # nothing left behind
+
+
+def test_failures_and_errors_are_exported_exactly(launch, tmp_path_factory):
+    # Nothing listens on the host: every request fails with a connection error.
+    closed = Target(f"http://127.0.0.1:{free_port()}", "", None)
+    run = headless(launch, tmp_path_factory, closed, "registration_test", "failing",
+                   "--users", "5", "--spawn-rate", "5", "--run-time", "3s", "--skip-preflight")
+    assert_exporter_equals_csv(run, returncode=1)  # Locust exits 1 when requests failed
+    assert int(run.aggregated()["Failure Count"]) == int(run.aggregated()["Request Count"])
+    assert 'error="registration: expected 201, got no response (ConnectionRefusedError)"' in run.scrape
 
 
 # --- the login scenario by preset name --------------------------------------------------------

@@ -58,7 +58,7 @@ def _flag(command: list[str], name: str) -> str | None:
 def _listening_ports(service: dict) -> set[int]:
     command = service.get("command") or []
     ports = set()
-    for flag in ("--port", "--exporter-port", "--web-port"):
+    for flag in ("--port", "--metrics-port", "--exporter-port", "--web-port"):
         value = _flag(command, flag)
         if value:
             ports.add(int(value))

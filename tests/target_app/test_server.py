@@ -185,3 +185,111 @@ def test_missing_db_directory_is_one_clear_line_and_nonzero_exit(spawn, tmp_path
     db = tmp_path / "missing" / "users.db"
     line = _startup_failure(spawn, tmp_path, ["--port", str(free_port()), "--db", str(db)])
     assert "does not exist" in line and "--db" in line
+
+
+# --- --metrics-port: the arbiter serves the merged metrics on a port of its own ---------------
+
+def scrape(port: int, timeout: float) -> tuple[int, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", "/metrics")
+        response = conn.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        conn.close()
+
+
+def total_in(text: str, name: str, **labels: str) -> float:
+    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def listening_ports(process: psutil.Process) -> set[int]:
+    return {c.laddr.port for c in process.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
+
+
+def test_metrics_port_reports_the_totals_of_all_workers(spawn, tmp_path):
+    metrics_port = free_port()
+    server = start(spawn, tmp_path, "--metrics-port", str(metrics_port))
+    plan = ([("GET", "/healthz", None)] * 40
+            + [("POST", "/client_login", {"username": f"nobody{i}", "password": "wrong password"}) for i in range(20)]
+            + [("GET", "/no/such/path", None)] * 10)
+    before = total_in(scrape(metrics_port, 10)[1], "http_requests_total")
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda r: server.request(*r), plan))
+    assert len({body["pid"] for _, body in results if isinstance(body, dict) and "pid" in body}) == 2
+    status, text = scrape(metrics_port, 10)
+    assert status == 200
+    assert total_in(text, "http_requests_total") == before + len(plan)
+    assert total_in(text, "http_requests_total", endpoint="/client_login", status="401") == 20
+    assert total_in(text, "app_logins_total", outcome="failure") == 20
+    assert total_in(text, "http_requests_in_progress") == 0
+    # The API port's /metrics is unchanged and agrees with the arbiter's.
+    assert server.total("http_requests_total") == before + len(plan)
+
+
+def test_metrics_port_is_served_by_the_arbiter_while_every_worker_is_busy(spawn, tmp_path):
+    metrics_port = free_port()
+    server = start(spawn, tmp_path, "--metrics-port", str(metrics_port))
+    arbiter = psutil.Process(server.proc.pid)
+    workers = arbiter.children()
+    assert metrics_port in listening_ports(arbiter)
+    for worker in workers:  # the inherited listener is closed after the fork
+        assert metrics_port not in listening_ports(worker), f"worker {worker.pid} holds the metrics port"
+
+    # Occupy both sync workers: each accepts a request whose headers never end and blocks
+    # reading it (until gunicorn's 30 s worker timeout), so the API port answers nothing.
+    blockers = []
+    try:
+        for _ in workers:
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            sock.sendall(b"POST /client_login HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            blockers.append(sock)
+        with pytest.raises(TimeoutError):  # the precondition: /metrics on the API port is queued
+            scrape(server.port, timeout=3)
+        status, text = scrape(metrics_port, timeout=20)
+        assert status == 200
+        assert "http_requests_total" in text
+    finally:
+        for sock in blockers:
+            sock.close()
+    assert server.request("GET", "/healthz")[0] == 200  # the workers are free again
+
+
+def test_metrics_port_in_use_is_one_clear_line_and_exit_2(spawn, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = spawn([PYTHON, "-m", "target_app", "--port", str(free_port()), "--metrics-port", str(port),
+                      "--db", str(tmp_path / "u.db")], name="failing")
+        assert proc.wait(timeout=20) == 2
+    lines = [line for line in proc.log().splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert f"port {port}" in lines[0] and "already in use" in lines[0] and "--metrics-port" in lines[0]
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--no-metrics"], "--no-metrics"),
+    (["--port", "{metrics_port}"], "both"),
+])
+def test_metrics_port_conflicting_flags_are_one_clear_line(spawn, tmp_path, args, expected):
+    metrics_port = free_port()
+    args = [a.format(metrics_port=metrics_port) for a in args]
+    if "--port" not in args:
+        args += ["--port", str(free_port())]
+    line = _startup_failure(spawn, tmp_path, ["--metrics-port", str(metrics_port), "--db", str(tmp_path / "u.db"),
+                                              *args])
+    assert expected in line and "--metrics-port" in line
+
+
+def test_dev_server_serves_the_metrics_port_too(spawn, tmp_path):
+    port, metrics_port = free_port(), free_port()
+    proc = spawn([PYTHON, "-m", "target_app", "--dev", "--port", str(port), "--metrics-port", str(metrics_port),
+                  "--db", str(tmp_path / "u.db"), "--hash-profile", "lab"], name="dev")
+    wait_for_http(f"http://127.0.0.1:{port}/healthz", timeout=30, proc=proc)
+    server = Server(proc, port, str(tmp_path / "u.db"))
+    before = total_in(scrape(metrics_port, 10)[1], "http_requests_total", endpoint="/healthz")
+    for _ in range(5):
+        server.request("GET", "/healthz")
+    assert total_in(scrape(metrics_port, 10)[1], "http_requests_total", endpoint="/healthz") == before + 5
