@@ -5,7 +5,7 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
 
-# Dependencies first, so editing code does not reinstall them (constraints = versions CI ran).
+# The project and its dependencies, pinned to the versions CI ran (constraints.txt).
 COPY pyproject.toml constraints.txt README.md ./
 COPY target_app/ target_app/
 COPY locust_tests/ locust_tests/
@@ -17,5 +17,5 @@ RUN pip install -c constraints.txt .
 RUN useradd --create-home --uid 10001 lab && mkdir -p /data && chown lab /data
 USER lab
 
-EXPOSE 5000 8089 9646 9256
+EXPOSE 5000 9101 8089 9646 9256
 CMD ["python", "-m", "target_app", "--host", "0.0.0.0", "--port", "5000"]
