@@ -57,8 +57,9 @@ class _Charts:
     def __init__(self, t0: float, span: float, verdict: dict[str, Any]) -> None:
         self.t0, self.span, self.verdict = t0, max(span, 1.0), verdict
 
-    def xs(self, points):
-        return [t - self.t0 for t, _ in points]
+    def line(self, ax, points, scale: float = 1.0, **style):
+        """Plot [(unix time, value)] against seconds since t0, values multiplied by `scale`."""
+        return ax.plot([t - self.t0 for t, _ in points], [v * scale for _, v in points], **style)
 
     def figure(self, title: str, ylabel: str):
         fig, ax = plt.subplots(figsize=FIG_SIZE)
@@ -95,9 +96,9 @@ def render_charts(verdict: dict[str, Any], history: LocustHistory, samples: Samp
     out = []
 
     fig, ax = charts.figure("Users and throughput", "users")
-    ax.plot(charts.xs(csv_series["users"]), [v for _, v in csv_series["users"]], color="tab:blue", label="users")
+    charts.line(ax, csv_series["users"], color="tab:blue", label="users")
     ax2 = ax.twinx()
-    ax2.plot(charts.xs(csv_series["rps"]), [v for _, v in csv_series["rps"]], color="tab:green", lw=1, label="req/s")
+    charts.line(ax2, csv_series["rps"], color="tab:green", lw=1, label="req/s")
     ax2.scatter([s["hold_start"] - t0 for s in steps], [s["rps"] for s in steps], color="tab:green", s=14, zorder=3)
     if verdict.get("capacity_rps") and verdict.get("breaking_point_reached"):
         ax2.axhline(verdict["capacity_rps"], color="tab:green", ls=":", lw=1)
@@ -107,14 +108,14 @@ def render_charts(verdict: dict[str, Any], history: LocustHistory, samples: Samp
     out.append(("Users and throughput", _png(fig)))
 
     fig, ax = charts.figure("Failures", "failures/s")
-    ax.plot(charts.xs(csv_series["fail_per_s"]), [v for _, v in csv_series["fail_per_s"]], color="tab:red")
+    charts.line(ax, csv_series["fail_per_s"], color="tab:red")
     ax.set_ylim(bottom=0)
     charts.mark(ax)
     out.append(("Failures", _png(fig)))
 
     fig, ax = charts.figure("Latency (Locust, ~10 s window) with the SLO", "ms")
-    ax.plot(charts.xs(csv_series["p50_ms"]), [v for _, v in csv_series["p50_ms"]], color="tab:blue", label="p50")
-    ax.plot(charts.xs(csv_series["p95_ms"]), [v for _, v in csv_series["p95_ms"]], color="tab:purple", label="p95")
+    charts.line(ax, csv_series["p50_ms"], color="tab:blue", label="p50")
+    charts.line(ax, csv_series["p95_ms"], color="tab:purple", label="p95")
     ax.scatter([s["hold_start"] - t0 for s in steps if s["p95_ms"] is not None],
                [s["p95_ms"] for s in steps if s["p95_ms"] is not None], color="tab:purple", s=14, zorder=3,
                label="p95 per step (hold)")
@@ -127,10 +128,10 @@ def render_charts(verdict: dict[str, Any], history: LocustHistory, samples: Samp
     fig, ax = charts.figure("Target CPU and memory", "CPU (cores)")
     if resources.get("target_cpu_cores"):
         pts = resources["target_cpu_cores"]
-        ax.plot(charts.xs(pts), [v for _, v in pts], color="tab:orange", label="target CPU")
+        charts.line(ax, pts, color="tab:orange", label="target CPU")
         ax2 = ax.twinx()
         mem = resources.get("target_memory_bytes", [])
-        ax2.plot(charts.xs(mem), [v / 2**20 for _, v in mem], color="tab:gray", lw=1, label="target RSS")
+        charts.line(ax2, mem, scale=1 / 2**20, color="tab:gray", lw=1, label="target RSS")
         ax2.set_ylabel("RSS (MiB)")
         avail = next((s["target_cores_available"] for s in steps if s.get("target_cores_available")), None)
         if avail:
@@ -146,9 +147,9 @@ def render_charts(verdict: dict[str, Any], history: LocustHistory, samples: Samp
     fig, ax = charts.figure("Load generator (Locust) CPU", "CPU (cores)")
     if resources.get("generator_cpu_cores"):
         pts = resources["generator_cpu_cores"]
-        ax.plot(charts.xs(pts), [v for _, v in pts], color="tab:brown", label="Locust CPU")
+        charts.line(ax, pts, color="tab:brown", label="Locust CPU")
         host = resources.get("host_cpu_busy_cores", [])
-        ax.plot(charts.xs(host), [v for _, v in host], color="0.6", lw=1, label="host busy (all processes)")
+        charts.line(ax, host, color="0.6", lw=1, label="host busy (all processes)")
         avail = next((s["generator_cores_available"] for s in steps if s.get("generator_cores_available")), None)
         if avail:
             ax.axhline(avail, color="tab:brown", ls=":", lw=1, label=f"usable cores ({avail:g})")
