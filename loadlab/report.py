@@ -136,7 +136,8 @@ def render_charts(verdict: dict[str, Any], history: LocustHistory, samples: Samp
         avail = next((s["target_cores_available"] for s in steps if s.get("target_cores_available")), None)
         if avail:
             ax.axhline(avail, color="tab:orange", ls=":", lw=1, label=f"usable cores ({avail:g})")
-        ax.legend(loc="upper left", fontsize=8)
+        # RSS is on the twin axis: without its handle the legend would not name the grey line.
+        ax.legend(handles=ax.get_lines() + ax2.get_lines(), loc="upper left", fontsize=8)
     else:
         ax.text(0.5, 0.5, "no target CPU samples (plain Locust CSV or --host target)", transform=ax.transAxes,
                 ha="center", color="0.4")
