@@ -21,13 +21,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import psutil
 
-from _processes import free_port, stop  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _processes import free_port, stop, wait_http  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
 def start_server(name: str, workers: int, workdir: Path, extra: list[str]) -> tuple[subprocess.Popen, int]:
@@ -38,16 +36,8 @@ def start_server(name: str, workers: int, workdir: Path, extra: list[str]) -> tu
          "--db", str(workdir / f"{name}.db"), "--hash-profile", "lab", *extra],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{name} server exited with {proc.returncode}; see {workdir / (name + '.log')}")
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
-            return proc, port
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"{name} server did not answer within 30 s; see {workdir / (name + '.log')}")
+    wait_http(f"http://127.0.0.1:{port}/healthz", proc, workdir / f"{name}.log")
+    return proc, port
 
 
 def wrk_command(wrk_path: str, port: int, duration: int, connections: int) -> list[str]:

@@ -28,7 +28,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from _processes import free_port, stop  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _processes import free_port, stop, wait_http  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -59,19 +59,6 @@ class FiftyNames(FastHttpUser):
 def start(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen(args, stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=REPO,
                             env={**os.environ, **(env or {})}, start_new_session=True)
-
-
-def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{url}: process exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
-        try:
-            urllib.request.urlopen(url, timeout=1).read()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"{url} did not answer within {timeout} s; see {log}")
 
 
 def scrape_ms(url: str) -> float | None:

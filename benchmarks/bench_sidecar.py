@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -33,7 +32,7 @@ from pathlib import Path
 
 import psutil
 
-from _processes import free_port  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _processes import free_port, stop, wait_http  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 REPO = Path(__file__).resolve().parent.parent
 PROCESS_EXPORTER = "/usr/bin/prometheus-process-exporter"
@@ -48,19 +47,6 @@ while True: time.sleep(3600)
 """
 
 GOALS = {"cpu_percent": 1.0, "rss_mb": 40.0, "p99_ms": 20.0, "cpu_ratio": 1.5}
-
-
-def wait_for(url: str, proc: subprocess.Popen, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"{proc.args[0]} exited with {proc.returncode} before {url} answered")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.1)
-    sys.exit(f"{url} did not answer within {timeout}s")
 
 
 @dataclass
@@ -85,15 +71,6 @@ class Exporter:
         if check not in body:
             sys.exit(f"{self.name}: scrape has no {check!r}; is it tracking the group?")
         self.peak_rss = max(self.peak_rss, psutil.Process(self.proc.pid).memory_info().rss)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 def p99(values: list[float]) -> float:
@@ -141,7 +118,7 @@ def main() -> int:
 
         expect = f'namedprocess_namegroup_num_procs{{groupname="bench"}} {args.procs}'
         for exporter in exporters:
-            wait_for(exporter.url, exporter.proc)
+            wait_http(exporter.url, exporter.proc, timeout=20)
             body = urllib.request.urlopen(exporter.url, timeout=10).read().decode()  # warm-up scrape
             if not any(line.startswith(expect) for line in body.splitlines()):
                 sys.exit(f"{exporter.name} does not report {args.procs} processes in the group:\n"
@@ -158,12 +135,8 @@ def main() -> int:
         for exporter in exporters:
             exporter.cpu_end = exporter.cpu()
     finally:
-        for exporter in exporters:
-            exporter.stop()
-        for proc in started:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        for proc in reversed(started):  # the exporters, then the group they track
+            stop(proc)
         shutil.rmtree(workdir, ignore_errors=True)
 
     load = os.getloadavg()[0]

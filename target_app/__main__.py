@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from . import create_app
 from .config import HASH_PROFILES, ConfigError, resolve
 from .db import SQLiteStorage, StorageError
-from .server import ServeError, check_port, default_workers, serve, serve_dev
+from .server import ServeError, check_listen, default_workers, serve, serve_dev
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -77,14 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             storage.init_schema()
         finally:
             storage.close()
-        if args.metrics_port and args.no_metrics:
-            raise ServeError("--metrics-port needs the metrics: drop --no-metrics (TARGET_APP_NO_METRICS) "
-                             "or --metrics-port (TARGET_APP_METRICS_PORT)")
-        if args.metrics_port == args.port:
-            raise ServeError(f"--metrics-port and --port are both {args.port}: choose another --metrics-port")
-        check_port(args.host, args.port)
-        if args.metrics_port:
-            check_port(args.host, args.metrics_port, "--metrics-port")
+        # Before the banner, so a bad port is the one line printed; serve() checks again (a cheap
+        # probe that also narrows the window for the port to be taken meanwhile).
+        check_listen(args.host, args.port, args.metrics_port, metrics=not args.no_metrics)
     except (ConfigError, StorageError, ServeError) as exc:
         print(f"target_app: {exc}", file=sys.stderr)
         return 2

@@ -54,6 +54,19 @@ def check_port(host: str, port: int, flag: str = "--port") -> None:
             raise bind_error(host, port, flag, exc) from None
 
 
+def check_listen(host: str, port: int, metrics_port: int = 0, metrics: bool = True) -> None:
+    """Raise ServeError (one line) unless the server can listen as asked: a metrics port needs
+    the metrics, differs from the API port, and both ports can be bound on host."""
+    if metrics_port and not metrics:
+        raise ServeError("--metrics-port needs the metrics: drop --no-metrics (TARGET_APP_NO_METRICS) "
+                         "or --metrics-port (TARGET_APP_METRICS_PORT)")
+    if metrics_port and metrics_port == port:
+        raise ServeError(f"--metrics-port and --port are both {port}: choose another --metrics-port")
+    check_port(host, port)
+    if metrics_port:
+        check_port(host, metrics_port, "--metrics-port")
+
+
 def bind_error(host: str, port: int, flag: str, exc: OSError) -> ServeError:
     """The one-line ServeError for an OSError from binding host:port."""
     if exc.errno == errno.EADDRINUSE:
@@ -159,14 +172,7 @@ def serve(
     `gunicorn_options` override gunicorn settings (e.g. {"timeout": 60}); overriding the
     child_exit, when_ready or post_fork hooks turns off what they do here.
     """
-    if metrics_port and not metrics:
-        raise ServeError("a metrics port needs the metrics: drop --no-metrics or --metrics-port")
-    if metrics_port and metrics_port == port:
-        raise ServeError(f"the metrics port and the API port are both {port}: "
-                         f"choose another port with --metrics-port")
-    check_port(host, port)
-    if metrics_port:
-        check_port(host, metrics_port, "--metrics-port")
+    check_listen(host, port, metrics_port, metrics)
     bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     options: dict[str, Any] = {
         "bind": bind,
@@ -181,12 +187,13 @@ def serve(
         # machine (tests, side-by-side benchmarks) would fight over it.
         "control_socket_disable": True,
     }
-    if memory_tmp_dir():
-        options["worker_tmp_dir"] = memory_tmp_dir()
+    tmp_dir = memory_tmp_dir()
+    if tmp_dir:
+        options["worker_tmp_dir"] = tmp_dir
     multiproc_dir: str | None = None
     metrics_port_failures: list[ServeError] = []
     if metrics:
-        multiproc_dir = tempfile.mkdtemp(prefix="target_app-prometheus-", dir=memory_tmp_dir())
+        multiproc_dir = tempfile.mkdtemp(prefix="target_app-prometheus-", dir=tmp_dir)
         enable_multiprocess_metrics(multiproc_dir)
 
         def child_exit(server: Any, worker: Any) -> None:
@@ -216,10 +223,7 @@ def serve_dev(app_factory: Callable[[], Flask], host: str = "127.0.0.1", port: i
     """Serve with Flask's single-process development server (threaded, no reloader). A non-zero
     `metrics_port` also serves prometheus_client's default registry (which `instrument(app)`
     uses unless given another) on a port of its own, as `serve` does."""
-    if metrics_port and metrics_port == port:
-        raise ServeError(f"the metrics port and the API port are both {port}: "
-                         f"choose another port with --metrics-port")
-    check_port(host, port)
+    check_listen(host, port, metrics_port)
     if metrics_port:
         from prometheus_client import start_http_server
         try:

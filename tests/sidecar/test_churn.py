@@ -119,20 +119,15 @@ def test_group_pid_counts_a_tree_once_even_when_two_selectors_match(sidecar, wor
     assert value(samples, "namedprocess_namegroup_num_threads", groupname="t") == 4
 
 
-def test_a_process_that_execs_into_a_match_after_fork_is_picked_up(sidecar, workload, tmp_path):
+def test_a_process_that_execs_into_a_match_after_fork_is_picked_up(sidecar, spawn, tmp_path):
     tag = f"exec-{uuid.uuid4().hex[:8]}"
     car = sidecar("--group", f"late=--tag {tag}")
     # A shell that is seen first, then exec()s into the member (what a runner's fork+exec looks like).
     go = tmp_path / "go"
     # The tag comes from the environment so the shell's own command line does not match.
-    proc = subprocess.Popen(["sh", "-c", 'while [ ! -e "$GO" ]; do sleep 0.05; done; '
-                             'exec "$PY" "$WL" idle --tag "$TAG"'], start_new_session=True,
-                            env={**os.environ, "GO": str(go), "PY": PYTHON, "WL": WORKLOAD, "TAG": tag})
-    try:
-        time.sleep(0.3)
-        assert car.procs("late") == 0  # seen as a plain shell
-        go.write_text("")
-        wait_until(lambda: car.procs("late") == 1, 10, "the exec'd process to join")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    spawn(["sh", "-c", 'while [ ! -e "$GO" ]; do sleep 0.05; done; exec "$PY" "$WL" idle --tag "$TAG"'],
+          name="late", env={"GO": str(go), "PY": PYTHON, "WL": WORKLOAD, "TAG": tag})
+    time.sleep(0.3)
+    assert car.procs("late") == 0  # seen as a plain shell
+    go.write_text("")
+    wait_until(lambda: car.procs("late") == 1, 10, "the exec'd process to join")

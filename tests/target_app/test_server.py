@@ -22,6 +22,12 @@ from tests.helpers import PYTHON, free_port, wait_for_http
 pytestmark = pytest.mark.timeout(120)
 
 
+def total_in(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples called `name` with these labels in a /metrics text."""
+    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
 class Server:
     def __init__(self, proc, port: int, db: str) -> None:
         self.proc, self.port, self.db = proc, port, db
@@ -41,14 +47,10 @@ class Server:
         finally:
             conn.close()
 
-    def metric_samples(self) -> list:
+    def total(self, name: str, **labels: str) -> float:
         status, text = self.request("GET", "/metrics")
         assert status == 200
-        return [s for family in text_string_to_metric_families(text) for s in family.samples]
-
-    def total(self, name: str, **labels: str) -> float:
-        return sum(s.value for s in self.metric_samples()
-                   if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+        return total_in(text, name, **labels)
 
 
 def start(spawn, tmp_path, *extra: str, env: dict[str, str] | None = None) -> Server:
@@ -197,11 +199,6 @@ def scrape(port: int, timeout: float) -> tuple[int, str]:
         return response.status, response.read().decode()
     finally:
         conn.close()
-
-
-def total_in(text: str, name: str, **labels: str) -> float:
-    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
-               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
 def listening_ports(process: psutil.Process) -> set[int]:
