@@ -17,18 +17,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
 from .httpclient import call
-from .testdata import PREFIX
+from .testdata import PREFIX, USERNAME_RE
 
 ADMIN_ENDPOINT = "/admin/users"
 TOKEN_ENV = "LAB_ADMIN_TOKEN"
-# A prefix must name a set of users, never "everyone": at least 3 characters, username alphabet.
-PREFIX_RE = re.compile(r"[A-Za-z0-9_.\-]{3,64}")
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +36,8 @@ class CleanupError(Exception):
 
 def delete_users(host: str, prefix: str, token: str, endpoint: str = ADMIN_ENDPOINT, timeout: float = 60.0) -> int:
     """Delete the target's users whose username starts with `prefix`; return how many."""
-    if not PREFIX_RE.fullmatch(prefix):
+    # A prefix must name a set of users, never "everyone": a valid username (3-64 characters) itself.
+    if not USERNAME_RE.fullmatch(prefix):
         raise CleanupError(f"prefix {prefix!r} is not allowed: use 3-64 letters, digits, '_', '.', '-'")
     if not token:
         raise CleanupError(f"no admin token: set {TOKEN_ENV} to the token the target was started with")

@@ -59,19 +59,8 @@ class Exporter:
         def metrics() -> Response:
             return Response(self.render(), content_type=CONTENT_TYPE_LATEST)
 
-    def close(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
-
 
 _exporter: Exporter | None = None
-
-
-def current() -> Exporter | None:
-    """The exporter of this process (None on workers and before init)."""
-    return _exporter
 
 
 @events.init_command_line_parser.add_listener

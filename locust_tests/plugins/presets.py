@@ -102,7 +102,6 @@ class Snapshot:
 
     num_requests: int
     num_failures: int
-    num_none_requests: int
     response_times: dict[int, int]
 
 

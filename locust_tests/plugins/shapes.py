@@ -19,6 +19,7 @@ setting `environment.shape_class` on the master (the one process that runs shape
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from typing import Any
@@ -90,9 +91,9 @@ class StepShape(LoadTestShape):
 
     def reset_time(self) -> None:
         super().reset_time()
-        # A new test (e.g. Start pressed again in the web UI) hunts from the first step again.
-        self.hunt = StepHunt(self.hunt.plan, self.hunt.slo, self.hunt.transient_fraction,
-                             self.hunt.stop_on_break, on_result=self._log_result)
+        # A new test (e.g. Start pressed again in the web UI) hunts from the first step again:
+        # replace() keeps the settings and gives the init=False per-run fields fresh defaults.
+        self.hunt = dataclasses.replace(self.hunt)
 
     def tick(self) -> Tick:
         ended_before = self.hunt.done
@@ -103,7 +104,7 @@ class StepShape(LoadTestShape):
 
     def _snapshot(self) -> Snapshot:
         total = self.runner.stats.total
-        return Snapshot(total.num_requests, total.num_failures, total.num_none_requests, dict(total.response_times))
+        return Snapshot(total.num_requests, total.num_failures, dict(total.response_times))
 
     def _log_result(self, result: StepResult) -> None:
         verdict = f"BREACH ({result.reason})" if result.breached else "within SLO"

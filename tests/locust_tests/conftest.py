@@ -34,26 +34,11 @@ class Target:
 
 
 @pytest.fixture(scope="session")
-def target(tmp_path_factory) -> Target:
-    """The bundled target, once for all Locust tests (usernames never collide, so they can share it)."""
-    tmp = tmp_path_factory.mktemp("target")
-    port = free_port()
-    env = {**os.environ, "LAB_ADMIN_TOKEN": ADMIN_TOKEN}
-    proc = ManagedProcess([PYTHON, "-m", "target_app", "--port", str(port), "--workers", "2",
-                           "--db", str(tmp / "users.db"), "--hash-profile", "lab"], tmp / "target.log", env=env)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_for_http(url + "/healthz", timeout=30, proc=proc)
-        yield Target(url, ADMIN_TOKEN, proc)
-    finally:
-        proc.stop()
-
-
-@pytest.fixture(scope="session")
 def launch(tmp_path_factory):
     """Like `spawn`, for module-scoped runs that several tests read: processes are stopped by PID
-    group at the end of the session, pass or fail. Locust gets a clean environment: no LOCUST_*
-    variables from outside, and no LAB_ADMIN_TOKEN unless the caller passes one."""
+    group at the end of the session, pass or fail (the latest first). Each process (Locust, and the
+    target) gets a clean environment: no LOCUST_* variables from outside, and no LAB_ADMIN_TOKEN
+    unless the caller passes one."""
     started: list[ManagedProcess] = []
 
     def _launch(args: list[str], name: str, env: dict[str, str] | None = None) -> ManagedProcess:
@@ -66,6 +51,19 @@ def launch(tmp_path_factory):
     yield _launch
     for proc in reversed(started):
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def target(tmp_path_factory, launch) -> Target:
+    """The bundled target, once for all Locust tests (usernames never collide, so they can share it).
+    `launch` stops it by PID group at the end of the session, after the Locust runs started later."""
+    db = tmp_path_factory.mktemp("target-db") / "users.db"
+    port = free_port()
+    proc = launch([PYTHON, "-m", "target_app", "--port", str(port), "--workers", "2", "--db", str(db),
+                   "--hash-profile", "lab"], "target", env={"LAB_ADMIN_TOKEN": ADMIN_TOKEN})
+    url = f"http://127.0.0.1:{port}"
+    wait_for_http(url + "/healthz", timeout=30, proc=proc)
+    return Target(url, ADMIN_TOKEN, proc)
 
 
 def locust_args(scenario: str, *args: str) -> list[str]:

@@ -65,7 +65,7 @@ def test_percentile_matches_locusts_definition():
 
 
 def snap(requests: int, failures: int = 0, times: dict[int, int] | None = None) -> Snapshot:
-    return Snapshot(requests, failures, 0, dict(times or {}))
+    return Snapshot(requests, failures, dict(times or {}))
 
 
 def test_judge_uses_only_the_window_between_snapshots():

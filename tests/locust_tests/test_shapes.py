@@ -17,56 +17,96 @@ from locust.stats import RequestStats
 from locust.util.load_locustfile import is_shape_class
 from locust_tests.plugins import shapes
 
-kind, name, scale = sys.argv[1], sys.argv[2], float(sys.argv[3])
-times = [float(t) for t in sys.argv[4].split(",")]
-shapes.use_presets(kind)
-options = argparse.Namespace(time_scale=scale, step_users=10, step_time="150s", max_users=1000,
-                             no_stop_on_break=True)
-try:
-    shape = shapes.build_shape(name, options)
-except ValueError as exc:
-    print(json.dumps({"error": str(exc)}))
-    sys.exit(0)
-shape.runner = types.SimpleNamespace(stats=RequestStats())  # Locust's own (empty) stats
-ticks = []
-for t in times:
-    shape.start_time = time.perf_counter() - t  # as if t seconds had passed
-    ticks.append(shape.tick())
-print(json.dumps({"class": type(shape).__name__, "autopicked": is_shape_class(type(shape)), "ticks": ticks}))
+outs = []
+for case in json.load(sys.stdin):
+    # use_presets adds to what the process offers (a locustfile calls it once per process): start
+    # each case from a fresh process's offers, so one case's presets never leak into the next.
+    shapes._offered.clear()
+    shapes.use_presets(case["kind"])
+    options = argparse.Namespace(time_scale=case["scale"], step_users=10, step_time="150s", max_users=1000,
+                                 no_stop_on_break=True)
+    try:
+        shape = shapes.build_shape(case["name"], options)
+    except ValueError as exc:
+        outs.append({"error": str(exc)})
+        continue
+    shape.runner = types.SimpleNamespace(stats=RequestStats())  # Locust's own (empty) stats
+    ticks = []
+    for t in case["times"]:
+        shape.start_time = time.perf_counter() - t  # as if t seconds had passed
+        ticks.append(shape.tick())
+    outs.append({"class": type(shape).__name__, "autopicked": is_shape_class(type(shape)), "ticks": ticks})
+print(json.dumps(outs))
 """
 
-
-def probe(kind: str, name: str, scale: float, times: list[float]) -> dict:
-    result = subprocess.run([PYTHON, "-c", PROBE, kind, name, str(scale), ",".join(map(str, times))],
-                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-@pytest.mark.parametrize(("kind", "name", "users", "rate", "seconds"), [
+PRESETS = [
     ("registration", "normal", 50, 10, 300), ("registration", "heavy", 100, 20, 600),
     ("registration", "spike", 200, 50, 900), ("login", "baseline", 100, 10, 300),
     ("login", "stress", 500, 50, 600), ("login", "breaking-point", 1000, 100, 900),
-])
-def test_scenario_name_gives_its_preset_shape(kind, name, users, rate, seconds):
+]
+STEP_TIMES = [0, 14, 16, 31, 150 * 0.1 * 99 + 1, 150 * 0.1 * 100 + 1]
+
+
+def preset_times(seconds: float) -> list[float]:
     # time scale 0.1: the preset runs for a tenth of its duration
-    out = probe(kind, name, 0.1, [0, seconds * 0.1 - 1, seconds * 0.1 + 0.5])
+    return [0, seconds * 0.1 - 1, seconds * 0.1 + 0.5]
+
+
+# Every (kind, name, scale, times) a test below probes: one Python process runs them all.
+CASES = [
+    *[(kind, name, 0.1, preset_times(seconds)) for kind, name, _users, _rate, seconds in PRESETS],
+    ("login", "step", 0.1, STEP_TIMES),
+    ("login", "baseline", 1, [0]),
+    ("login", "step", 1, [0]),
+    ("login", "normal", 1, [0]),
+]
+
+
+def _key(kind: str, name: str, scale: float, times: list[float]) -> tuple:
+    return kind, name, float(scale), tuple(float(t) for t in times)
+
+
+@pytest.fixture(scope="module")
+def probe():
+    """probe(kind, name, scale, times): the shape --scenario `name` builds and its ticks at `times`
+    (or the error building it raises). One PROBE process computes all of CASES."""
+    cases = [{"kind": kind, "name": name, "scale": float(scale), "times": [float(t) for t in times]}
+             for kind, name, scale, times in CASES]
+    result = subprocess.run([PYTHON, "-c", PROBE], input=json.dumps(cases), cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    outs = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(outs) == len(cases), f"PROBE answered {len(outs)} of {len(cases)} cases:\n{result.stderr}"
+    by_case = {_key(*case): out for case, out in zip(CASES, outs)}
+
+    def _probe(kind: str, name: str, scale: float, times: list[float]) -> dict:
+        key = _key(kind, name, scale, times)
+        if key not in by_case:
+            pytest.fail(f"probe{key} is not in CASES: add it there")
+        return by_case[key]
+
+    return _probe
+
+
+@pytest.mark.parametrize(("kind", "name", "users", "rate", "seconds"), PRESETS)
+def test_scenario_name_gives_its_preset_shape(probe, kind, name, users, rate, seconds):
+    out = probe(kind, name, 0.1, preset_times(seconds))
     assert out["class"] == "PresetShape"
     assert out["ticks"] == [[users, rate], [users, rate], None]
 
 
-def test_step_scenario_steps_every_time_scaled_hold():
-    out = probe("login", "step", 0.1, [0, 14, 16, 31, 150 * 0.1 * 99 + 1, 150 * 0.1 * 100 + 1])
+def test_step_scenario_steps_every_time_scaled_hold(probe):
+    out = probe("login", "step", 0.1, STEP_TIMES)
     assert out["class"] == "StepShape"
     assert out["ticks"] == [[10, 10], [10, 10], [20, 10], [30, 10], [1000, 10], None]
 
 
-def test_shapes_are_never_picked_up_without_scenario():
+def test_shapes_are_never_picked_up_without_scenario(probe):
     # Locust activates any concrete LoadTestShape in a locustfile; ours must not be one.
     assert probe("login", "baseline", 1, [0])["autopicked"] is False
     assert probe("login", "step", 1, [0])["autopicked"] is False
 
 
-def test_a_preset_of_the_other_scenario_is_refused():
+def test_a_preset_of_the_other_scenario_is_refused(probe):
     assert probe("login", "normal", 1, [0])["error"] == (
         "unknown --scenario 'normal': this locustfile offers baseline, stress, breaking-point, step")
