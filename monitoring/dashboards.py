@@ -24,7 +24,6 @@ DATASOURCE_NAME = "Prometheus"
 # placeholder (`${DS_...}` breaks file provisioning).
 DS = {"type": "prometheus", "uid": "${datasource}"}
 SCHEMA_VERSION = 39
-PANEL_TYPES = ("timeseries", "stat", "table", "bargauge", "row")
 CORES = "suffix: cores"
 
 
@@ -182,7 +181,7 @@ def _alert_annotations() -> list[dict[str, Any]]:
 
 
 def _dashboard(uid: str, title: str, description: str, panels: list[dict[str, Any]],
-               variables: list[dict[str, Any]], t: Thresholds) -> dict[str, Any]:
+               variables: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "uid": uid, "title": title, "description": description,
         "tags": ["loadlab", "load-test"], "editable": True, "graphTooltip": 1,
@@ -200,24 +199,23 @@ def _dashboard(uid: str, title: str, description: str, panels: list[dict[str, An
 
 
 def _group_rows(g: _Grid, t: Thresholds, group: str, who: str) -> None:
-    sel = f'groupname="{group}"'
     g.add(timeseries(
         f"{who} CPU: cores used vs available",
         f"CPU of every process in the sidecar's `{group}` group (children included), and the cores it can "
         "use: one per busy process, at most the host's cores (see RUNBOOK).",
-        [q(f"{r.GROUP_CPU_CORES}{{{sel}}}", "used"), q(f"{r.GROUP_CORES_AVAILABLE}{{{sel}}}", "available")],
+        [q(r.by_group(r.GROUP_CPU_CORES, group), "used"), q(r.by_group(r.GROUP_CORES_AVAILABLE, group), "available")],
         CORES, overrides=[_dashed("available")]), w=8)
     g.add(timeseries(
         f"{who} CPU saturation",
         f"Cores used / cores available; the saturation alert fires above {t.cpu_saturation_fraction:g}.",
-        [q(f"{r.GROUP_CPU_SATURATION}{{{sel}}}", "saturation")], "percentunit",
+        [q(r.by_group(r.GROUP_CPU_SATURATION, group), "saturation")], "percentunit",
         line=t.cpu_saturation_fraction), w=8)
     memory_line = t.target_memory_limit_bytes if group == r.TARGET_GROUP else None
     g.add(timeseries(
         f"{who} memory",
         "Resident memory summed over the group's processes (shared pages of forked workers count once per "
         "process, so this errs high)." + (" Dashed line: TargetMemoryHigh." if memory_line else ""),
-        [q(f"{r.GROUP_RESIDENT_BYTES}{{{sel}}}", "resident")], "bytes", line=memory_line), w=8)
+        [q(r.by_group(r.GROUP_RESIDENT_BYTES, group), "resident")], "bytes", line=memory_line), w=8)
 
 
 def load_vs_resources(t: Thresholds = DEFAULT_THRESHOLDS) -> dict[str, Any]:
@@ -231,11 +229,11 @@ def load_vs_resources(t: Thresholds = DEFAULT_THRESHOLDS) -> dict[str, Any]:
     g.add(stat("Error ratio", f"Failed / all requests; SLO {t.error_ratio:g}.", r.LOCUST_ERROR_RATIO,
                "percentunit", line=t.error_ratio), w=4, h=4)
     g.add(stat("Target CPU saturation", "Target cores used / cores available.",
-               f'{r.GROUP_CPU_SATURATION}{{groupname="{r.TARGET_GROUP}"}}', "percentunit",
+               r.by_group(r.GROUP_CPU_SATURATION, r.TARGET_GROUP), "percentunit",
                line=t.cpu_saturation_fraction), w=4, h=4)
     g.add(stat("Generator CPU saturation", "Locust cores used / cores available. Above the line the "
                "generator, not the target, is the bottleneck.",
-               f'{r.GROUP_CPU_SATURATION}{{groupname="{r.GENERATOR_GROUP}"}}', "percentunit",
+               r.by_group(r.GROUP_CPU_SATURATION, r.GENERATOR_GROUP), "percentunit",
                line=t.cpu_saturation_fraction), w=4, h=4)
 
     g.row("Load: users and throughput")
@@ -294,12 +292,12 @@ def load_vs_resources(t: Thresholds = DEFAULT_THRESHOLDS) -> dict[str, Any]:
     g.add(timeseries(
         "Target processes and requests in flight",
         "gunicorn arbiter + workers, their threads, and requests being handled right now.",
-        [q(f'namedprocess_namegroup_num_procs{{{r.SIDECAR}, groupname="{r.TARGET_GROUP}"}}', "processes"),
-         q(f'namedprocess_namegroup_num_threads{{{r.SIDECAR}, groupname="{r.TARGET_GROUP}"}}', "threads"),
+        [q(r.by_group("namedprocess_namegroup_num_procs", r.TARGET_GROUP, r.SIDECAR), "processes"),
+         q(r.by_group("namedprocess_namegroup_num_threads", r.TARGET_GROUP, r.SIDECAR), "threads"),
          q(f"sum(http_requests_in_progress{{{r.TARGET}}})", "requests in flight")], "none"), w=12, h=7)
     g.add(timeseries(
         "Target open file descriptors", "Sockets, the SQLite file and its WAL across the target's processes.",
-        [q(f'namedprocess_namegroup_open_filedesc{{{r.SIDECAR}, groupname="{r.TARGET_GROUP}"}}', "open fds")],
+        [q(r.by_group("namedprocess_namegroup_open_filedesc", r.TARGET_GROUP, r.SIDECAR), "open fds")],
         "none"), w=12, h=7)
 
     g.row("Load generator (Locust) resources")
@@ -307,7 +305,7 @@ def load_vs_resources(t: Thresholds = DEFAULT_THRESHOLDS) -> dict[str, Any]:
     g.add(timeseries(
         "Locust processes and workers",
         "Processes in the sidecar's locust group, and workers connected to the master (0 standalone).",
-        [q(f'namedprocess_namegroup_num_procs{{{r.SIDECAR}, groupname="{r.GENERATOR_GROUP}"}}', "processes"),
+        [q(r.by_group("namedprocess_namegroup_num_procs", r.GENERATOR_GROUP, r.SIDECAR), "processes"),
          q(f"sum(locust_workers{{{r.LOCUST}}})", "workers")], "none"), w=24, h=6)
 
     g.row("Host")
@@ -336,7 +334,7 @@ def load_vs_resources(t: Thresholds = DEFAULT_THRESHOLDS) -> dict[str, Any]:
     return _dashboard(
         "loadlab-load-vs-resources", "Load lab: Load vs Resources",
         "Users, throughput, failures and latency on the same time axis as the CPU and memory of the target, "
-        "the load generator and the host. Firing alerts are annotations.", g.panels, [], t)
+        "the load generator and the host. Firing alerts are annotations.", g.panels, [])
 
 
 def per_endpoint(t: Thresholds = DEFAULT_THRESHOLDS) -> dict[str, Any]:
@@ -356,7 +354,7 @@ def per_endpoint(t: Thresholds = DEFAULT_THRESHOLDS) -> dict[str, Any]:
     g.add(timeseries(
         "Latency by request", f"p50/p95/p99 per request name; dashed line: the {t.latency_p95_ms:g} ms SLO.",
         [q(f"histogram_quantile({qv}, sum by (le, name) (rate(locust_request_duration_seconds_bucket{{{name_sel}}}[$__rate_interval])))",
-           f"{qn} {{{{name}}}}") for qn, qv in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))],
+           f"{qn} {{{{name}}}}") for qn, qv in r.QUANTILES.items()],
         "s", line=slo), w=8)
     g.add(table(
         "Requests in the time range",
@@ -375,7 +373,7 @@ def per_endpoint(t: Thresholds = DEFAULT_THRESHOLDS) -> dict[str, Any]:
     g.add(timeseries(
         "Latency by endpoint", f"Server-side p50/p95/p99 per URL rule; dashed line: the {t.latency_p95_ms:g} ms SLO.",
         [q(f"histogram_quantile({qv}, sum by (le, endpoint) (rate(http_request_duration_seconds_bucket{{{ep_sel}}}[$__rate_interval])))",
-           f"{qn} {{{{endpoint}}}}") for qn, qv in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))],
+           f"{qn} {{{{endpoint}}}}") for qn, qv in r.QUANTILES.items()],
         "s", line=slo), w=8)
     g.add(bargauge(
         "p95 by endpoint (server)", "Server-side p95 per URL rule over the rate interval.",
@@ -395,7 +393,7 @@ def per_endpoint(t: Thresholds = DEFAULT_THRESHOLDS) -> dict[str, Any]:
     ]
     return _dashboard(
         "loadlab-per-endpoint", "Load lab: per endpoint",
-        "Throughput, failures and latency per Locust request name and per API endpoint.", g.panels, variables, t)
+        "Throughput, failures and latency per Locust request name and per API endpoint.", g.panels, variables)
 
 
 def all_dashboards(t: Thresholds = DEFAULT_THRESHOLDS) -> dict[str, dict[str, Any]]:

@@ -20,10 +20,9 @@ from typing import Any, Callable
 
 from loadlab.thresholds import DEFAULT_THRESHOLDS, Thresholds
 from monitoring import rules as r
-from monitoring.prometheus_config import NATIVE_TARGETS
+from monitoring.prometheus_config import NATIVE_TARGETS, RELATIVE_RULE_FILES
 
 Fn = Callable[[float], float]
-INTERVAL = DEFAULT_THRESHOLDS.scrape_interval_seconds
 LOCUST_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 HTTP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # The instance labels of the committed native config.
@@ -86,32 +85,33 @@ def _values(samples: list[float]) -> str:
     return " ".join(parts)
 
 
-def _counter(world: World, per_second: Fn) -> list[float]:
-    """Counter samples: the increment of each step is the rate at its start (the users present
-    during an interval are those at its start)."""
+def _counter(world: World, interval: int, per_second: Fn) -> list[float]:
+    """Counter samples every `interval` seconds: the increment of each step is the rate at its
+    start (the users present during an interval are those at its start)."""
     total, out = 0.0, [0.0]
-    for i in range(1, world.duration // INTERVAL + 1):
-        total += per_second((i - 1) * INTERVAL) * INTERVAL
+    for i in range(1, world.duration // interval + 1):
+        total += per_second((i - 1) * interval) * interval
         out.append(round(total, 6))
     return out
 
 
-def _gauge(world: World, fn: Fn) -> list[float]:
-    return [fn(i * INTERVAL) for i in range(world.duration // INTERVAL + 1)]
+def _gauge(world: World, interval: int, fn: Fn) -> list[float]:
+    return [fn(i * interval) for i in range(world.duration // interval + 1)]
 
 
-def _buckets(world: World, job: str, metric: str, labels: str, bounds: tuple[float, ...],
+def _buckets(world: World, interval: int, job: str, metric: str, labels: str, bounds: tuple[float, ...],
              count_rate: Fn, latency: Fn) -> list[dict[str, str]]:
     out = []
     for le in (*bounds, math.inf):
         in_bucket: Fn = lambda t, le=le: count_rate(t) if latency(t) <= le else 0.0
         le_text = "+Inf" if le == math.inf else f"{le:g}"
         out.append({"series": f'{metric}_bucket{{job="{job}", instance="{INSTANCES[job]}", {labels}, le="{le_text}"}}',
-                    "values": _values(_counter(world, in_bucket))})
+                    "values": _values(_counter(world, interval, in_bucket))})
     return out
 
 
-def _world_series(world: World) -> list[dict[str, str]]:
+def _world_series(world: World, interval: int) -> list[dict[str, str]]:
+    """The series of `world`, scraped every `interval` seconds."""
     series: list[dict[str, str]] = []
 
     def add(job: str, name: str, labels: str, samples: list[float]) -> None:
@@ -120,37 +120,37 @@ def _world_series(world: World) -> list[dict[str, str]]:
 
     for job in INSTANCES:
         if job not in world.absent_jobs:
-            add(job, "up", "", _gauge(world, world.up.get(job, _const(1))))
-            add(job, "scrape_duration_seconds", "", _gauge(world, world.scrape_seconds.get(job, _const(0.01))))
+            add(job, "up", "", _gauge(world, interval, world.up.get(job, _const(1))))
+            add(job, "scrape_duration_seconds", "", _gauge(world, interval, world.scrape_seconds.get(job, _const(0.01))))
     if "locust" not in world.absent_jobs:
         req = 'method="POST", name="/client_login"'
-        add("locust", "locust_users", "", _gauge(world, world.users))
-        add("locust", "locust_workers", "", _gauge(world, world.locust_workers))
-        add("locust", "locust_requests_total", req, _counter(world, world.rps))
+        add("locust", "locust_users", "", _gauge(world, interval, world.users))
+        add("locust", "locust_workers", "", _gauge(world, interval, world.locust_workers))
+        add("locust", "locust_requests_total", req, _counter(world, interval, world.rps))
         add("locust", "locust_request_failures_total", req,
-            _counter(world, lambda t: world.rps(t) * world.fail_fraction(t)))
-        series += _buckets(world, "locust", "locust_request_duration_seconds", req, LOCUST_BUCKETS, world.rps, world.latency)
+            _counter(world, interval, lambda t: world.rps(t) * world.fail_fraction(t)))
+        series += _buckets(world, interval, "locust", "locust_request_duration_seconds", req, LOCUST_BUCKETS, world.rps, world.latency)
     if "target" not in world.absent_jobs:
         ep = 'method="POST", endpoint="/client_login"'
         ok = lambda t: world.rps(t) * (1 - world.fail_fraction(t))  # noqa: E731
-        add("target", "http_requests_total", ep + ', status="200"', _counter(world, ok))
+        add("target", "http_requests_total", ep + ', status="200"', _counter(world, interval, ok))
         add("target", "http_requests_total", ep + ', status="500"',
-            _counter(world, lambda t: world.rps(t) * world.fail_fraction(t)))
-        series += _buckets(world, "target", "http_request_duration_seconds", ep, HTTP_BUCKETS, world.rps, world.server_latency)
+            _counter(world, interval, lambda t: world.rps(t) * world.fail_fraction(t)))
+        series += _buckets(world, interval, "target", "http_request_duration_seconds", ep, HTTP_BUCKETS, world.rps, world.server_latency)
     if "sidecar" not in world.absent_jobs:
         for group, cores, procs, resident in (
                 (r.TARGET_GROUP, world.target_cores, world.target_procs, world.target_resident),
                 (r.GENERATOR_GROUP, world.locust_cores, world.locust_procs, _const(80 * 1024**2))):
             g = f'groupname="{group}"'
-            add("sidecar", "namedprocess_namegroup_cpu_seconds_total", g + ', mode="user"', _counter(world, cores))
-            add("sidecar", "namedprocess_namegroup_num_procs", g, _gauge(world, procs))
-            add("sidecar", "namedprocess_namegroup_memory_bytes", g + ', memtype="resident"', _gauge(world, resident))
+            add("sidecar", "namedprocess_namegroup_cpu_seconds_total", g + ', mode="user"', _counter(world, interval, cores))
+            add("sidecar", "namedprocess_namegroup_num_procs", g, _gauge(world, interval, procs))
+            add("sidecar", "namedprocess_namegroup_memory_bytes", g + ', memtype="resident"', _gauge(world, interval, resident))
         for cpu in range(world.host_cores):
             busy = lambda t: min(1.0, (world.target_cores(t) + world.locust_cores(t)) / world.host_cores)  # noqa: E731
-            add("sidecar", "node_cpu_seconds_total", f'cpu="{cpu}", mode="idle"', _counter(world, lambda t: 1 - busy(t)))
-            add("sidecar", "node_cpu_seconds_total", f'cpu="{cpu}", mode="user"', _counter(world, busy))
-        add("sidecar", "node_memory_MemTotal_bytes", "", _gauge(world, _const(8 * 1024**3)))
-        add("sidecar", "node_memory_MemAvailable_bytes", "", _gauge(world, _const(6 * 1024**3)))
+            add("sidecar", "node_cpu_seconds_total", f'cpu="{cpu}", mode="idle"', _counter(world, interval, lambda t: 1 - busy(t)))
+            add("sidecar", "node_cpu_seconds_total", f'cpu="{cpu}", mode="user"', _counter(world, interval, busy))
+        add("sidecar", "node_memory_MemTotal_bytes", "", _gauge(world, interval, _const(8 * 1024**3)))
+        add("sidecar", "node_memory_MemAvailable_bytes", "", _gauge(world, interval, _const(6 * 1024**3)))
     return series
 
 
@@ -269,7 +269,8 @@ class RuleTestBuilder:
         for at, names in silent.items():
             for alertname in names:
                 tests.append({"eval_time": f"{at}s", "alertname": alertname, "exp_alerts": []})
-        group: dict[str, Any] = {"name": name, "interval": f"{INTERVAL}s", "input_series": _world_series(world),
+        interval = self.t.scrape_interval_seconds
+        group: dict[str, Any] = {"name": name, "interval": f"{interval}s", "input_series": _world_series(world, interval),
                                  "alert_rule_test": tests}
         if exprs:
             group["promql_expr_test"] = exprs
@@ -285,7 +286,7 @@ def rule_test_files(t: Thresholds = DEFAULT_THRESHOLDS) -> dict[str, dict[str, A
     b = RuleTestBuilder(t)
     names = tuple(b.alerts)
     slo = t.latency_p95_seconds
-    header = {"rule_files": ["../rules/recording.yml", "../rules/alerts.yml"],
+    header = {"rule_files": [f"../{path}" for path in RELATIVE_RULE_FILES],
               "evaluation_interval": f"{t.scrape_interval_seconds}s"}
 
     # Healthy linear ramp: one more user every 2 s for 2 minutes, every user served at the same
@@ -296,10 +297,10 @@ def rule_test_files(t: Thresholds = DEFAULT_THRESHOLDS) -> dict[str, dict[str, A
         "healthy linear ramp: no alert", ramp, {}, {at: names for at in (10, 30, 60, 120, 180)},
         exprs=[
             {"expr": r.HOST_CORES, "eval_time": "60s", "exp_samples": [{"labels": r.HOST_CORES, "value": 2}]},
-            {"expr": f'{r.GROUP_CORES_AVAILABLE}{{groupname="{r.TARGET_GROUP}"}}', "eval_time": "60s",
-             "exp_samples": [{"labels": f'{r.GROUP_CORES_AVAILABLE}{{groupname="{r.TARGET_GROUP}"}}', "value": 2}]},
-            {"expr": f'{r.GROUP_CORES_AVAILABLE}{{groupname="{r.GENERATOR_GROUP}"}}', "eval_time": "60s",
-             "exp_samples": [{"labels": f'{r.GROUP_CORES_AVAILABLE}{{groupname="{r.GENERATOR_GROUP}"}}', "value": 1}]},
+            {"expr": r.by_group(r.GROUP_CORES_AVAILABLE, r.TARGET_GROUP), "eval_time": "60s",
+             "exp_samples": [{"labels": r.by_group(r.GROUP_CORES_AVAILABLE, r.TARGET_GROUP), "value": 2}]},
+            {"expr": r.by_group(r.GROUP_CORES_AVAILABLE, r.GENERATOR_GROUP), "eval_time": "60s",
+             "exp_samples": [{"labels": r.by_group(r.GROUP_CORES_AVAILABLE, r.GENERATOR_GROUP), "value": 1}]},
             {"expr": r.latency("locust", "p95"), "eval_time": "60s",
              "exp_samples": [{"labels": r.latency("locust", "p95"), "value": _bucket_quantile(0.05, LOCUST_BUCKETS, 0.95)}]},
         ])]
@@ -368,8 +369,8 @@ def rule_test_files(t: Thresholds = DEFAULT_THRESHOLDS) -> dict[str, dict[str, A
             f"target CPU saturated ({label})",
             World(duration=at, target_procs=_const(procs), target_cores=_step(60, 0.2, used)),
             {at: [Expect("TargetCPUSaturated", sat, labels={"groupname": r.TARGET_GROUP},
-                         queries={**load, f'{r.GROUP_CPU_CORES}{{groupname="{r.TARGET_GROUP}"}}': used,
-                                  f'{r.GROUP_CORES_AVAILABLE}{{groupname="{r.TARGET_GROUP}"}}': cores_available})]},
+                         queries={**load, r.by_group(r.GROUP_CPU_CORES, r.TARGET_GROUP): used,
+                                  r.by_group(r.GROUP_CORES_AVAILABLE, r.TARGET_GROUP): cores_available})]},
             {50: ("TargetCPUSaturated",)}))
     # A busy target below the threshold: 2 workers using 1.2 of their 2 cores.
     cpu_cases.append(b.case("target CPU busy but not saturated",
@@ -382,8 +383,8 @@ def rule_test_files(t: Thresholds = DEFAULT_THRESHOLDS) -> dict[str, dict[str, A
             World(duration=at, locust_procs=_const(procs), locust_workers=_const(workers),
                   locust_cores=_step(60, 0.1, used)),
             {at: [Expect("LoadGeneratorSaturated", sat, labels={"groupname": r.GENERATOR_GROUP},
-                         queries={**load, f'{r.GROUP_CPU_CORES}{{groupname="{r.GENERATOR_GROUP}"}}': used,
-                                  f'{r.GROUP_CORES_AVAILABLE}{{groupname="{r.GENERATOR_GROUP}"}}': cores_available})]},
+                         queries={**load, r.by_group(r.GROUP_CPU_CORES, r.GENERATOR_GROUP): used,
+                                  r.by_group(r.GROUP_CORES_AVAILABLE, r.GENERATOR_GROUP): cores_available})]},
             {50: ("LoadGeneratorSaturated",)}))
     # Distributed Locust using one full core of the two its workers may use: not saturated,
     # though a one-core-per-generator rule would say so.

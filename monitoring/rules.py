@@ -43,7 +43,8 @@ GROUP_CPU_CORES = "loadlab:namegroup_cpu:cores"
 GROUP_CORES_AVAILABLE = "loadlab:namegroup_cpu:cores_available"
 GROUP_CPU_SATURATION = "loadlab:namegroup_cpu:saturation"
 GROUP_RESIDENT_BYTES = "loadlab:namegroup_memory_resident:bytes"
-QUANTILES = ("p50", "p95", "p99")
+# Latency quantile name -> the quantile histogram_quantile() takes.
+QUANTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
 
 # gunicorn's arbiter only supervises; the workers serve. One process stays out of the target's
 # "busy" count (a single-process server still counts as one: clamp_min below).
@@ -53,6 +54,12 @@ TARGET_IDLE_PROCESSES = 1
 def latency(side: str, quantile: str) -> str:
     """Recording-rule name of a latency quantile: side is "locust" (client) or "http" (server)."""
     return f"loadlab:{side}_request_duration_seconds:{quantile}"
+
+
+def by_group(metric: str, group: str, selector: str = "") -> str:
+    """`metric` selected for one sidecar process group, after any other `selector` labels."""
+    labels = f'{selector}, groupname="{group}"' if selector else f'groupname="{group}"'
+    return f"{metric}{{{labels}}}"
 
 
 def _s(seconds: int) -> str:
@@ -87,15 +94,18 @@ def recording_groups(t: Thresholds = DEFAULT_THRESHOLDS) -> list[dict[str, Any]]
         {"record": TARGET_5XX_RPS, "expr": f'sum(rate(http_requests_total{{{TARGET_API}, status=~"5.."}}[{w}])) or on() (0 * {TARGET_RPS})'},
         {"record": TARGET_ERROR_RATIO, "expr": f"{TARGET_5XX_RPS} / ({TARGET_RPS} > 0)"},
     ]
-    for name, q in zip(QUANTILES, (0.5, 0.95, 0.99)):
+    for name, q in QUANTILES.items():
         load.append({"record": latency("locust", name),
                      "expr": _quantile_expr("locust_request_duration_seconds", LOCUST, q, w)})
-    for name, q in zip(QUANTILES, (0.5, 0.95, 0.99)):
+    for name, q in QUANTILES.items():
         load.append({"record": latency("http", name),
                      "expr": _quantile_expr("http_request_duration_seconds", TARGET_API, q, w)})
 
     cores = f"scalar({HOST_CORES})"
-    procs = "sum by (groupname) (namedprocess_namegroup_num_procs{%s, groupname=\"%s\"})"
+
+    def procs(group: str) -> str:
+        return f"sum by (groupname) ({by_group('namedprocess_namegroup_num_procs', group, SIDECAR)})"
+
     resources = [
         {"record": HOST_CORES, "expr": f"count(count by (cpu) (node_cpu_seconds_total{{{SIDECAR}}}))"},
         {"record": HOST_CPU_UTILISATION, "expr": (
@@ -108,12 +118,12 @@ def recording_groups(t: Thresholds = DEFAULT_THRESHOLDS) -> list[dict[str, Any]]
         # Target: one core per gunicorn worker (a sync worker is one Python thread of work),
         # i.e. its processes minus the arbiter, at most the host's cores.
         {"record": GROUP_CORES_AVAILABLE, "labels": {"groupname": TARGET_GROUP}, "expr": (
-            f"clamp_max(clamp_min({procs % (SIDECAR, TARGET_GROUP)} - {TARGET_IDLE_PROCESSES}, 1), {cores})")},
+            f"clamp_max(clamp_min({procs(TARGET_GROUP)} - {TARGET_IDLE_PROCESSES}, 1), {cores})")},
         # Generator: one core per Locust process generating load. Standalone that is the one
         # process; distributed (locust_workers > 0) the master only coordinates, so its
         # process does not count.
         {"record": GROUP_CORES_AVAILABLE, "labels": {"groupname": GENERATOR_GROUP}, "expr": (
-            f"clamp_max(clamp_min(\n  {procs % (SIDECAR, GENERATOR_GROUP)}\n"
+            f"clamp_max(clamp_min(\n  {procs(GENERATOR_GROUP)}\n"
             f"  - on() group_left() (max(locust_workers{{{LOCUST}}}) > bool 0 or on() vector(0)),\n"
             f"  1), {cores})")},
         {"record": GROUP_CPU_SATURATION, "expr": f"{GROUP_CPU_CORES} / {GROUP_CORES_AVAILABLE}"},
@@ -130,16 +140,13 @@ def recording_groups(t: Thresholds = DEFAULT_THRESHOLDS) -> list[dict[str, Any]]
 
 # Annotation fragments. `query` runs at the alert's evaluation time, so they quote the load at
 # the moment the alert (re-)evaluated, not a later one.
-def _load_context() -> str:
-    return (
-        f"at {{{{ with query `{USERS}` }}}}{{{{ . | first | value | printf \"%.0f\" }}}}{{{{ else }}}}unknown{{{{ end }}}} users"
-        f" and {{{{ with query `{LOCUST_RPS}` }}}}{{{{ . | first | value | printf \"%.1f\" }}}}{{{{ else }}}}unknown{{{{ end }}}} req/s"
-    )
-
-
 def _q(expr: str, fmt: str) -> str:
     """Template text quoting the first value of `expr`, or "unknown"."""
     return f"{{{{ with query `{expr}` }}}}{{{{ . | first | value | {fmt} }}}}{{{{ else }}}}unknown{{{{ end }}}}"
+
+
+def _load_context() -> str:
+    return "at " + _q(USERS, 'printf "%.0f"') + " users and " + _q(LOCUST_RPS, 'printf "%.1f"') + " req/s"
 
 
 def _stalled(window: str) -> str:
@@ -169,8 +176,6 @@ def alert_rules(t: Thresholds = DEFAULT_THRESHOLDS) -> list[dict[str, Any]]:
         }
 
     p95_client, p95_server = latency("locust", "p95"), latency("http", "p95")
-    cpu = f"{GROUP_CPU_CORES}{{groupname=\"%s\"}}"
-    avail = f"{GROUP_CORES_AVAILABLE}{{groupname=\"%s\"}}"
     rules = [
         alert("TargetDown",
               f"up{{{TARGET}}} == 0 or absent(up{{{TARGET}}})",
@@ -212,25 +217,25 @@ def alert_rules(t: Thresholds = DEFAULT_THRESHOLDS) -> list[dict[str, Any]]:
               + " of the run's best (" + _q(PER_USER_BEST, 'printf "%.3f"') + " req/s), " + ctx
               + ". Adding users no longer adds throughput: the target has passed its knee."),
         alert("TargetCPUSaturated",
-              f"{GROUP_CPU_SATURATION}{{groupname=\"{TARGET_GROUP}\"}} > {t.cpu_saturation_fraction:g}",
+              f"{by_group(GROUP_CPU_SATURATION, TARGET_GROUP)} > {t.cpu_saturation_fraction:g}",
               "warning", "target",
               "Target CPU at {{ $value | humanizePercentage }} of its available cores",
-              "The target uses " + _q(cpu % TARGET_GROUP, 'printf "%.2f"') + " of "
-              + _q(avail % TARGET_GROUP, 'printf "%.0f"') + " available cores ({{ $value | humanizePercentage }}, "
+              "The target uses " + _q(by_group(GROUP_CPU_CORES, TARGET_GROUP), 'printf "%.2f"') + " of "
+              + _q(by_group(GROUP_CORES_AVAILABLE, TARGET_GROUP), 'printf "%.0f"') + " available cores ({{ $value | humanizePercentage }}, "
               "saturated at " + sat + "), " + ctx + ". CPU is what runs out first."),
         alert("TargetMemoryHigh",
-              f"{GROUP_RESIDENT_BYTES}{{groupname=\"{TARGET_GROUP}\"}} > {t.target_memory_limit_bytes}",
+              f"{by_group(GROUP_RESIDENT_BYTES, TARGET_GROUP)} > {t.target_memory_limit_bytes}",
               "warning", "target",
               "Target resident memory {{ $value | humanize1024 }}B is above "
               f"{t.target_memory_limit_bytes / 1024**2:g} MiB",
               "The target's processes hold {{ $value | humanize1024 }}B resident (limit "
               f"{t.target_memory_limit_bytes / 1024**2:g} MiB), " + ctx + ". A leak or too many workers."),
         alert("LoadGeneratorSaturated",
-              f"{GROUP_CPU_SATURATION}{{groupname=\"{GENERATOR_GROUP}\"}} > {t.cpu_saturation_fraction:g}",
+              f"{by_group(GROUP_CPU_SATURATION, GENERATOR_GROUP)} > {t.cpu_saturation_fraction:g}",
               "critical", "generator",
               "Locust is out of CPU ({{ $value | humanizePercentage }}): the measured breaking point is not valid",
-              "The load generator uses " + _q(cpu % GENERATOR_GROUP, 'printf "%.2f"') + " of "
-              + _q(avail % GENERATOR_GROUP, 'printf "%.0f"') + " cores its processes can use "
+              "The load generator uses " + _q(by_group(GROUP_CPU_CORES, GENERATOR_GROUP), 'printf "%.2f"') + " of "
+              + _q(by_group(GROUP_CORES_AVAILABLE, GENERATOR_GROUP), 'printf "%.0f"') + " cores its processes can use "
               "({{ $value | humanizePercentage }}), " + ctx + ". Latency and throughput now measure "
               "Locust, not the target: add Locust workers (--processes N or --worker)."),
         # Not a breaking-point alert: without the sidecar the CPU and memory alerts above would
@@ -243,6 +248,3 @@ def alert_rules(t: Thresholds = DEFAULT_THRESHOLDS) -> list[dict[str, Any]]:
               + ctx + ". TargetCPUSaturated, TargetMemoryHigh and LoadGeneratorSaturated cannot fire."),
     ]
     return [{"name": "loadlab-alerts", "interval": _s(t.scrape_interval_seconds), "rules": rules}]
-
-
-ALERT_NAMES = tuple(rule["alert"] for rule in alert_rules()[0]["rules"])

@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import shutil
 import subprocess
 from functools import lru_cache
 
@@ -157,9 +156,7 @@ def test_every_python_command_exists_with_its_flags(resolved):
 
 @pytest.mark.parametrize("service, binary", [("prometheus", "prometheus"), ("alertmanager", "prometheus-alertmanager")])
 def test_image_commands_use_existing_flags(resolved, service, binary):
-    path = shutil.which(binary)
-    if path is None:
-        pytest.skip(f"{binary} not installed")
+    path = require_binary(binary)
     help_text = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=30)
     text = help_text.stdout + help_text.stderr
     for flag in _flags(resolved["services"][service]["command"]):
