@@ -150,10 +150,9 @@ def limiting_resource(steps: list[StepSummary], ref: int | None, brk: int | None
     if ref is None:
         return None, "no knee and no break: nothing ran out"
     if all(s.target_cpu_cores is None and s.generator_cpu_cores is None for s in steps):
-        return None, ("no resource samples (a plain Locust CSV): throughput "
-                      + ("flattened" if ref is not None else "kept rising")
-                      + ", but without the target's and the generator's CPU the cause "
-                        "(target CPU, generator CPU or a concurrency limit) cannot be told apart")
+        return None, ("no resource samples (a plain Locust CSV): throughput flattened, but without the "
+                      "target's and the generator's CPU the cause (target CPU, generator CPU or a concurrency "
+                      "limit) cannot be told apart")
     # A generator saturated at or before the reference step made the knee itself.
     for s in steps[: ref + 1]:
         if _saturated(s.generator_cpu_cores, s.generator_cores_available, th):
@@ -223,10 +222,8 @@ def signals(steps: list[StepSummary], knee: KneeResult | None, th: Thresholds = 
                                "value": None if value is None else round(value, 4)}
 
     for i, s in enumerate(steps):
-        if s.p95_ms is not None and s.p95_ms > th.latency_p95_ms:
-            note("latency_p95", s, s.p95_ms)
-        if s.requests and s.error_ratio > th.error_ratio:
-            note("error_ratio", s, s.error_ratio)
+        for reason in breaches_slo(s, th):  # "latency_p95", "error_ratio"
+            note(reason, s, s.p95_ms if reason == "latency_p95" else s.error_ratio)
         if knee is not None and i == knee.step:
             note("throughput_plateau", s, s.rps)
         if _saturated(s.target_cpu_cores, s.target_cores_available, th):

@@ -106,7 +106,6 @@ class Samples:
     """All scrapes of a run, by source, in time order."""
 
     by_source: dict[str, list[Scrape]] = field(default_factory=dict)
-    meta: dict = field(default_factory=dict)
 
     def scrapes(self, source: str) -> list[Scrape]:
         return self.by_source.get(source, [])
@@ -135,9 +134,6 @@ def read_samples(path: Path | str) -> Samples:
     if not path.is_file():
         return result
     for rec in iter_sample_lines(path):
-        if rec.get("kind") == "meta":
-            result.meta.update(rec.get("meta", {}))
-            continue
         if not rec.get("ok", True):
             continue
         scrape = Scrape(
@@ -155,22 +151,28 @@ def _matches(labels: Labels, match: Labels | None) -> bool:
     return not match or all(labels.get(k) == v for k, v in match.items())
 
 
-def series(scrapes: Iterable[Scrape], name: str, match: Labels | None = None) -> list[tuple[float, float]]:
-    """(t, value summed over every sample of `name` whose labels include `match`).
+def scrape_value(scrape: Scrape, name: str, match: Labels | None = None) -> float | None:
+    """One scrape's value of `name`: summed over every sample whose labels include `match`.
 
-    A scrape without any such sample contributes no point, so a missing series stays
-    missing instead of turning into zeros.
+    None when the scrape has no such sample, so a missing series stays missing instead of
+    turning into a zero.
     """
+    found = False
+    total = 0.0
+    for sname, labels, value in scrape.samples:
+        if sname == name and _matches(labels, match):
+            total += value
+            found = True
+    return total if found else None
+
+
+def series(scrapes: Iterable[Scrape], name: str, match: Labels | None = None) -> list[tuple[float, float]]:
+    """(t, scrape_value) of every scrape that has `name` (a scrape without it contributes no point)."""
     points = []
     for scrape in scrapes:
-        found = False
-        total = 0.0
-        for sname, labels, value in scrape.samples:
-            if sname == name and _matches(labels, match):
-                total += value
-                found = True
-        if found:
-            points.append((scrape.t, total))
+        value = scrape_value(scrape, name, match)
+        if value is not None:
+            points.append((scrape.t, value))
     return points
 
 
@@ -239,3 +241,16 @@ def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
             return prev_bound + (bound - prev_bound) * (rank - prev_count) / (count - prev_count)
         prev_bound, prev_count = bound, count
     return prev_bound
+
+
+def quantile_between(q: float, first: Scrape, last: Scrape, name: str) -> float | None:
+    """Quantile q of the observations histogram `name` counted between two scrapes (its unit, e.g. seconds).
+
+    Bucket deltas, not the cumulative counts. None when either scrape lacks the histogram, or
+    when a bucket count went down: the stats were reset in between (Locust resets them when a
+    new test starts), and deltas across a reset are not counts of anything.
+    """
+    before, after = histogram_buckets(first, name), histogram_buckets(last, name)
+    if not before or not after or any(after.get(le, 0.0) < count for le, count in before.items()):
+        return None
+    return histogram_quantile(q, {le: after[le] - before.get(le, 0.0) for le in after})

@@ -20,8 +20,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after selecting the headless backend)
 
-from loadlab.history import LocustHistory, Samples  # noqa: E402
-from loadlab.steps import resource_timeline  # noqa: E402
+from loadlab.analysis import breaches_slo  # noqa: E402
+from loadlab.history import LocustHistory  # noqa: E402
+from loadlab.steps import ResourceSeries, StepSummary, resource_timeline  # noqa: E402
+from loadlab.thresholds import Thresholds  # noqa: E402
 
 FIG_SIZE = (11, 2.6)
 MARGINS = {"left": 0.07, "right": 0.92, "top": 0.86, "bottom": 0.2}
@@ -84,11 +86,11 @@ class _Charts:
                             xytext=(3, -12), textcoords="offset points", color=color, fontsize=8)
 
 
-def render_charts(verdict: dict[str, Any], history: LocustHistory, samples: Samples | None,
+def render_charts(verdict: dict[str, Any], history: LocustHistory, resources: ResourceSeries | None,
                   slo_ms: float) -> list[tuple[str, str]]:
-    """[(title, base64 PNG)] for the five charts."""
+    """[(title, base64 PNG)] for the five charts; `resources` is the run's `steps.resource_series`."""
     csv_series = _csv_series(history)
-    resources = resource_timeline(samples) if samples else {}
+    timeline = resource_timeline(resources)
     times = [r.t for r in history.rows]
     t0 = times[0] if times else time.time()
     charts = _Charts(t0, (times[-1] - t0) if times else 1.0, verdict)
@@ -126,11 +128,11 @@ def render_charts(verdict: dict[str, Any], history: LocustHistory, samples: Samp
     out.append(("Latency", _png(fig)))
 
     fig, ax = charts.figure("Target CPU and memory", "CPU (cores)")
-    if resources.get("target_cpu_cores"):
-        pts = resources["target_cpu_cores"]
+    if timeline.get("target_cpu_cores"):
+        pts = timeline["target_cpu_cores"]
         charts.line(ax, pts, color="tab:orange", label="target CPU")
         ax2 = ax.twinx()
-        mem = resources.get("target_memory_bytes", [])
+        mem = timeline.get("target_memory_bytes", [])
         charts.line(ax2, mem, scale=1 / 2**20, color="tab:gray", lw=1, label="target RSS")
         ax2.set_ylabel("RSS (MiB)")
         avail = next((s["target_cores_available"] for s in steps if s.get("target_cores_available")), None)
@@ -146,10 +148,10 @@ def render_charts(verdict: dict[str, Any], history: LocustHistory, samples: Samp
     out.append(("Target CPU and memory", _png(fig)))
 
     fig, ax = charts.figure("Load generator (Locust) CPU", "CPU (cores)")
-    if resources.get("generator_cpu_cores"):
-        pts = resources["generator_cpu_cores"]
+    if timeline.get("generator_cpu_cores"):
+        pts = timeline["generator_cpu_cores"]
         charts.line(ax, pts, color="tab:brown", label="Locust CPU")
-        host = resources.get("host_cpu_busy_cores", [])
+        host = timeline.get("host_cpu_busy_cores", [])
         charts.line(ax, host, color="0.6", lw=1, label="host busy (all processes)")
         avail = next((s["generator_cores_available"] for s in steps if s.get("generator_cores_available")), None)
         if avail:
@@ -172,9 +174,10 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
-def render_html(verdict: dict[str, Any], history: LocustHistory, samples: Samples | None, title: str,
-                slo_ms: float) -> str:
-    charts = render_charts(verdict, history, samples, slo_ms)
+def render_html(verdict: dict[str, Any], history: LocustHistory, resources: ResourceSeries | None, title: str,
+                th: Thresholds) -> str:
+    slo_ms = th.latency_p95_ms
+    charts = render_charts(verdict, history, resources, slo_ms)
     esc = html.escape
     t0 = history.rows[0].t if history.rows else 0.0
     summary = "".join(f"<li>{esc(line)}</li>" for line in verdict.get("summary", []))
@@ -194,12 +197,12 @@ def render_html(verdict: dict[str, Any], history: LocustHistory, samples: Sample
             "<th>p95 ms</th><th>errors</th><th>target CPU</th><th>target RSS MiB</th><th>Locust CPU</th>"
             "<th>SLO</th></tr>")
     rows = []
-    breaking = {verdict["break"]["time"]} if verdict.get("break") else set()
+    break_time = verdict["break"]["time"] if verdict.get("break") else None
     knee_time = verdict["knee"]["time"] if verdict.get("knee") else None
     for s in verdict.get("steps", []):
         mark = " knee" if s["start"] == knee_time else ""
-        mark += " break" if s["start"] in breaking else ""
-        slo_ok = not ((s["p95_ms"] or 0) > slo_ms or s["error_ratio"] > verdict["thresholds"]["error_ratio"])
+        mark += " break" if s["start"] == break_time else ""
+        slo_ok = not breaches_slo(StepSummary(**s), th)
         mem = s.get("target_memory_bytes")
         rows.append(
             f'<tr class="{mark.strip()}"><td>{s["index"]}{esc(mark)}</td><td>{s["users"]}</td>'
@@ -231,7 +234,7 @@ measures (the hold, after the transient). Dots: the per-step values the verdict 
 {images}
 <h2>Steps</h2>
 <table id="steps">{head}{''.join(rows)}</table>
-<p class="muted">SLO: p95 &le; {slo_ms:g} ms and errors &le; {verdict['thresholds']['error_ratio']:.0%}
+<p class="muted">SLO: p95 &le; {slo_ms:g} ms and errors &le; {th.error_ratio:.0%}
 (loadlab/thresholds.py). p95 per step: {esc(', '.join(sorted({s['p95_source'] for s in verdict.get('steps', [])})) or '–')}.
 Generated {esc(time.strftime('%Y-%m-%d %H:%M:%S'))} by loadlab.</p>
 <script>
@@ -246,8 +249,8 @@ window.addEventListener("load", () => {{
 """
 
 
-def write_report(path: Path, verdict: dict[str, Any], history: LocustHistory, samples: Samples | None,
-                 title: str, slo_ms: float) -> Path:
+def write_report(path: Path, verdict: dict[str, Any], history: LocustHistory, resources: ResourceSeries | None,
+                 title: str, th: Thresholds) -> Path:
     path = Path(path)
-    path.write_text(render_html(verdict, history, samples, title, slo_ms))
+    path.write_text(render_html(verdict, history, resources, title, th))
     return path

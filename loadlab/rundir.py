@@ -15,7 +15,7 @@ from typing import Any
 from loadlab.analysis import analyze_steps
 from loadlab.history import LocustHistory, Samples, read_samples, read_stats_history
 from loadlab.report import write_report
-from loadlab.steps import summarize_steps
+from loadlab.steps import resource_series, summarize_steps
 from loadlab.thresholds import DEFAULT_THRESHOLDS, Thresholds
 
 LOCUST_PREFIX = "locust"  # Locust's --csv prefix inside a run directory
@@ -79,7 +79,9 @@ def analyze(path: Path | str, th: Thresholds = DEFAULT_THRESHOLDS, write: bool =
     inputs = locate(path)
     history: LocustHistory = read_stats_history(inputs.history_csv)
     samples: Samples = read_samples(inputs.samples_path) if inputs.samples_path else Samples()
-    steps = summarize_steps(history, samples, analysis_meta(inputs.meta))
+    meta = analysis_meta(inputs.meta)
+    resources = resource_series(samples, meta)  # once: the step summaries and the report's charts share it
+    steps = summarize_steps(history, samples, meta, resources=resources)
     verdict = analyze_steps(steps, th)
     verdict["source"] = {
         "stats_history": str(inputs.history_csv),
@@ -94,7 +96,6 @@ def analyze(path: Path | str, th: Thresholds = DEFAULT_THRESHOLDS, write: bool =
         verdict["summary"].append("note: no resource samples beside the CSV, so CPU fields are null")
     if write:
         (inputs.out_dir / VERDICT).write_text(json.dumps(verdict, indent=2) + "\n")
-        write_report(inputs.out_dir / REPORT, verdict, history, samples,
-                     title or f"loadlab report: {inputs.meta.get('scenario') or inputs.history_csv.name}",
-                     th.latency_p95_ms)
+        write_report(inputs.out_dir / REPORT, verdict, history, resources,
+                     title or f"loadlab report: {inputs.meta.get('scenario') or inputs.history_csv.name}", th)
     return verdict, inputs

@@ -9,6 +9,7 @@ Ctrl-C and on SIGTERM, in reverse order, by PID.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -132,10 +133,10 @@ class Lab:
         if not locustfile.is_file():
             raise LabError(f"{locustfile}: the Locust suite's scenario file is missing; is this a complete checkout?")
         if shutil.which("locust") is None and not (Path(sys.executable).parent / "locust").exists():
-            try:
-                import locust  # noqa: F401
-            except ImportError as exc:
-                raise LabError("Locust is not installed: run `make setup` (or pip install -e .)") from exc
+            # Installed without its script on PATH still works (we run `python -m locust`). Look it
+            # up without importing it: importing Locust would gevent-patch the runner's own process.
+            if importlib.util.find_spec("locust") is None:
+                raise LabError("Locust is not installed: run `make setup` (or pip install -e .)")
         if opts.prometheus != "off":
             self.prometheus_bin = shutil.which("prometheus")
             if self.prometheus_bin is None and opts.prometheus == "on":

@@ -18,7 +18,7 @@ from typing import IO
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from loadlab.history import Scrape, histogram_buckets, histogram_quantile
+from loadlab.history import Scrape, quantile_between, scrape_value
 
 # Metric name prefixes worth keeping (process-exporter / node_exporter names from the
 # sidecar, the target's http_* and app_* metrics, Locust's exporter).
@@ -53,7 +53,7 @@ class Sampler(threading.Thread):
     """A daemon thread scraping `sources` ({name: url}) every `interval` seconds into `path`."""
 
     def __init__(self, path: Path, sources: dict[str, str], interval: float = 1.0,
-                 keep: tuple[str, ...] = KEEP_PREFIXES, meta: dict | None = None) -> None:
+                 keep: tuple[str, ...] = KEEP_PREFIXES) -> None:
         super().__init__(name="loadlab-sampler", daemon=True)
         self.path = Path(path)
         self.sources = dict(sources)
@@ -64,13 +64,6 @@ class Sampler(threading.Thread):
         self.recent: dict[str, deque[Scrape]] = {name: deque(maxlen=15) for name in sources}
         self.errors: dict[str, str] = {}
         self._fh: IO[str] = open(self.path, "a")
-        if meta:
-            self.write_meta(meta)
-
-    def write_meta(self, meta: dict) -> None:
-        with self._lock:
-            self._fh.write(json.dumps({"kind": "meta", "t": time.time(), "meta": meta}) + "\n")
-            self._fh.flush()
 
     def run(self) -> None:
         next_at = time.monotonic()
@@ -122,12 +115,6 @@ class Sampler(threading.Thread):
             first = recent[-2]
         return first, last
 
-    @staticmethod
-    def _sum(scrape: Scrape, name: str, **match: str) -> float | None:
-        values = [v for n, labels, v in scrape.samples
-                  if n == name and all(labels.get(k) == val for k, val in match.items())]
-        return sum(values) if values else None
-
     def progress(self, window: float = 5.0) -> dict[str, float | None]:
         """Users, throughput, p95 (ms), failures/s and target CPU (cores) over the last seconds."""
         out: dict[str, float | None] = {"step": None, "users": None, "rps": None, "p95_ms": None, "fail_per_s": None,
@@ -136,24 +123,22 @@ class Sampler(threading.Thread):
         if pair:
             first, last = pair
             dt = last.t - first.t
-            out["users"] = self._sum(last, "locust_users")
-            out["step"] = self._sum(last, "locust_step")  # only while the step hunt runs
+            out["users"] = scrape_value(last, "locust_users")
+            out["step"] = scrape_value(last, "locust_step")  # only while the step hunt runs
             for key, name in (("rps", "locust_requests_total"), ("fail_per_s", "locust_request_failures_total")):
-                a, b = self._sum(first, name), self._sum(last, name)
+                a, b = scrape_value(first, name), scrape_value(last, name)
                 if a is not None and b is not None and dt > 0 and b >= a:
                     out[key] = (b - a) / dt
-            before, after = (histogram_buckets(s, "locust_request_duration_seconds") for s in (first, last))
-            if before and after:
-                delta = {le: after[le] - before.get(le, 0.0) for le in after}
-                q = histogram_quantile(0.95, delta)
-                out["p95_ms"] = None if q is None else q * 1000
+            q = quantile_between(0.95, first, last, "locust_request_duration_seconds")
+            out["p95_ms"] = None if q is None else q * 1000
         pair = self._window("sidecar", window)
         if pair:
             first, last = pair
             dt = last.t - first.t
             for key, group in (("target_cpu_cores", "target"), ("generator_cpu_cores", "locust")):
-                a = self._sum(first, "namedprocess_namegroup_cpu_seconds_total", groupname=group)
-                b = self._sum(last, "namedprocess_namegroup_cpu_seconds_total", groupname=group)
+                match = {"groupname": group}
+                a = scrape_value(first, "namedprocess_namegroup_cpu_seconds_total", match)
+                b = scrape_value(last, "namedprocess_namegroup_cpu_seconds_total", match)
                 if a is not None and b is not None and dt > 0:
                     out[key] = max(0.0, b - a) / dt
         return out

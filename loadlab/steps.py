@@ -14,10 +14,11 @@ from loadlab.history import (
     HistoryRow,
     LocustHistory,
     Samples,
+    Scrape,
     counter_increase,
-    histogram_buckets,
-    histogram_quantile,
+    quantile_between,
     rate_series,
+    scrape_value,
     series,
     value_at,
 )
@@ -111,31 +112,65 @@ def _csv_percentile(history: LocustHistory, plateau: list[HistoryRow], attr: str
     return getattr(plateau[-1], attr)
 
 
-def _resource_fields(samples: Samples, start: float, end: float, meta: dict) -> dict:
-    """CPU (cores, averaged over [start, end]) and memory of the target and generator groups."""
-    out: dict = {}
+Point = tuple[float, float]
+ROLES = ("target", "generator")
+
+
+@dataclass
+class ResourceSeries:
+    """The sidecar's series a run's analysis reads, built once (`resource_series`) and shared by
+    the step summaries (sliced per step) and the report's charts (`resource_timeline`)."""
+
+    host_cores: int | None
+    host_cpu: list[Point]  # node_cpu_seconds_total summed over every CPU and mode
+    host_idle: list[Point]  # the same, mode="idle"
+    cpu: dict[str, list[Point]]  # process group CPU seconds, by role ("target", "generator")
+    procs: dict[str, list[Point]]
+    memory: dict[str, list[Point]]  # resident bytes
+
+
+def resource_series(samples: Samples, meta: dict | None = None) -> ResourceSeries | None:
+    """The resource series of a run (None without sidecar samples); group names come from `meta`."""
+    meta = meta or {}
     sidecar = samples.scrapes("sidecar")
     if not sidecar:
-        return out
-    node_cpu = series(sidecar, NODE_CPU)
+        return None
     host_cores = meta.get("host_cores")
     if host_cores is None:
         cpus = {labels.get("cpu") for s in sidecar[-1:] for name, labels, _ in s.samples if name == NODE_CPU}
         host_cores = len(cpus) or None
-    out["host_cores"] = host_cores
-    busy = counter_increase(node_cpu, start, end)
-    idle = counter_increase(series(sidecar, NODE_CPU, {"mode": "idle"}), start, end)
+    groups = {"target": meta.get("target_group", "target"), "generator": meta.get("generator_group", "locust")}
+    return ResourceSeries(
+        host_cores=host_cores,
+        host_cpu=series(sidecar, NODE_CPU),
+        host_idle=series(sidecar, NODE_CPU, {"mode": "idle"}),
+        cpu={role: series(sidecar, CPU, {"groupname": groups[role]}) for role in ROLES},
+        procs={role: series(sidecar, PROCS, {"groupname": groups[role]}) for role in ROLES},
+        memory={role: series(sidecar, MEMORY, {"groupname": groups[role], "memtype": "resident"}) for role in ROLES},
+    )
+
+
+def _inside(points: list[Point], start: float, end: float) -> list[float]:
+    return [v for t, v in points if start <= t <= end]
+
+
+def _resource_fields(res: ResourceSeries, start: float, end: float, meta: dict) -> dict:
+    """CPU (cores, averaged over [start, end]) and memory of the target and generator groups."""
+    out: dict = {"host_cores": res.host_cores}
+    host_cores = res.host_cores
+    busy = counter_increase(res.host_cpu, start, end)
+    idle = counter_increase(res.host_idle, start, end)
     if busy and idle and busy[1] >= 0.5:
         out["host_cpu_busy_cores"] = (busy[0] - idle[0]) / busy[1]
-    for prefix, group in (("target", meta.get("target_group", "target")), ("generator", meta.get("generator_group", "locust"))):
-        cpu = counter_increase(series(sidecar, CPU, {"groupname": group}), start, end)
+    for role in ROLES:
+        cpu = counter_increase(res.cpu[role], start, end)
         if cpu and cpu[1] >= 0.5:  # a moment of samples (the run's last instant) says nothing
-            out[f"{prefix}_cpu_cores"] = cpu[0] / cpu[1]
-        procs = [v for t, v in series(sidecar, PROCS, {"groupname": group}) if start <= t <= end]
+            out[f"{role}_cpu_cores"] = cpu[0] / cpu[1]
+        procs = _inside(res.procs[role], start, end)
         if procs:
-            out[f"{prefix}_procs"] = statistics.median(procs)
-        if prefix == "target":
-            mem = [v for t, v in series(sidecar, MEMORY, {"groupname": group, "memtype": "resident"}) if start <= t <= end]
+            out[f"{role}_procs"] = statistics.median(procs)
+        if role == "target":
+            mem = _inside(res.memory[role], start, end)
             if mem:
                 out["target_memory_bytes"] = statistics.median(mem)
     # Cores a group can use: one Python process never uses more than one core.
@@ -151,31 +186,19 @@ def _resource_fields(samples: Samples, start: float, end: float, meta: dict) -> 
     return out
 
 
-def _gauge(scrape, name: str) -> float | None:
-    return next((v for n, _, v in scrape.samples if n == name), None)
-
-
-def _histogram_p(samples: Samples, start: float, end: float, users: int, q: float) -> float | None:
-    """Quantile (ms) of Locust's request histogram over [start, end]: bucket deltas, not cumulative."""
-    scrapes = [s for s in samples.scrapes("locust") if start <= s.t < end + 1 and _gauge(s, "locust_users") == users]
+def _histogram_p(scrapes: list[Scrape], q: float) -> float | None:
+    """Quantile (ms) of Locust's request histogram between the first and the last of `scrapes`."""
     if len(scrapes) < 2:
         return None
-    first = histogram_buckets(scrapes[0], LOCUST_HISTOGRAM)
-    last = histogram_buckets(scrapes[-1], LOCUST_HISTOGRAM)
-    if not first or not last or last.get(float("inf"), 0) < first.get(float("inf"), 0):
-        return None  # missing, or stats were reset inside the hold
-    delta = {le: last[le] - first.get(le, 0.0) for le in last}
-    value = histogram_quantile(q, delta)
+    value = quantile_between(q, scrapes[0], scrapes[-1], LOCUST_HISTOGRAM)
     return None if value is None else value * 1000.0
 
 
-def _mean_response_ms(samples: Samples, hold: list[HistoryRow], users: int) -> float | None:
+def _mean_response_ms(scrapes: list[Scrape], hold: list[HistoryRow]) -> float | None:
     """Mean response time over the hold: histogram _sum/_count deltas, else the CSV's running average."""
-    scrapes = [s for s in samples.scrapes("locust")
-               if hold[0].t <= s.t < hold[-1].t + 1 and _gauge(s, "locust_users") == users]
     if len(scrapes) >= 2:
-        total = [sum(v for n, _, v in sc.samples if n == LOCUST_HISTOGRAM + "_sum") for sc in (scrapes[0], scrapes[-1])]
-        count = [sum(v for n, _, v in sc.samples if n == LOCUST_HISTOGRAM + "_count") for sc in (scrapes[0], scrapes[-1])]
+        total = [scrape_value(sc, LOCUST_HISTOGRAM + "_sum") or 0.0 for sc in (scrapes[0], scrapes[-1])]
+        count = [scrape_value(sc, LOCUST_HISTOGRAM + "_count") or 0.0 for sc in (scrapes[0], scrapes[-1])]
         if count[1] > count[0] and total[1] >= total[0]:
             return 1000.0 * (total[1] - total[0]) / (count[1] - count[0])
     a, b = hold[0], hold[-1]
@@ -185,21 +208,27 @@ def _mean_response_ms(samples: Samples, hold: list[HistoryRow], users: int) -> f
 
 
 def summarize_steps(history: LocustHistory, samples: Samples | None = None, meta: dict | None = None,
-                    transient_fraction: float = 0.3, min_rows: int = 3) -> list[StepSummary]:
-    """Per-step summaries of a run, resource fields filled when samples are present."""
+                    transient_fraction: float = 0.3, min_rows: int = 3,
+                    resources: ResourceSeries | None = None) -> list[StepSummary]:
+    """Per-step summaries of a run, resource fields filled when samples are present.
+
+    `resources`: the run's `resource_series`, when the caller already built it (else built here).
+    """
     samples = samples or Samples()
-    meta = {**(samples.meta if samples else {}), **(meta or {})}
+    meta = meta or {}
+    if resources is None:
+        resources = resource_series(samples, meta)
     steps = []
     for index, plateau in enumerate(detect_plateaus(history.rows, min_rows=min_rows)):
         hold = hold_rows(plateau, transient_fraction)
         rates = _interval_rates(hold)
         requests = max(0, hold[-1].requests - hold[0].requests)
+        # Only scrapes that saw this step's user count: CSV timestamps are truncated to the second.
+        same_level = [sc for sc in samples.scrapes("locust")
+                      if hold[0].t <= sc.t < hold[-1].t + 1 and scrape_value(sc, "locust_users") == plateau[0].users]
         # Mean over the hold. Per-second counts of a few requests are integers, so their median
         # is off by up to half a request per second; the mean is not. Locust's exporter samples
         # carry exact timestamps; the CSV's are whole seconds, so it is the fallback.
-        # Only scrapes that saw this step's user count: CSV timestamps are truncated to the second.
-        same_level = [sc for sc in samples.scrapes("locust")
-                      if hold[0].t <= sc.t < hold[-1].t + 1 and _gauge(sc, "locust_users") == plateau[0].users]
         exact = counter_increase(series(same_level, "locust_requests_total"), hold[0].t, hold[-1].t + 1)
         if exact and exact[1] >= 1.0:
             rps = exact[0] / exact[1]
@@ -207,8 +236,8 @@ def summarize_steps(history: LocustHistory, samples: Samples | None = None, meta
             span = hold[-1].t - hold[0].t
             rps = requests / span if span > 0 else 0.0
         failures = max(0, hold[-1].failures - hold[0].failures)
-        p95 = _histogram_p(samples, hold[0].t, hold[-1].t, plateau[0].users, 0.95)
-        p50 = _histogram_p(samples, hold[0].t, hold[-1].t, plateau[0].users, 0.50)
+        p95 = _histogram_p(same_level, 0.95)
+        p50 = _histogram_p(same_level, 0.50)
         if p95 is not None:
             source = "locust_histogram"
         else:
@@ -230,31 +259,30 @@ def summarize_steps(history: LocustHistory, samples: Samples | None = None, meta
             p50_ms=p50,
             p95_ms=p95,
             p95_source=source,
-            mean_response_ms=_mean_response_ms(samples, hold, plateau[0].users),
+            mean_response_ms=_mean_response_ms(same_level, hold),
         )
-        for key, value in _resource_fields(samples, hold[0].t, hold[-1].t, meta).items():
-            setattr(step, key, value)
+        if resources is not None:
+            for key, value in _resource_fields(resources, hold[0].t, hold[-1].t, meta).items():
+                setattr(step, key, value)
         steps.append(step)
     return steps
 
 
-def resource_timeline(samples: Samples, meta: dict | None = None) -> dict[str, list[tuple[float, float]]]:
+def resource_timeline(resources: ResourceSeries | None) -> dict[str, list[Point]]:
     """Per-second series for the report: CPU in cores, memory in bytes, host busy cores."""
-    meta = {**samples.meta, **(meta or {})}
-    sidecar = samples.scrapes("sidecar")
-    out: dict[str, list[tuple[float, float]]] = {}
-    if not sidecar:
-        return out
-    target, generator = meta.get("target_group", "target"), meta.get("generator_group", "locust")
-    out["target_cpu_cores"] = rate_series(series(sidecar, CPU, {"groupname": target}))
-    out["generator_cpu_cores"] = rate_series(series(sidecar, CPU, {"groupname": generator}))
-    out["target_memory_bytes"] = series(sidecar, MEMORY, {"groupname": target, "memtype": "resident"})
-    out["generator_memory_bytes"] = series(sidecar, MEMORY, {"groupname": generator, "memtype": "resident"})
-    total = rate_series(series(sidecar, NODE_CPU))
-    idle = rate_series(series(sidecar, NODE_CPU, {"mode": "idle"}))
-    idle_at = dict(idle)
+    if resources is None:
+        return {}
+    out: dict[str, list[Point]] = {
+        "target_cpu_cores": rate_series(resources.cpu["target"]),
+        "generator_cpu_cores": rate_series(resources.cpu["generator"]),
+        "target_memory_bytes": resources.memory["target"],
+        "generator_memory_bytes": resources.memory["generator"],
+    }
+    total = rate_series(resources.host_cpu)
+    idle_at = dict(rate_series(resources.host_idle))
     out["host_cpu_busy_cores"] = [(t, v - idle_at[t]) for t, v in total if t in idle_at]
     return out
 
 
-__all__ = ["StepSummary", "detect_plateaus", "hold_rows", "summarize_steps", "resource_timeline", "value_at"]
+__all__ = ["StepSummary", "ResourceSeries", "detect_plateaus", "hold_rows", "summarize_steps", "resource_series",
+           "resource_timeline", "value_at"]

@@ -10,17 +10,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import pytest
 
 from loadlab.runner import new_run_dir
 from tests.helpers import REPO_ROOT, require_binary
-from tests.lab.conftest import LOADLAB, assert_all_gone, run_loadlab
+from tests.lab.conftest import LOADLAB, LabRun, assert_all_gone, run_loadlab
 
 # A short step hunt: 3 steps of 6 s (150 s x 0.04), few seeded accounts, the lab's cheap hash.
 SHORT = ["run", "login-step", "--time-scale", "0.04", "--target-workers", "2", "--hash-profile", "lab"]
 SHORT_LOCUST = ["--", "--step-users", "5", "--max-users", "15"]
 ENV = {"LOGIN_USERS": "10", "MIN_WAIT_TIME": "200", "MAX_WAIT_TIME": "400"}
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -97,39 +99,49 @@ def _start_in_background(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
     return proc, run_dir
 
 
-@pytest.mark.timeout(180)
-def test_a_component_dying_mid_run_is_named_and_nothing_is_left(tmp_path):
-    proc, run_dir = _start_in_background(tmp_path)
+def _finish(proc: subprocess.Popen, tmp_path: Path, run_dir: Path, stop: Callable[[], T]) -> tuple[T, LabRun]:
+    """Call `stop` on the running lab, wait for loadlab to exit (killed if it has not), and return what
+    `stop` returned and the finished run (exit code, output, run.json)."""
     try:
-        meta = json.loads((run_dir / "run.json").read_text())
-        sidecar = next(c for c in meta["components"] if c["name"] == "sidecar")
-        os.kill(sidecar["pid"], signal.SIGKILL)
+        stopped = stop()
         code = proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    output = (tmp_path / "loadlab.out").read_text()
-    assert code == 1, output
-    assert f"sidecar (pid {sidecar['pid']}) exited" in output and str(run_dir / "logs" / "sidecar.log") in output
-    meta = json.loads((run_dir / "run.json").read_text())
-    assert_all_gone([c["pid"] for c in meta["components"]] + meta["pids"])
+    run = LabRun(code, (tmp_path / "loadlab.out").read_text(), run_dir)
+    assert "pids" in run.meta(), run.output  # the runner records every PID it started, even when stopped early
+    return stopped, run
+
+
+@pytest.mark.timeout(180)
+def test_a_component_dying_mid_run_is_named_and_nothing_is_left(tmp_path):
+    proc, run_dir = _start_in_background(tmp_path)
+
+    def kill_sidecar() -> dict:
+        meta = json.loads((run_dir / "run.json").read_text())
+        sidecar = next(c for c in meta["components"] if c["name"] == "sidecar")
+        os.kill(sidecar["pid"], signal.SIGKILL)
+        return sidecar
+
+    sidecar, run = _finish(proc, tmp_path, run_dir, kill_sidecar)
+    assert run.returncode == 1, run.output
+    log = str(run_dir / "logs" / "sidecar.log")
+    assert f"sidecar (pid {sidecar['pid']}) exited" in run.output and log in run.output
+    assert_all_gone(run.started_pids())
 
 
 @pytest.mark.timeout(180)
 def test_ctrl_c_stops_every_component(tmp_path):
     proc, run_dir = _start_in_background(tmp_path)
-    try:
+
+    def interrupt() -> None:
         time.sleep(3)
         proc.send_signal(signal.SIGINT)
-        code = proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    output = (tmp_path / "loadlab.out").read_text()
-    assert code == 130, output
-    assert "interrupted" in output
-    meta = json.loads((run_dir / "run.json").read_text())
-    assert_all_gone([c["pid"] for c in meta["components"]] + meta["pids"])
+
+    _, run = _finish(proc, tmp_path, run_dir, interrupt)
+    assert run.returncode == 130, run.output
+    assert "interrupted" in run.output
+    assert_all_gone(run.started_pids())
 
 
 @pytest.mark.timeout(120)
