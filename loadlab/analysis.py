@@ -5,21 +5,18 @@ throughput X(N) = N / (R(N) + Z). While the server has spare capacity R stays ne
 light-load value, so X grows linearly with N; once the bottleneck is saturated X stays at
 the capacity and R grows instead. The *knee* is where those two asymptotes meet: the first
 step where an added user stops adding throughput. The *break* is the first step whose hold
-breaches the SLO. Every threshold comes from `loadlab.thresholds`.
+breaches the SLO. Every threshold comes from `loadlab.contract.thresholds`.
 """
 
 from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
-from typing import Any
 
+from loadlab.contract.slo import LATENCY_P95, SloJudgement, judge
+from loadlab.contract.thresholds import DEFAULT_THRESHOLDS, Thresholds
 from loadlab.steps import StepSummary
-from loadlab.thresholds import DEFAULT_THRESHOLDS, Thresholds
-
-TARGET_CPU = "target_cpu"
-GENERATOR_CPU = "generator_cpu"
-CONCURRENCY = "concurrency"
+from loadlab.verdict import CONCURRENCY, GENERATOR_CPU, TARGET_CPU, Break, Knee, Signal, StepPoint, Verdict
 
 
 @dataclass(frozen=True)
@@ -31,14 +28,14 @@ class KneeResult:
     rule: str  # marginal_gain | plateau_fraction
 
 
+def step_judgement(step: StepSummary, th: Thresholds = DEFAULT_THRESHOLDS) -> SloJudgement:
+    """The SLO judge's word on this step's hold (the live hunt asks the same judge)."""
+    return judge(step.requests, step.failures, step.p95_ms, th)
+
+
 def breaches_slo(step: StepSummary, th: Thresholds = DEFAULT_THRESHOLDS) -> list[str]:
     """Which SLO signals this step's hold breaches (empty when it meets the SLO)."""
-    reasons = []
-    if step.p95_ms is not None and step.p95_ms > th.latency_p95_ms:
-        reasons.append("latency_p95")
-    if step.requests and step.error_ratio > th.error_ratio:
-        reasons.append("error_ratio")
-    return reasons
+    return list(step_judgement(step, th).reasons)
 
 
 def find_break(steps: list[StepSummary], th: Thresholds = DEFAULT_THRESHOLDS) -> int | None:
@@ -201,40 +198,28 @@ def cpu_bound_on_busy_host(step: StepSummary, light_response_ms: float | None,
     return host_saturated and demand_ms >= 0.25 * light_response_ms
 
 
-def _point(step: StepSummary, users: float | None = None) -> dict[str, Any]:
-    return {
-        "users": round(users, 1) if users is not None else step.users,
-        "rps": round(step.rps, 2),
-        "p95_ms": None if step.p95_ms is None else round(step.p95_ms, 1),
-        "time": step.start,
-        "step_users": step.users,
-        "error_ratio": round(step.error_ratio, 4),
-    }
-
-
-def signals(steps: list[StepSummary], knee: KneeResult | None, th: Thresholds = DEFAULT_THRESHOLDS) -> list[dict]:
+def signals(steps: list[StepSummary], knee: KneeResult | None, th: Thresholds = DEFAULT_THRESHOLDS) -> list[Signal]:
     """Every threshold crossing, first crossing per signal, in time order."""
-    crossings: dict[str, dict] = {}
+    crossings: dict[str, Signal] = {}
 
     def note(name: str, step: StepSummary, value: float | None) -> None:
         if name not in crossings:
-            crossings[name] = {"signal": name, "time": step.start, "users": step.users,
-                               "value": None if value is None else round(value, 4)}
+            crossings[name] = Signal(name, step.start, step.users, None if value is None else round(value, 4))
 
     for i, s in enumerate(steps):
-        for reason in breaches_slo(s, th):  # "latency_p95", "error_ratio"
-            note(reason, s, s.p95_ms if reason == "latency_p95" else s.error_ratio)
+        for reason in breaches_slo(s, th):
+            note(reason, s, s.p95_ms if reason == LATENCY_P95 else s.error_ratio)
         if knee is not None and i == knee.step:
             note("throughput_plateau", s, s.rps)
         if _saturated(s.target_cpu_cores, s.target_cores_available, th):
-            note("target_cpu", s, s.target_cpu_cores)
+            note(TARGET_CPU, s, s.target_cpu_cores)
         if _saturated(s.generator_cpu_cores, s.generator_cores_available, th):
-            note("generator_cpu", s, s.generator_cpu_cores)
-    return sorted(crossings.values(), key=lambda c: c["time"])
+            note(GENERATOR_CPU, s, s.generator_cpu_cores)
+    return sorted(crossings.values(), key=lambda c: c.time)
 
 
-def analyze_steps(steps: list[StepSummary], th: Thresholds = DEFAULT_THRESHOLDS) -> dict[str, Any]:
-    """The verdict (the `verdict.json` contract) for a run's step summaries."""
+def analyze_steps(steps: list[StepSummary], th: Thresholds = DEFAULT_THRESHOLDS) -> Verdict:
+    """The verdict for a run's step summaries."""
     knee = find_knee(steps, th)
     brk = find_break(steps, th)
     if knee is not None and brk is not None and brk < knee.step:
@@ -242,57 +227,15 @@ def analyze_steps(steps: list[StepSummary], th: Thresholds = DEFAULT_THRESHOLDS)
     cap = capacity(steps, knee, brk, th)
     ref = knee.step if knee is not None else brk
     resource, basis = limiting_resource(steps, ref, brk, th)
-    crossed = signals(steps, knee, th)
-    reached = knee is not None or brk is not None
-    verdict: dict[str, Any] = {
-        "breaking_point_reached": reached,
-        "knee": _point(steps[knee.step], knee.users) | {"rule": knee.rule,
-                                                         "light_load_rps_per_user": round(knee.per_user_rps, 4)}
-        if knee is not None else None,
-        "break": _point(steps[brk]) | {"reasons": breaches_slo(steps[brk], th)} if brk is not None else None,
-        "capacity_rps": None if cap is None else round(cap, 2),
-        "limiting_resource": resource,
-        "limiting_resource_basis": basis,
-        "measurement_valid": resource != GENERATOR_CPU,
-        "first_signal": crossed[0] if crossed else None,
-        "signals": crossed,
-        "thresholds": {
-            "latency_p95_ms": th.latency_p95_ms,
-            "error_ratio": th.error_ratio,
-            "cpu_saturation_fraction": th.cpu_saturation_fraction,
-            "marginal_gain_fraction": th.marginal_gain_fraction,
-            "plateau_fraction": th.plateau_fraction,
-        },
-        "steps": [s.to_dict() for s in steps],
-    }
-    verdict["summary"] = summary_lines(verdict)
-    return verdict
-
-
-def summary_lines(verdict: dict[str, Any]) -> list[str]:
-    """The verdict in a few human lines (console and report)."""
-    lines = []
-    steps = verdict.get("steps", [])
-    if not steps:
-        return ["no steps found: the run held no user level for 3 seconds or more"]
-    knee, brk, cap = verdict["knee"], verdict["break"], verdict["capacity_rps"]
-    if not verdict["breaking_point_reached"]:
-        top = max(s["users"] for s in steps)
-        lines.append(f"breaking point not reached: throughput still rose and the SLO held up to {top} users "
-                     f"(at least {cap} req/s); raise --max-users or the scenario's users")
-    if knee:
-        lines.append(f"knee: ~{knee['users']:g} users (first flat step {knee['step_users']} users, "
-                     f"{knee['rps']} req/s, p95 {knee['p95_ms']} ms)")
-    if brk:
-        lines.append(f"break: {brk['users']} users ({brk['rps']} req/s, p95 {brk['p95_ms']} ms, "
-                     f"errors {brk['error_ratio']:.2%}): {', '.join(brk['reasons'])} over the SLO")
-    if verdict["breaking_point_reached"]:
-        lines.append(f"capacity: {cap} req/s")
-    if verdict["limiting_resource"] or verdict["breaking_point_reached"]:
-        lines.append(f"limiting resource: {verdict['limiting_resource'] or 'unknown'} ({verdict['limiting_resource_basis']})")
-    if not verdict["measurement_valid"]:
-        lines.append("MEASUREMENT NOT VALID: the load generator ran out of CPU before the target did")
-    first = verdict["first_signal"]
-    if first:
-        lines.append(f"first signal: {first['signal']} at {first['users']} users")
-    return lines
+    return Verdict(
+        steps=steps,
+        thresholds=th,
+        knee=None if knee is None else Knee(**StepPoint.fields_of(steps[knee.step], knee.users), rule=knee.rule,
+                                            light_load_rps_per_user=round(knee.per_user_rps, 4)),
+        brk=None if brk is None else Break(**StepPoint.fields_of(steps[brk]),
+                                           reasons=tuple(breaches_slo(steps[brk], th))),
+        capacity_rps=None if cap is None else round(cap, 2),
+        limiting_resource=resource,
+        limiting_resource_basis=basis,
+        signals=signals(steps, knee, th),
+    )

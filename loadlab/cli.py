@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Sequence
 
 from loadlab import rundir
+from loadlab.contract.names import DEFAULT_PORTS
 from loadlab.processes import LabError
-from loadlab.runner import DEFAULT_PORTS, REPO_ROOT, SCENARIOS, Lab, LabOptions
+from loadlab.runner import REPO_ROOT, SCENARIOS, Lab, LabOptions
 
 EXIT_USAGE = 2
 
@@ -43,6 +44,14 @@ def _port(text: str) -> int:
     return value
 
 
+def _add_slo_options(p: argparse.ArgumentParser) -> None:
+    # Checked by loadlab.contract.thresholds (one message for a flag and its variable alike).
+    p.add_argument("--slo-p95-ms", type=float, metavar="MS",
+                   help="the p95 latency SLO in ms (beats $SLO_P95_MS; default 500)")
+    p.add_argument("--slo-error-ratio", type=float, metavar="R",
+                   help="the error-ratio SLO, 0-1 (beats $SLO_ERROR_RATIO; default 0.01)")
+
+
 def _add_lab_options(p: argparse.ArgumentParser, mode: str) -> None:
     p.add_argument("--host", help="drive this API instead of starting the bundled target (e.g. http://127.0.0.1:8000)")
     p.add_argument("--target-pid", type=int,
@@ -59,6 +68,7 @@ def _add_lab_options(p: argparse.ArgumentParser, mode: str) -> None:
                    help="scale the scenario's durations and step holds (the Locust suite's --time-scale)")
     p.add_argument("--out", type=Path, default=Path("reports"),
                    help="where run directories are created (default: %(default)s)")
+    _add_slo_options(p)
     p.add_argument("--prometheus", choices=("auto", "on", "off"), default="auto",
                    help="start Prometheus with the lab's rules: auto = when `prometheus` is on PATH (default)")
     for name, flag in (("target", "--target-port"), ("target_metrics", "--target-metrics-port"),
@@ -92,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("path", type=Path, help="run directory, Locust --csv PREFIX, or PREFIX_stats_history.csv")
     analyze.add_argument("--json", action="store_true", help="print verdict.json instead of the summary")
     analyze.add_argument("--no-write", action="store_true", help="print only; do not write verdict.json/report.html")
+    _add_slo_options(analyze)
+    analyze.epilog = "A run directory is judged by the thresholds its run recorded (run.json) unless a flag overrides them."
 
     data = sub.add_parser("data", help="regenerate the test users file (python -m locust_tests.data)")
     data.add_argument("--count", type=int, help="number of users")
@@ -114,19 +126,20 @@ def _lab_options(args: argparse.Namespace, mode: str, locust_args: list[str]) ->
                       time_scale=args.time_scale, out=args.out, target_workers=args.target_workers,
                       target_pid=args.target_pid, hash_profile=args.hash_profile, ports=ports,
                       free_ports=getattr(args, "free_ports", False), prometheus=args.prometheus,
-                      locust_args=locust_args)
+                      locust_args=locust_args, slo_p95_ms=args.slo_p95_ms, slo_error_ratio=args.slo_error_ratio)
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     try:
-        verdict, inputs = rundir.analyze(args.path, write=not args.no_write)
-    except (FileNotFoundError, ValueError) as exc:
+        th = rundir.run_thresholds(rundir.locate(args.path), os.environ, args.slo_p95_ms, args.slo_error_ratio)
+        verdict, inputs = rundir.analyze(args.path, th, write=not args.no_write)
+    except (FileNotFoundError, ValueError) as exc:  # ThresholdError is a ValueError
         print(f"loadlab analyze: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.json:
-        print(json.dumps(verdict, indent=2))
+        print(json.dumps(verdict.to_dict(), indent=2))
     else:
-        for line in verdict["summary"]:
+        for line in verdict.summary():
             print(line)
         if not args.no_write:
             print(f"verdict: {inputs.out_dir / rundir.VERDICT}")

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from loadlab.contract.histograms import bucket_deltas, histogram_quantile
+
 AGGREGATED = "Aggregated"
 
 
@@ -43,7 +45,6 @@ class LocustHistory:
     # True when the file has per-name rows besides Aggregated, i.e. it was written with
     # --csv-full-history, whose percentile columns are the ~10 s sliding window.
     windowed_percentiles: bool
-    path: Path | None = None
 
 
 def _num(value: str | None) -> float | None:
@@ -86,7 +87,7 @@ def read_stats_history(path: Path | str) -> LocustHistory:
                 avg_ms=_num(rec.get("Total Average Response Time")),
             )
     rows = [by_time[t] for t in sorted(by_time)]
-    return LocustHistory(rows=rows, windowed_percentiles=per_name, path=path)
+    return LocustHistory(rows=rows, windowed_percentiles=per_name)
 
 
 # ---------------------------------------------------------------- resource samples
@@ -176,40 +177,6 @@ def series(scrapes: Iterable[Scrape], name: str, match: Labels | None = None) ->
     return points
 
 
-def rate_series(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Per-interval rate of a counter; a drop (counter reset) starts again from the new value."""
-    out = []
-    for (t0, v0), (t1, v1) in zip(points, points[1:]):
-        dt = t1 - t0
-        if dt <= 0:
-            continue
-        delta = v1 - v0 if v1 >= v0 else v1
-        out.append((t1, delta / dt))
-    return out
-
-
-def value_at(points: list[tuple[float, float]], t: float) -> float | None:
-    """The last value at or before `t` (None before the first point)."""
-    best = None
-    for pt, value in points:
-        if pt <= t:
-            best = value
-        else:
-            break
-    return best
-
-
-def counter_increase(points: list[tuple[float, float]], start: float, end: float) -> tuple[float, float] | None:
-    """(increase, seconds) of a counter between the samples nearest inside [start, end]."""
-    inside = [(t, v) for t, v in points if start <= t <= end]
-    if len(inside) < 2:
-        return None
-    increase = 0.0
-    for (_, v0), (_, v1) in zip(inside, inside[1:]):
-        increase += v1 - v0 if v1 >= v0 else v1
-    return increase, inside[-1][0] - inside[0][0]
-
-
 def histogram_buckets(scrape: Scrape, name: str) -> dict[float, float]:
     """Cumulative bucket counts of histogram `name` summed over all its label sets, by `le`."""
     buckets: dict[float, float] = {}
@@ -221,28 +188,6 @@ def histogram_buckets(scrape: Scrape, name: str) -> dict[float, float]:
     return buckets
 
 
-def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
-    """Prometheus' histogram_quantile: linear interpolation inside the bucket holding rank q."""
-    if not buckets:
-        return None
-    bounds = sorted(buckets)
-    total = buckets[bounds[-1]]
-    if total <= 0:
-        return None
-    rank = q * total
-    prev_bound, prev_count = 0.0, 0.0
-    for bound in bounds:
-        count = buckets[bound]
-        if count >= rank:
-            if bound == float("inf"):
-                return prev_bound  # as Prometheus does: the highest finite bound
-            if count == prev_count:
-                return bound
-            return prev_bound + (bound - prev_bound) * (rank - prev_count) / (count - prev_count)
-        prev_bound, prev_count = bound, count
-    return prev_bound
-
-
 def quantile_between(q: float, first: Scrape, last: Scrape, name: str) -> float | None:
     """Quantile q of the observations histogram `name` counted between two scrapes (its unit, e.g. seconds).
 
@@ -251,6 +196,5 @@ def quantile_between(q: float, first: Scrape, last: Scrape, name: str) -> float 
     new test starts), and deltas across a reset are not counts of anything.
     """
     before, after = histogram_buckets(first, name), histogram_buckets(last, name)
-    if not before or not after or any(after.get(le, 0.0) < count for le, count in before.items()):
-        return None
-    return histogram_quantile(q, {le: after[le] - before.get(le, 0.0) for le in after})
+    deltas = bucket_deltas(before, after) if before and after else None
+    return None if deltas is None else histogram_quantile(q, deltas)

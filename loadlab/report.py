@@ -20,10 +20,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after selecting the headless backend)
 
-from loadlab.analysis import breaches_slo  # noqa: E402
+from loadlab.analysis import step_judgement  # noqa: E402
 from loadlab.history import LocustHistory  # noqa: E402
-from loadlab.steps import ResourceSeries, StepSummary, resource_timeline  # noqa: E402
-from loadlab.thresholds import Thresholds  # noqa: E402
+from loadlab.steps import ResourceSeries, resource_timeline  # noqa: E402
+from loadlab.verdict import StepPoint, Verdict  # noqa: E402
 
 FIG_SIZE = (11, 2.6)
 MARGINS = {"left": 0.07, "right": 0.92, "top": 0.86, "bottom": 0.2}
@@ -56,7 +56,7 @@ def _csv_series(history: LocustHistory) -> dict[str, list[tuple[float, float]]]:
 class _Charts:
     """Figures on one time axis: x = seconds since `t0`, limits [0, span]."""
 
-    def __init__(self, t0: float, span: float, verdict: dict[str, Any]) -> None:
+    def __init__(self, t0: float, span: float, verdict: Verdict) -> None:
         self.t0, self.span, self.verdict = t0, max(span, 1.0), verdict
 
     def line(self, ax, points, scale: float = 1.0, **style):
@@ -75,35 +75,56 @@ class _Charts:
 
     def mark(self, ax) -> None:
         """The knee and the break, on every chart, plus the measured holds shaded."""
-        for step in self.verdict.get("steps", []):
-            ax.axvspan(step["hold_start"] - self.t0, step["end"] - self.t0, color="0.85", alpha=0.35, lw=0)
-        for key, color in (("knee", "tab:orange"), ("break", "tab:red")):
-            point = self.verdict.get(key)
+        for step in self.verdict.steps:
+            ax.axvspan(step.hold_start - self.t0, step.end - self.t0, color="0.85", alpha=0.35, lw=0)
+        marks: tuple[tuple[str, StepPoint | None, str], ...] = (
+            ("knee", self.verdict.knee, "tab:orange"), ("break", self.verdict.brk, "tab:red"))
+        for key, point, color in marks:
             if point:
-                x = point["time"] - self.t0
+                x = point.time - self.t0
                 ax.axvline(x, color=color, ls="--", lw=1.5)
-                ax.annotate(f"{key} {point['users']:g} users", (x, 1.0), xycoords=("data", "axes fraction"),
+                ax.annotate(f"{key} {point.users:g} users", (x, 1.0), xycoords=("data", "axes fraction"),
                             xytext=(3, -12), textcoords="offset points", color=color, fontsize=8)
 
+    def cpu(self, title: str, timeline: dict[str, list[tuple[float, float]]], role: str, color: str, label: str,
+            missing: str, extra=None):
+        """CPU of one process group in cores against the cores it can use (the saturation line);
+        `extra(ax)` adds what only that chart shows."""
+        fig, ax = self.figure(title, "CPU (cores)")
+        points = timeline.get(f"{role}_cpu_cores")
+        if points:
+            self.line(ax, points, color=color, label=label)
+            handles = extra(ax) if extra else []
+            avail = next((getattr(s, f"{role}_cores_available") for s in self.verdict.steps
+                          if getattr(s, f"{role}_cores_available")), None)
+            if avail:
+                ax.axhline(avail, color=color, ls=":", lw=1, label=f"usable cores ({avail:g})")
+            ax.legend(handles=ax.get_lines() + handles, loc="upper left", fontsize=8)
+        else:
+            ax.text(0.5, 0.5, missing, transform=ax.transAxes, ha="center", color="0.4")
+        ax.set_ylim(bottom=0)
+        self.mark(ax)
+        return fig
 
-def render_charts(verdict: dict[str, Any], history: LocustHistory, resources: ResourceSeries | None,
-                  slo_ms: float) -> list[tuple[str, str]]:
+
+def render_charts(verdict: Verdict, history: LocustHistory, resources: ResourceSeries | None) -> list[tuple[str, str]]:
     """[(title, base64 PNG)] for the five charts; `resources` is the run's `steps.resource_series`."""
     csv_series = _csv_series(history)
     timeline = resource_timeline(resources)
     times = [r.t for r in history.rows]
     t0 = times[0] if times else time.time()
     charts = _Charts(t0, (times[-1] - t0) if times else 1.0, verdict)
-    steps = verdict.get("steps", [])
+    steps = verdict.steps
+    slo_ms = verdict.thresholds.latency_p95_ms
     out = []
 
     fig, ax = charts.figure("Users and throughput", "users")
     charts.line(ax, csv_series["users"], color="tab:blue", label="users")
     ax2 = ax.twinx()
     charts.line(ax2, csv_series["rps"], color="tab:green", lw=1, label="req/s")
-    ax2.scatter([s["hold_start"] - t0 for s in steps], [s["rps"] for s in steps], color="tab:green", s=14, zorder=3)
-    if verdict.get("capacity_rps") and verdict.get("breaking_point_reached"):
-        ax2.axhline(verdict["capacity_rps"], color="tab:green", ls=":", lw=1)
+    ax2.scatter([s.hold_start - t0 for s in steps], [s.rps for s in steps], color="tab:green", s=14, zorder=3)
+    if verdict.capacity_rps and verdict.breaking_point_reached:
+        ax2.axhline(verdict.capacity_rps, color="tab:green", ls=":", lw=1)
     ax2.set_ylabel("req/s")
     ax.legend(handles=ax.get_lines() + ax2.get_lines()[:1], loc="upper left", fontsize=8)
     charts.mark(ax)
@@ -118,8 +139,8 @@ def render_charts(verdict: dict[str, Any], history: LocustHistory, resources: Re
     fig, ax = charts.figure("Latency (Locust, ~10 s window) with the SLO", "ms")
     charts.line(ax, csv_series["p50_ms"], color="tab:blue", label="p50")
     charts.line(ax, csv_series["p95_ms"], color="tab:purple", label="p95")
-    ax.scatter([s["hold_start"] - t0 for s in steps if s["p95_ms"] is not None],
-               [s["p95_ms"] for s in steps if s["p95_ms"] is not None], color="tab:purple", s=14, zorder=3,
+    ax.scatter([s.hold_start - t0 for s in steps if s.p95_ms is not None],
+               [s.p95_ms for s in steps if s.p95_ms is not None], color="tab:purple", s=14, zorder=3,
                label="p95 per step (hold)")
     ax.axhline(slo_ms, color="tab:red", ls=":", label=f"SLO p95 {slo_ms:g} ms")
     ax.set_ylim(bottom=0)
@@ -127,42 +148,24 @@ def render_charts(verdict: dict[str, Any], history: LocustHistory, resources: Re
     charts.mark(ax)
     out.append(("Latency", _png(fig)))
 
-    fig, ax = charts.figure("Target CPU and memory", "CPU (cores)")
-    if timeline.get("target_cpu_cores"):
-        pts = timeline["target_cpu_cores"]
-        charts.line(ax, pts, color="tab:orange", label="target CPU")
+    def target_memory(ax) -> list:
+        # RSS is on a twin axis: its line is handed back so the legend names the grey line too.
         ax2 = ax.twinx()
-        mem = timeline.get("target_memory_bytes", [])
-        charts.line(ax2, mem, scale=1 / 2**20, color="tab:gray", lw=1, label="target RSS")
+        charts.line(ax2, timeline.get("target_memory_bytes", []), scale=1 / 2**20, color="tab:gray", lw=1,
+                    label="target RSS")
         ax2.set_ylabel("RSS (MiB)")
-        avail = next((s["target_cores_available"] for s in steps if s.get("target_cores_available")), None)
-        if avail:
-            ax.axhline(avail, color="tab:orange", ls=":", lw=1, label=f"usable cores ({avail:g})")
-        # RSS is on the twin axis: without its handle the legend would not name the grey line.
-        ax.legend(handles=ax.get_lines() + ax2.get_lines(), loc="upper left", fontsize=8)
-    else:
-        ax.text(0.5, 0.5, "no target CPU samples (plain Locust CSV or --host target)", transform=ax.transAxes,
-                ha="center", color="0.4")
-    ax.set_ylim(bottom=0)
-    charts.mark(ax)
-    out.append(("Target CPU and memory", _png(fig)))
+        return ax2.get_lines()
 
-    fig, ax = charts.figure("Load generator (Locust) CPU", "CPU (cores)")
-    if timeline.get("generator_cpu_cores"):
-        pts = timeline["generator_cpu_cores"]
-        charts.line(ax, pts, color="tab:brown", label="Locust CPU")
-        host = timeline.get("host_cpu_busy_cores", [])
-        charts.line(ax, host, color="0.6", lw=1, label="host busy (all processes)")
-        avail = next((s["generator_cores_available"] for s in steps if s.get("generator_cores_available")), None)
-        if avail:
-            ax.axhline(avail, color="tab:brown", ls=":", lw=1, label=f"usable cores ({avail:g})")
-        ax.legend(loc="upper left", fontsize=8)
-    else:
-        ax.text(0.5, 0.5, "no generator CPU samples (plain Locust CSV)", transform=ax.transAxes, ha="center",
-                color="0.4")
-    ax.set_ylim(bottom=0)
-    charts.mark(ax)
-    out.append(("Generator CPU", _png(fig)))
+    def host_busy(ax) -> list:
+        charts.line(ax, timeline.get("host_cpu_busy_cores", []), color="0.6", lw=1, label="host busy (all processes)")
+        return []
+
+    out.append(("Target CPU and memory", _png(charts.cpu(
+        "Target CPU and memory", timeline, "target", "tab:orange", "target CPU",
+        "no target CPU samples (plain Locust CSV or --host target)", target_memory))))
+    out.append(("Generator CPU", _png(charts.cpu(
+        "Load generator (Locust) CPU", timeline, "generator", "tab:brown", "Locust CPU",
+        "no generator CPU samples (plain Locust CSV)", host_busy))))
     return out
 
 
@@ -174,19 +177,19 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
-def render_html(verdict: dict[str, Any], history: LocustHistory, resources: ResourceSeries | None, title: str,
-                th: Thresholds) -> str:
+def render_html(verdict: Verdict, history: LocustHistory, resources: ResourceSeries | None, title: str) -> str:
+    th = verdict.thresholds
     slo_ms = th.latency_p95_ms
-    charts = render_charts(verdict, history, resources, slo_ms)
+    charts = render_charts(verdict, history, resources)
     esc = html.escape
     t0 = history.rows[0].t if history.rows else 0.0
-    summary = "".join(f"<li>{esc(line)}</li>" for line in verdict.get("summary", []))
-    status = ("breaking point reached" if verdict.get("breaking_point_reached") else "breaking point not reached")
+    summary = "".join(f"<li>{esc(line)}</li>" for line in verdict.summary())
+    status = ("breaking point reached" if verdict.breaking_point_reached else "breaking point not reached")
     cards = [
-        ("knee (users)", _fmt(verdict["knee"]["users"]) if verdict.get("knee") else "none"),
-        ("break (users)", _fmt(verdict["break"]["users"]) if verdict.get("break") else "none"),
-        ("capacity (req/s)", _fmt(verdict.get("capacity_rps"))),
-        ("limiting resource", verdict.get("limiting_resource") or "unknown"),
+        ("knee (users)", _fmt(verdict.knee.users) if verdict.knee else "none"),
+        ("break (users)", _fmt(verdict.brk.users) if verdict.brk else "none"),
+        ("capacity (req/s)", _fmt(verdict.capacity_rps)),
+        ("limiting resource", verdict.limiting_resource or "unknown"),
     ]
     card_html = "".join(f'<div class="card"><div class="k">{esc(k)}</div><div class="v">{esc(v)}</div></div>'
                         for k, v in cards)
@@ -197,19 +200,19 @@ def render_html(verdict: dict[str, Any], history: LocustHistory, resources: Reso
             "<th>p95 ms</th><th>errors</th><th>target CPU</th><th>target RSS MiB</th><th>Locust CPU</th>"
             "<th>SLO</th></tr>")
     rows = []
-    break_time = verdict["break"]["time"] if verdict.get("break") else None
-    knee_time = verdict["knee"]["time"] if verdict.get("knee") else None
-    for s in verdict.get("steps", []):
-        mark = " knee" if s["start"] == knee_time else ""
-        mark += " break" if s["start"] == break_time else ""
-        slo_ok = not breaches_slo(StepSummary(**s), th)
-        mem = s.get("target_memory_bytes")
+    break_time = verdict.brk.time if verdict.brk else None
+    knee_time = verdict.knee.time if verdict.knee else None
+    for s in verdict.steps:
+        mark = " knee" if s.start == knee_time else ""
+        mark += " break" if s.start == break_time else ""
+        slo_ok = not step_judgement(s, th).breached
+        mem = s.target_memory_bytes
         rows.append(
-            f'<tr class="{mark.strip()}"><td>{s["index"]}{esc(mark)}</td><td>{s["users"]}</td>'
-            f'<td>{s["start"] - t0:.0f}</td><td>{s["end"] - s["hold_start"]:.0f}</td><td>{s["rps"]:.1f}</td>'
-            f'<td>{_fmt(s["p50_ms"], 0)}</td><td>{_fmt(s["p95_ms"], 0)}</td><td>{s["error_ratio"]:.2%}</td>'
-            f'<td>{_fmt(s.get("target_cpu_cores"), 2)}</td><td>{_fmt(None if mem is None else mem / 2**20, 0)}</td>'
-            f'<td>{_fmt(s.get("generator_cpu_cores"), 2)}</td><td>{"ok" if slo_ok else "breach"}</td></tr>')
+            f'<tr class="{mark.strip()}"><td>{s.index}{esc(mark)}</td><td>{s.users}</td>'
+            f'<td>{s.start - t0:.0f}</td><td>{s.end - s.hold_start:.0f}</td><td>{s.rps:.1f}</td>'
+            f'<td>{_fmt(s.p50_ms, 0)}</td><td>{_fmt(s.p95_ms, 0)}</td><td>{s.error_ratio:.2%}</td>'
+            f'<td>{_fmt(s.target_cpu_cores, 2)}</td><td>{_fmt(None if mem is None else mem / 2**20, 0)}</td>'
+            f'<td>{_fmt(s.generator_cpu_cores, 2)}</td><td>{"ok" if slo_ok else "breach"}</td></tr>')
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
 <style>
@@ -235,7 +238,7 @@ measures (the hold, after the transient). Dots: the per-step values the verdict 
 <h2>Steps</h2>
 <table id="steps">{head}{''.join(rows)}</table>
 <p class="muted">SLO: p95 &le; {slo_ms:g} ms and errors &le; {th.error_ratio:.0%}
-(loadlab/thresholds.py). p95 per step: {esc(', '.join(sorted({s['p95_source'] for s in verdict.get('steps', [])})) or '–')}.
+(the thresholds this run was judged by). p95 per step: {esc(', '.join(sorted({s.p95_source for s in verdict.steps})) or '–')}.
 Generated {esc(time.strftime('%Y-%m-%d %H:%M:%S'))} by loadlab.</p>
 <script>
 // Mark each chart that decoded (a browser check of the report, and a visible hint if one did not).
@@ -249,8 +252,8 @@ window.addEventListener("load", () => {{
 """
 
 
-def write_report(path: Path, verdict: dict[str, Any], history: LocustHistory, resources: ResourceSeries | None,
-                 title: str, th: Thresholds) -> Path:
+def write_report(path: Path, verdict: Verdict, history: LocustHistory, resources: ResourceSeries | None,
+                 title: str) -> Path:
     path = Path(path)
-    path.write_text(render_html(verdict, history, resources, title, th))
+    path.write_text(render_html(verdict, history, resources, title))
     return path

@@ -8,15 +8,19 @@ output: the analysis needs only `PREFIX_stats_history.csv`; the resource samples
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from loadlab.analysis import analyze_steps
+from loadlab.contract import thresholds
+from loadlab.contract.thresholds import Thresholds
 from loadlab.history import LocustHistory, Samples, read_samples, read_stats_history
 from loadlab.report import write_report
 from loadlab.steps import resource_series, summarize_steps
-from loadlab.thresholds import DEFAULT_THRESHOLDS, Thresholds
+from loadlab.verdict import Source, Verdict
 
 LOCUST_PREFIX = "locust"  # Locust's --csv prefix inside a run directory
 SAMPLES = "samples.jsonl"
@@ -69,33 +73,47 @@ def locate(path: Path | str) -> RunInputs:
 
 def analysis_meta(meta: dict[str, Any]) -> dict[str, Any]:
     """The parts of run.json the step summaries use."""
-    keys = ("target_workers", "host_cores", "generator_processes", "target_group", "generator_group")
+    keys = ("target_workers", "host_cores", "generator_processes")
     return {k: meta[k] for k in keys if meta.get(k) is not None}
 
 
-def analyze(path: Path | str, th: Thresholds = DEFAULT_THRESHOLDS, write: bool = True,
-            title: str | None = None) -> tuple[dict[str, Any], RunInputs]:
-    """Verdict for a run; writes verdict.json and report.html beside the inputs when `write`."""
+def run_thresholds(inputs: RunInputs, environ: Mapping[str, str], p95_ms: float | None = None,
+                   error_ratio: float | None = None) -> Thresholds:
+    """The thresholds to judge a run by: the ones the run itself recorded in run.json (so a re-analysis
+    judges it as the run's own hunt did), else the defaults and the suite's variables; flags beat both."""
+    recorded = inputs.meta.get("thresholds")
+    if isinstance(recorded, dict):
+        return thresholds.resolve({}, p95_ms=p95_ms, error_ratio=error_ratio, base=thresholds.from_dict(recorded))
+    return thresholds.resolve(environ, p95_ms=p95_ms, error_ratio=error_ratio)
+
+
+def analyze(path: Path | str, th: Thresholds | None = None, write: bool = True,
+            title: str | None = None) -> tuple[Verdict, RunInputs]:
+    """Verdict for a run; writes verdict.json and report.html beside the inputs when `write`.
+    `th`: the thresholds to judge by (default: `run_thresholds` without flags)."""
     inputs = locate(path)
+    if th is None:
+        th = run_thresholds(inputs, os.environ)
     history: LocustHistory = read_stats_history(inputs.history_csv)
     samples: Samples = read_samples(inputs.samples_path) if inputs.samples_path else Samples()
     meta = analysis_meta(inputs.meta)
     resources = resource_series(samples, meta)  # once: the step summaries and the report's charts share it
-    steps = summarize_steps(history, samples, meta, resources=resources)
+    steps = summarize_steps(history, samples, meta, transient_fraction=th.step_transient_fraction,
+                            resources=resources)
     verdict = analyze_steps(steps, th)
-    verdict["source"] = {
-        "stats_history": str(inputs.history_csv),
-        "resource_samples": str(inputs.samples_path) if inputs.samples_path else None,
-        "windowed_percentiles": history.windowed_percentiles,
-        "scenario": inputs.meta.get("scenario"),
-    }
+    verdict.source = Source(
+        stats_history=str(inputs.history_csv),
+        resource_samples=str(inputs.samples_path) if inputs.samples_path else None,
+        windowed_percentiles=history.windowed_percentiles,
+        scenario=inputs.meta.get("scenario"),
+    )
     if steps and not history.windowed_percentiles:
-        verdict["summary"].append("note: the CSV lacks --csv-full-history, so p95 per step is Locust's cumulative "
-                                  "percentile, not the step's own")
+        verdict.notes.append("note: the CSV lacks --csv-full-history, so p95 per step is Locust's cumulative "
+                             "percentile, not the step's own")
     if steps and not samples:
-        verdict["summary"].append("note: no resource samples beside the CSV, so CPU fields are null")
+        verdict.notes.append("note: no resource samples beside the CSV, so CPU fields are null")
     if write:
-        (inputs.out_dir / VERDICT).write_text(json.dumps(verdict, indent=2) + "\n")
+        (inputs.out_dir / VERDICT).write_text(json.dumps(verdict.to_dict(), indent=2) + "\n")
         write_report(inputs.out_dir / REPORT, verdict, history, resources,
-                     title or f"loadlab report: {inputs.meta.get('scenario') or inputs.history_csv.name}", th)
+                     title or f"loadlab report: {inputs.meta.get('scenario') or inputs.history_csv.name}")
     return verdict, inputs

@@ -20,6 +20,11 @@ from pathlib import Path
 from typing import TextIO
 
 from loadlab import rundir
+from loadlab.contract import thresholds
+from loadlab.contract.cores import usable_cores
+from loadlab.contract.names import DEFAULT_BIND, DEFAULT_PORTS, GENERATOR_GROUP, LOCUST_JOB, SIDECAR_JOB, TARGET_GROUP, TARGET_JOB
+from loadlab.contract.scenarios import lab_scenarios
+from loadlab.contract.thresholds import DEFAULT_THRESHOLDS, Thresholds
 from loadlab.processes import (
     Component,
     ComponentDied,
@@ -34,28 +39,14 @@ from loadlab.processes import (
     tail,
 )
 from loadlab.sampler import Sampler
-from loadlab.thresholds import DEFAULT_THRESHOLDS
+from loadlab.verdict import Verdict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCENARIO_DIR = REPO_ROOT / "locust_tests" / "scenarios"
 
 # `loadlab run` scenario name -> (locustfile, the suite's --scenario value).
-SCENARIOS: dict[str, tuple[str, str]] = {
-    "registration-normal": ("registration_test.py", "normal"),
-    "registration-heavy": ("registration_test.py", "heavy"),
-    "registration-spike": ("registration_test.py", "spike"),
-    "registration-step": ("registration_test.py", "step"),
-    "login-baseline": ("login_test.py", "baseline"),
-    "login-stress": ("login_test.py", "stress"),
-    "login-breaking-point": ("login_test.py", "breaking-point"),
-    "login-step": ("login_test.py", "step"),
-}
+SCENARIOS: dict[str, tuple[str, str]] = lab_scenarios()
 
-# The ports users know from each tool; `loadlab up` uses them, `loadlab run` takes free ones.
-DEFAULT_PORTS: dict[str, int] = {
-    "target": 5000, "target_metrics": 9101, "web": 8089, "exporter": 9646, "sidecar": 9256, "prometheus": 9090,
-    "master": 5557,
-}
 PORT_FLAGS = {
     "target": "--target-port", "target_metrics": "--target-metrics-port", "web": "--web-port",
     "exporter": "--exporter-port", "sidecar": "--sidecar-port",
@@ -66,13 +57,6 @@ WHAT = {
     "web": "Locust's web UI", "exporter": "Locust's Prometheus exporter",
     "sidecar": "the resource sidecar", "prometheus": "Prometheus", "master": "Locust's master (workers connect here)",
 }
-
-
-def host_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 @dataclass
@@ -91,6 +75,8 @@ class LabOptions:
     prometheus: str = "auto"  # auto | on | off
     locust_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    slo_p95_ms: float | None = None  # flags; they beat the suite's SLO_* variables
+    slo_error_ratio: float | None = None
 
 
 def new_run_dir(out: Path, scenario: str) -> Path:
@@ -120,6 +106,13 @@ class Lab:
         self.locust_master: Component | None = None
         self.prometheus_bin: str | None = None
         self.meta: dict = {}
+        # Chosen once for the whole run: the hunt (through the suite's variables), the live alerts
+        # (rules generated for them) and the verdict all apply exactly these.
+        try:
+            self.thresholds: Thresholds = thresholds.resolve({**os.environ, **opts.env}, p95_ms=opts.slo_p95_ms,
+                                                             error_ratio=opts.slo_error_ratio)
+        except thresholds.ThresholdError as exc:
+            raise LabError(str(exc)) from None
 
     # ------------------------------------------------------------------ checks
 
@@ -180,7 +173,7 @@ class Lab:
         return [sys.executable, *args]
 
     def env(self) -> dict[str, str]:
-        env = {**os.environ, **self.opts.env}
+        env = {**os.environ, **self.opts.env, **thresholds.to_env(self.thresholds)}
         env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
@@ -192,7 +185,7 @@ class Lab:
                          ready_url=ready_url, exits_by_itself=exits_by_itself)
 
     def target_url(self) -> str:
-        return self.opts.host.rstrip("/") if self.opts.host else f"http://127.0.0.1:{self.ports['target']}"
+        return self.opts.host.rstrip("/") if self.opts.host else f"http://{DEFAULT_BIND}:{self.ports['target']}"
 
     def target_metrics_url(self) -> str:
         """Where the target's metrics are read. A target we start serves them from the gunicorn
@@ -200,14 +193,14 @@ class Lab:
         accept queue; an external --host only has /metrics on its API port."""
         if self.opts.host:
             return f"{self.target_url()}/metrics"
-        return f"http://127.0.0.1:{self.ports['target_metrics']}/metrics"
+        return f"http://{DEFAULT_BIND}:{self.ports['target_metrics']}/metrics"
 
     def start_target(self) -> int | None:
         if self.opts.host:
             return self.opts.target_pid
-        workers = self.opts.target_workers or host_cores()
+        workers = self.opts.target_workers or usable_cores()
         comp = self.component("target", self.python(
-            "-m", "target_app", "--host", "127.0.0.1", "--port", str(self.ports["target"]),
+            "-m", "target_app", "--host", DEFAULT_BIND, "--port", str(self.ports["target"]),
             "--metrics-port", str(self.ports["target_metrics"]),
             "--workers", str(workers), "--db", str(self.run_dir / "target.db"),
             "--hash-profile", self.opts.hash_profile), ready_url=f"{self.target_url()}/healthz")
@@ -221,14 +214,14 @@ class Lab:
         return [self.run_dir / "pids" / f"{n}.pid" for n in names]
 
     def start_sidecar(self, target_pid: int | None) -> None:
-        args = self.python("-m", "monitoring.sidecar", "--host", "127.0.0.1", "--port", str(self.ports["sidecar"]))
+        args = self.python("-m", "monitoring.sidecar", "--host", DEFAULT_BIND, "--port", str(self.ports["sidecar"]))
         if target_pid:
-            args += ["--group-pid", f"target={target_pid}"]
+            args += ["--group-pid", f"{TARGET_GROUP}={target_pid}"]
         for path in self.locust_pid_files():
-            args += ["--pid-file", f"locust={path}"]
-        comp = self.component("sidecar", args, ready_url=f"http://127.0.0.1:{self.ports['sidecar']}/metrics")
+            args += ["--pid-file", f"{GENERATOR_GROUP}={path}"]
+        comp = self.component("sidecar", args, ready_url=f"http://{DEFAULT_BIND}:{self.ports['sidecar']}/metrics")
         self.sup.start(comp).wait_ready(timeout=30)
-        self.say(f"sidecar    http://127.0.0.1:{self.ports['sidecar']}/metrics  (pid {comp.pid})")
+        self.say(f"sidecar    http://{DEFAULT_BIND}:{self.ports['sidecar']}/metrics  (pid {comp.pid})")
 
     def start_prometheus(self) -> None:
         if self.opts.prometheus == "off":
@@ -242,15 +235,21 @@ class Lab:
 
         prom_dir = self.run_dir / "prometheus"
         (prom_dir / "data").mkdir(parents=True)
-        rules = [r for r in default_rule_files() if Path(r).is_file()]
-        targets = {"sidecar": f"127.0.0.1:{self.ports['sidecar']}", "locust": f"127.0.0.1:{self.ports['exporter']}",
-                   "target": self.target_metrics_url().split("://", 1)[1].split("/", 1)[0]}
+        if self.thresholds == DEFAULT_THRESHOLDS:
+            rules = [r for r in default_rule_files() if Path(r).is_file()]
+        else:  # the live alerts must judge by the run's own SLO, as the hunt and the verdict do
+            from monitoring.generate import write_rules
+
+            rules = write_rules(prom_dir / "rules", self.thresholds)
+        targets = {SIDECAR_JOB: f"{DEFAULT_BIND}:{self.ports['sidecar']}",
+                   LOCUST_JOB: f"{DEFAULT_BIND}:{self.ports['exporter']}",
+                   TARGET_JOB: self.target_metrics_url().split("://", 1)[1].split("/", 1)[0]}
         config = prom_dir / "prometheus.yml"
-        config.write_text(render(targets, rules, DEFAULT_THRESHOLDS.scrape_interval_seconds))
-        url = f"http://127.0.0.1:{self.ports['prometheus']}"
+        config.write_text(render(targets, rules, self.thresholds.scrape_interval_seconds))
+        url = f"http://{DEFAULT_BIND}:{self.ports['prometheus']}"
         comp = self.component("prometheus", [
             self.prometheus_bin, f"--config.file={config}", f"--storage.tsdb.path={prom_dir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{self.ports['prometheus']}", "--storage.tsdb.retention.time=30d",
+            f"--web.listen-address={DEFAULT_BIND}:{self.ports['prometheus']}", "--storage.tsdb.retention.time=30d",
         ], ready_url=f"{url}/-/ready")
         self.sup.start(comp).wait_ready(timeout=60)
         self.say(f"prometheus {url}  (rules: {len(rules)} files, data in {prom_dir / 'data'})")
@@ -273,9 +272,9 @@ class Lab:
         if self.opts.mode == "run":
             master += ["--headless"]
         else:
-            master += ["--web-host", "127.0.0.1", "--web-port", str(self.ports["web"])]
+            master += ["--web-host", DEFAULT_BIND, "--web-port", str(self.ports["web"])]
         if self.opts.workers:
-            master += ["--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(self.ports["master"]),
+            master += ["--master", "--master-bind-host", DEFAULT_BIND, "--master-bind-port", str(self.ports["master"]),
                        "--expect-workers", str(self.opts.workers), "--expect-workers-max-wait", "60"]
         master += self.opts.locust_args
         pid_files = self.locust_pid_files()
@@ -284,12 +283,12 @@ class Lab:
         # Workers first, so the master finds them when it starts (it waits for them anyway).
         for i in range(1, self.opts.workers + 1):
             worker = self.component(f"locust-worker-{i}", self.python(
-                *base, "--worker", "--master-host", "127.0.0.1", "--master-port", str(self.ports["master"]),
+                *base, "--worker", "--master-host", DEFAULT_BIND, "--master-port", str(self.ports["master"]),
                 *self.opts.locust_args), exits_by_itself=True)
             self.sup.start(worker)
             pid_files[i].write_text(f"{worker.pid}\n")
         comp = self.component("locust", self.python(*master),
-                              ready_url=f"http://127.0.0.1:{self.ports['exporter']}/metrics",
+                              ready_url=f"http://{DEFAULT_BIND}:{self.ports['exporter']}/metrics",
                               exits_by_itself=self.opts.mode == "run")
         self.sup.start(comp)
         pid_files[0].write_text(f"{comp.pid}\n")
@@ -297,14 +296,14 @@ class Lab:
         comp.wait_ready(timeout=120)  # preflight + seeding happen before the exporter serves
         what = f"master + {self.opts.workers} workers" if self.opts.workers else "one process"
         self.say(f"locust     {SCENARIOS[self.opts.scenario][0]} --scenario {SCENARIOS[self.opts.scenario][1]} "
-                 f"({what}, pid {comp.pid}); exporter http://127.0.0.1:{self.ports['exporter']}/metrics")
+                 f"({what}, pid {comp.pid}); exporter http://{DEFAULT_BIND}:{self.ports['exporter']}/metrics")
         if self.opts.mode == "up":
-            self.say(f"locust UI  http://127.0.0.1:{self.ports['web']}")
+            self.say(f"locust UI  http://{DEFAULT_BIND}:{self.ports['web']}")
 
     def start_sampler(self) -> None:
-        sources = {"sidecar": f"http://127.0.0.1:{self.ports['sidecar']}/metrics",
-                   "target": self.target_metrics_url(),
-                   "locust": f"http://127.0.0.1:{self.ports['exporter']}/metrics"}
+        sources = {SIDECAR_JOB: f"http://{DEFAULT_BIND}:{self.ports['sidecar']}/metrics",
+                   TARGET_JOB: self.target_metrics_url(),
+                   LOCUST_JOB: f"http://{DEFAULT_BIND}:{self.ports['exporter']}/metrics"}
         self.sampler = Sampler(self.run_dir / rundir.SAMPLES, sources)
         self.sampler.start()
 
@@ -321,9 +320,10 @@ class Lab:
             "scenario": self.opts.scenario, "mode": self.opts.mode, "started_at": time.time(),
             "argv": sys.argv, "ports": self.ports, "host": self.target_url(),
             "target_workers": None if self.opts.host and not self.opts.target_pid
-            else (self.opts.target_workers or host_cores()),
-            "host_cores": host_cores(), "generator_processes": max(1, self.opts.workers),
+            else (self.opts.target_workers or usable_cores()),
+            "host_cores": usable_cores(), "generator_processes": max(1, self.opts.workers),
             "time_scale": self.opts.time_scale, "prometheus": bool(self.prometheus_bin),
+            "thresholds": thresholds.as_dict(self.thresholds),
         }
         self.write_meta()
         target_pid = self.start_target()
@@ -378,7 +378,7 @@ class Lab:
 
     # ------------------------------------------------------------------ the two commands
 
-    def finish(self) -> dict | None:
+    def finish(self) -> Verdict | None:
         """Stop sampling, analyze, print the verdict; None when there is no data to judge."""
         history = self.run_dir / f"{rundir.LOCUST_PREFIX}{rundir.HISTORY_SUFFIX}"
         if not history.is_file():
@@ -386,7 +386,7 @@ class Lab:
         verdict, _ = rundir.analyze(self.run_dir, title=f"loadlab {self.opts.mode}: {self.opts.scenario}")
         self.say("")
         self.say("verdict:")
-        for line in verdict["summary"]:
+        for line in verdict.summary():
             self.say(f"  {line}")
         self.say(f"report: {self.run_dir / rundir.REPORT}")
         self.say(f"verdict: {self.run_dir / rundir.VERDICT}")

@@ -18,6 +18,7 @@ from typing import IO
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from loadlab.contract.names import GENERATOR_GROUP, LOCUST_JOB, SIDECAR_JOB, TARGET_GROUP
 from loadlab.history import Scrape, quantile_between, scrape_value
 
 # Metric name prefixes worth keeping (process-exporter / node_exporter names from the
@@ -119,7 +120,7 @@ class Sampler(threading.Thread):
         """Users, throughput, p95 (ms), failures/s and target CPU (cores) over the last seconds."""
         out: dict[str, float | None] = {"step": None, "users": None, "rps": None, "p95_ms": None, "fail_per_s": None,
                                         "target_cpu_cores": None, "generator_cpu_cores": None}
-        pair = self._window("locust", window)
+        pair = self._window(LOCUST_JOB, window)
         if pair:
             first, last = pair
             dt = last.t - first.t
@@ -131,11 +132,11 @@ class Sampler(threading.Thread):
                     out[key] = (b - a) / dt
             q = quantile_between(0.95, first, last, "locust_request_duration_seconds")
             out["p95_ms"] = None if q is None else q * 1000
-        pair = self._window("sidecar", window)
+        pair = self._window(SIDECAR_JOB, window)
         if pair:
             first, last = pair
             dt = last.t - first.t
-            for key, group in (("target_cpu_cores", "target"), ("generator_cpu_cores", "locust")):
+            for key, group in (("target_cpu_cores", TARGET_GROUP), ("generator_cpu_cores", GENERATOR_GROUP)):
                 match = {"groupname": group}
                 a = scrape_value(first, "namedprocess_namegroup_cpu_seconds_total", match)
                 b = scrape_value(last, "namedprocess_namegroup_cpu_seconds_total", match)

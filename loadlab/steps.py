@@ -10,18 +10,16 @@ from __future__ import annotations
 import statistics
 from dataclasses import asdict, dataclass
 
-from loadlab.history import (
-    HistoryRow,
-    LocustHistory,
-    Samples,
-    Scrape,
-    counter_increase,
-    quantile_between,
-    rate_series,
-    scrape_value,
-    series,
-    value_at,
+from loadlab.contract.cores import (
+    GENERATOR_IDLE_PROCESSES_DISTRIBUTED,
+    TARGET_IDLE_PROCESSES,
+    busy_processes,
+    cores_available,
 )
+from loadlab.contract.histograms import counter_increase, rate_series
+from loadlab.contract.names import GENERATOR_GROUP, TARGET_GROUP
+from loadlab.contract.thresholds import DEFAULT_THRESHOLDS
+from loadlab.history import HistoryRow, LocustHistory, Samples, Scrape, quantile_between, scrape_value, series
 
 # Locust's "current" percentiles cover about this many seconds (locust.stats.CURRENT_RESPONSE_TIME_PERCENTILE_WINDOW).
 LOCUST_PERCENTILE_WINDOW_S = 10
@@ -58,10 +56,6 @@ class StepSummary:
     generator_cores_available: float | None = None
     host_cpu_busy_cores: float | None = None
     host_cores: int | None = None
-
-    @property
-    def hold_seconds(self) -> float:
-        return self.end - self.hold_start
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -130,7 +124,7 @@ class ResourceSeries:
 
 
 def resource_series(samples: Samples, meta: dict | None = None) -> ResourceSeries | None:
-    """The resource series of a run (None without sidecar samples); group names come from `meta`."""
+    """The resource series of a run (None without sidecar samples)."""
     meta = meta or {}
     sidecar = samples.scrapes("sidecar")
     if not sidecar:
@@ -139,7 +133,7 @@ def resource_series(samples: Samples, meta: dict | None = None) -> ResourceSerie
     if host_cores is None:
         cpus = {labels.get("cpu") for s in sidecar[-1:] for name, labels, _ in s.samples if name == NODE_CPU}
         host_cores = len(cpus) or None
-    groups = {"target": meta.get("target_group", "target"), "generator": meta.get("generator_group", "locust")}
+    groups = {"target": TARGET_GROUP, "generator": GENERATOR_GROUP}
     return ResourceSeries(
         host_cores=host_cores,
         host_cpu=series(sidecar, NODE_CPU),
@@ -173,16 +167,19 @@ def _resource_fields(res: ResourceSeries, start: float, end: float, meta: dict) 
             mem = _inside(res.memory[role], start, end)
             if mem:
                 out["target_memory_bytes"] = statistics.median(mem)
-    # Cores a group can use: one Python process never uses more than one core.
+    # Cores a group can use (loadlab.contract.cores): the workers the run was told about, else its
+    # busy processes as sampled.
     workers = meta.get("target_workers")
     if workers is None and out.get("target_procs"):
-        # gunicorn: an idle master plus its workers.
-        workers = max(1, out["target_procs"] - 1) if out["target_procs"] > 1 else 1
-    if workers and host_cores:
-        out["target_cores_available"] = float(min(host_cores, workers))
-    gen_procs = meta.get("generator_processes") or out.get("generator_procs")
-    if gen_procs and host_cores:
-        out["generator_cores_available"] = float(min(host_cores, gen_procs))
+        workers = busy_processes(out["target_procs"], TARGET_IDLE_PROCESSES)
+    gen_procs = meta.get("generator_processes")
+    if gen_procs is None and out.get("generator_procs"):
+        distributed = out["generator_procs"] > 1
+        gen_procs = busy_processes(out["generator_procs"], GENERATOR_IDLE_PROCESSES_DISTRIBUTED if distributed else 0)
+    for role, busy in (("target", workers), ("generator", gen_procs)):
+        available = cores_available(host_cores, busy)
+        if available is not None:
+            out[f"{role}_cores_available"] = available
     return out
 
 
@@ -208,7 +205,7 @@ def _mean_response_ms(scrapes: list[Scrape], hold: list[HistoryRow]) -> float | 
 
 
 def summarize_steps(history: LocustHistory, samples: Samples | None = None, meta: dict | None = None,
-                    transient_fraction: float = 0.3, min_rows: int = 3,
+                    transient_fraction: float = DEFAULT_THRESHOLDS.step_transient_fraction, min_rows: int = 3,
                     resources: ResourceSeries | None = None) -> list[StepSummary]:
     """Per-step summaries of a run, resource fields filled when samples are present.
 
@@ -285,4 +282,4 @@ def resource_timeline(resources: ResourceSeries | None) -> dict[str, list[Point]
 
 
 __all__ = ["StepSummary", "ResourceSeries", "detect_plateaus", "hold_rows", "summarize_steps", "resource_series",
-           "resource_timeline", "value_at"]
+           "resource_timeline"]

@@ -1,9 +1,9 @@
-"""Grafana dashboards and datasource provisioning, built from `loadlab.thresholds` as plain dicts.
+"""Grafana dashboards and datasource provisioning, built from `loadlab.contract.thresholds` as plain dicts.
 
 Plain dicts rather than grafana-foundation-sdk: the SDK's PyPI versions are epoch-numbered per
 Grafana release (`pip install grafana-foundation-sdk` resolves to the *10.1* schema, and pinning
 needs strings like `1769699379!11.6.0`), it would be a runtime dependency of a project that only
-needs JSON out, and the dashboard model is small enough that `tests/observability/` checks it
+needs JSON out, and the dashboard model is small enough that `tests/monitoring/` checks it
 directly (panel types, units, datasource references, PromQL syntax through promtool, and every
 query against a real Prometheus in the integration test).
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from loadlab.thresholds import DEFAULT_THRESHOLDS, Thresholds
+from loadlab.contract.thresholds import DEFAULT_THRESHOLDS, Thresholds
 from monitoring import rules as r
 
 DATASOURCE_UID = "loadlab-prometheus"

@@ -1,4 +1,4 @@
-"""Write every generated monitoring file from `loadlab/thresholds.py`.
+"""Write every generated monitoring file from `loadlab/contract/thresholds.py`.
 
     python -m monitoring.generate            # rewrite the committed files in this checkout
     python -m monitoring.generate --check    # exit 1 and name the files that are out of date
@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from loadlab.thresholds import DEFAULT_THRESHOLDS, Thresholds
+from loadlab.contract.thresholds import DEFAULT_THRESHOLDS, Thresholds
 from monitoring import dashboards, prometheus_config, rule_tests, rules
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -62,6 +62,21 @@ def render_all(t: Thresholds = DEFAULT_THRESHOLDS) -> dict[str, str]:
     for name, board in dashboards.all_dashboards(t).items():
         files[f"grafana/dashboards/{name}"] = dump_json(board)
     return files
+
+
+def rule_files(t: Thresholds) -> dict[str, str]:
+    """File name -> content of the recording and alert rules for thresholds `t`."""
+    return {Path(rel).name: text for rel, text in render_all(t).items() if rel.startswith("monitoring/prometheus/rules/")}
+
+
+def write_rules(directory: Path, t: Thresholds) -> list[str]:
+    """Write the rules for `t` into `directory` (a run's own thresholds); their absolute paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, text in rule_files(t).items():
+        (directory / name).write_text(text, encoding="utf-8")
+        paths.append(str(directory / name))
+    return paths
 
 
 def write_all(root: Path, t: Thresholds = DEFAULT_THRESHOLDS) -> list[Path]:

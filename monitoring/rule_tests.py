@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from loadlab.thresholds import DEFAULT_THRESHOLDS, Thresholds
+from loadlab.contract.thresholds import DEFAULT_THRESHOLDS, Thresholds
 from monitoring import rules as r
 from monitoring.prometheus_config import NATIVE_TARGETS, RELATIVE_RULE_FILES
 

@@ -1,4 +1,4 @@
-"""Recording rules and breaking-point alerts, built from `loadlab.thresholds`.
+"""Recording rules and breaking-point alerts, built from `loadlab.contract.thresholds`.
 
 Recording rules hold what dashboards and alerts share (throughput, error ratio, latency
 quantiles from both histograms, CPU in cores and as a fraction of the cores available), so a
@@ -12,18 +12,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from loadlab.thresholds import DEFAULT_THRESHOLDS, Thresholds
+from loadlab.contract.cores import GENERATOR_IDLE_PROCESSES_DISTRIBUTED, TARGET_IDLE_PROCESSES
+from loadlab.contract.names import GENERATOR_GROUP, LOCUST_JOB, SIDECAR_JOB, TARGET_GROUP, TARGET_JOB
+from loadlab.contract.thresholds import DEFAULT_THRESHOLDS, Thresholds
 
 # Selectors, in one place like a mixin's config. Job names are the scrape jobs of
-# prometheus_config.JOBS; group names are the sidecar's `--group` names.
-LOCUST = 'job="locust"'
-TARGET = 'job="target"'
-SIDECAR = 'job="sidecar"'
+# loadlab.contract.names; group names are the sidecar's `--group` names.
+LOCUST = f'job="{LOCUST_JOB}"'
+TARGET = f'job="{TARGET_JOB}"'
+SIDECAR = f'job="{SIDECAR_JOB}"'
 # The API's own traffic: health checks (compose, the runner) are cheap and would dilute the
 # latency quantiles. /metrics is not counted by the instrumentation at all.
-TARGET_API = 'job="target", endpoint!="/healthz"'
-TARGET_GROUP = "target"
-GENERATOR_GROUP = "locust"
+TARGET_API = f'{TARGET}, endpoint!="/healthz"'
 
 # Recording-rule names (level:metric:operations), imported by the dashboards.
 USERS = "loadlab:locust_users"
@@ -45,10 +45,6 @@ GROUP_CPU_SATURATION = "loadlab:namegroup_cpu:saturation"
 GROUP_RESIDENT_BYTES = "loadlab:namegroup_memory_resident:bytes"
 # Latency quantile name -> the quantile histogram_quantile() takes.
 QUANTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
-
-# gunicorn's arbiter only supervises; the workers serve. One process stays out of the target's
-# "busy" count (a single-process server still counts as one: clamp_min below).
-TARGET_IDLE_PROCESSES = 1
 
 
 def latency(side: str, quantile: str) -> str:
@@ -115,8 +111,8 @@ def recording_groups(t: Thresholds = DEFAULT_THRESHOLDS) -> list[dict[str, Any]]
         {"record": GROUP_CPU_CORES, "expr": (
             f'sum by (groupname) (rate(namedprocess_namegroup_cpu_seconds_total{{{SIDECAR}, '
             f'groupname=~"{TARGET_GROUP}|{GENERATOR_GROUP}"}}[{w}]))')},
-        # Target: one core per gunicorn worker (a sync worker is one Python thread of work),
-        # i.e. its processes minus the arbiter, at most the host's cores.
+        # The cores-available model of loadlab.contract.cores, in PromQL. Target: one core per
+        # gunicorn worker, i.e. its processes minus the arbiter, at most the host's cores.
         {"record": GROUP_CORES_AVAILABLE, "labels": {"groupname": TARGET_GROUP}, "expr": (
             f"clamp_max(clamp_min({procs(TARGET_GROUP)} - {TARGET_IDLE_PROCESSES}, 1), {cores})")},
         # Generator: one core per Locust process generating load. Standalone that is the one
@@ -124,7 +120,7 @@ def recording_groups(t: Thresholds = DEFAULT_THRESHOLDS) -> list[dict[str, Any]]
         # process does not count.
         {"record": GROUP_CORES_AVAILABLE, "labels": {"groupname": GENERATOR_GROUP}, "expr": (
             f"clamp_max(clamp_min(\n  {procs(GENERATOR_GROUP)}\n"
-            f"  - on() group_left() (max(locust_workers{{{LOCUST}}}) > bool 0 or on() vector(0)),\n"
+            f"  - on() group_left() {GENERATOR_IDLE_PROCESSES_DISTRIBUTED} * (max(locust_workers{{{LOCUST}}}) > bool 0 or on() vector(0)),\n"
             f"  1), {cores})")},
         {"record": GROUP_CPU_SATURATION, "expr": f"{GROUP_CPU_CORES} / {GROUP_CORES_AVAILABLE}"},
         {"record": GROUP_RESIDENT_BYTES, "expr": (

@@ -14,7 +14,10 @@ from collections.abc import Callable, Sequence
 from . import create_app
 from .config import HASH_PROFILES, ConfigError, resolve
 from .db import SQLiteStorage, StorageError
-from .server import ServeError, check_listen, default_workers, serve, serve_dev
+from loadlab.contract.cores import usable_cores
+from loadlab.contract.names import DEFAULT_BIND, DEFAULT_PORTS
+
+from .server import ServeError, check_listen, serve, serve_dev
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -37,18 +40,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="python -m target_app",
         description="Serve the loadlab target API (registration/login) under gunicorn, instrumented for Prometheus.",
     )
-    parser.add_argument("--host", default=env.get("TARGET_APP_HOST", "127.0.0.1"),
+    parser.add_argument("--host", default=env.get("TARGET_APP_HOST", DEFAULT_BIND),
                         help="address to bind (env TARGET_APP_HOST; default 127.0.0.1, this machine only)")
     parser.add_argument("--port", type=_positive_int("--port/TARGET_APP_PORT", 1, 65535),
-                        default=env.get("TARGET_APP_PORT", "5000"),
-                        help="port to bind (env TARGET_APP_PORT; default 5000)")
+                        default=env.get("TARGET_APP_PORT", str(DEFAULT_PORTS["target"])),
+                        help=f"port to bind (env TARGET_APP_PORT; default {DEFAULT_PORTS['target']})")
     parser.add_argument("--metrics-port", type=_positive_int("--metrics-port/TARGET_APP_METRICS_PORT", 0, 65535),
                         default=env.get("TARGET_APP_METRICS_PORT") or "0",
                         help="also serve /metrics (all workers' totals) from the gunicorn arbiter on this port "
                              "of --host, so scrapes never queue behind the load as they do on the API port "
-                             "(env TARGET_APP_METRICS_PORT; default 0 = off; the lab's convention is 9101)")
+                             f"(env TARGET_APP_METRICS_PORT; default 0 = off; the lab's convention is {DEFAULT_PORTS['target_metrics']})")
     parser.add_argument("--workers", type=_positive_int("--workers/TARGET_APP_WORKERS"),
-                        default=env.get("TARGET_APP_WORKERS") or str(default_workers()),
+                        default=env.get("TARGET_APP_WORKERS") or str(usable_cores()),
                         help="gunicorn sync worker processes (env TARGET_APP_WORKERS; default: number of CPUs)")
     parser.add_argument("--db", default=env.get("TARGET_APP_DB", "target_app.db"),
                         help="SQLite database file, created if missing (env TARGET_APP_DB; default ./target_app.db)")

@@ -20,9 +20,8 @@ from flask import Flask, Response, request
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.multiprocess import MultiProcessCollector
 
-# Include the contract's 0.1, 0.25, 0.5, 1 and 2.5 s boundaries; 0.5 s is the latency SLO
-# (loadlab/thresholds.py), and histogram_quantile is exact only on a boundary.
-HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+from loadlab.contract.histograms import LATENCY_BUCKETS_SECONDS
+
 # The `endpoint` label of requests that matched no URL rule (404, 405): one value, so a scanner
 # probing random paths cannot create new series.
 UNMATCHED = "<unmatched>"
@@ -61,7 +60,7 @@ class HttpMetrics:
         )
         self.duration = Histogram(
             "http_request_duration_seconds", "Time from request start to response, by method and URL rule.",
-            ["method", "endpoint"], buckets=HTTP_BUCKETS, registry=registry,
+            ["method", "endpoint"], buckets=LATENCY_BUCKETS_SECONDS, registry=registry,
         )
         # livesum: the sum over live workers; a dead worker's requests in flight stop counting.
         self.in_progress = Gauge(

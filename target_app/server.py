@@ -26,17 +26,11 @@ from typing import Any
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 
+from loadlab.contract.cores import usable_cores
+
 
 class ServeError(RuntimeError):
     """The server cannot start; the message is one line naming the problem and the fix."""
-
-
-def default_workers() -> int:
-    """One sync worker per CPU this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def check_port(host: str, port: int, flag: str = "--port") -> None:
@@ -176,7 +170,7 @@ def serve(
     bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     options: dict[str, Any] = {
         "bind": bind,
-        "workers": workers or default_workers(),
+        "workers": workers or usable_cores(),
         "worker_class": "sync",  # the lab's endpoints are CPU-bound (password hashing)
         "proc_name": "target_app",
         "graceful_timeout": 10,

@@ -5,7 +5,7 @@
 `--host` on Locust's command line (or LOCUST_HOST, or host= in locust.conf) still wins over HOST,
 as in any locustfile: HOST is only the User classes' default `host`.
 
-The SLO defaults come from `loadlab/thresholds.py`, the one place the alert rules, dashboards and
+The SLO defaults come from `loadlab/contract/thresholds.py`, the one place the alert rules, dashboards and
 the breaking-point analysis read them from too; the variables here only override them for a run.
 """
 
@@ -15,7 +15,7 @@ import os
 import re
 from pathlib import Path
 
-from loadlab.thresholds import DEFAULT_THRESHOLDS
+from loadlab.contract.thresholds import ThresholdError, Thresholds, resolve
 
 _SUITE_DIR = Path(__file__).resolve().parent.parent
 
@@ -40,19 +40,6 @@ def _int(name: str, default: int, minimum: int = 0) -> int:
         raise _fail(name, raw, f"a whole number >= {minimum}") from None
     if value < minimum:
         raise _fail(name, raw, f"a whole number >= {minimum}")
-    return value
-
-
-def _float(name: str, default: float, low: float, high: float) -> float:
-    raw = os.environ.get(name, "")
-    if raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise _fail(name, raw, f"a number between {low} and {high}") from None
-    if not low <= value <= high:
-        raise _fail(name, raw, f"a number between {low} and {high}")
     return value
 
 
@@ -93,10 +80,13 @@ LOGIN_ENDPOINT: str = _path("LOGIN_ENDPOINT", "/client_login")
 HEALTH_ENDPOINT: str = _path("HEALTH_ENDPOINT", "/healthz")
 ADMIN_USERS_ENDPOINT: str = _path("ADMIN_USERS_ENDPOINT", "/admin/users")
 
-# SLO the step hunt judges each step against (defaults: loadlab/thresholds.py).
-SLO_P95_MS: float = _float("SLO_P95_MS", DEFAULT_THRESHOLDS.latency_p95_ms, 1.0, 3_600_000.0)
-SLO_ERROR_RATIO: float = _float("SLO_ERROR_RATIO", DEFAULT_THRESHOLDS.error_ratio, 0.0, 1.0)
-# The first part of each step is a transient (users still arriving, queues filling) that the
-# step hunt ignores: with 1-3 s think time a closed loop settles within a few cycles (a few
-# seconds); 0.3 of a hold is 45 s of a 150 s step, 4.5 s of a 15 s time-scaled one.
-STEP_TRANSIENT_FRACTION: float = _float("STEP_TRANSIENT_FRACTION", 0.3, 0.0, 0.9)
+# The SLO the step hunt judges each step against, and the share of each step it ignores as a
+# transient: SLO_P95_MS, SLO_ERROR_RATIO, STEP_TRANSIENT_FRACTION over the defaults in
+# loadlab/contract/thresholds.py, resolved (and validated) by the same function the lab uses.
+try:
+    THRESHOLDS: Thresholds = resolve(os.environ)
+except ThresholdError as exc:
+    raise SystemExit(str(exc)) from None
+SLO_P95_MS: float = THRESHOLDS.latency_p95_ms
+SLO_ERROR_RATIO: float = THRESHOLDS.error_ratio
+STEP_TRANSIENT_FRACTION: float = THRESHOLDS.step_transient_fraction

@@ -23,8 +23,6 @@ without gevent's monkey patching.
 
 from __future__ import annotations
 
-import bisect
-import itertools
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -33,9 +31,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-# Same buckets as the target's own request histogram (and prometheus-client's defaults), so
-# dashboards can put client-side and server-side latency quantiles side by side.
-BUCKETS_SECONDS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+from loadlab.contract.histograms import LATENCY_BUCKETS_SECONDS, cumulative_buckets
+
 # Error texts can carry anything (exception reprs, server messages). Shorten them, and cap how
 # many distinct ones become label values: beyond the cap they are counted as error="other".
 ERROR_TEXT_MAX = 80
@@ -45,29 +42,6 @@ OTHER_ERROR = "other"
 _ACTIVE_STATES = ("spawning", "running")  # locust.runners.STATE_SPAWNING / STATE_RUNNING
 _ADDRESS = re.compile(r"\b0x[0-9a-fA-F]+\b")
 _SPACE = re.compile(r"\s+")
-
-
-_BOUNDS_MS = [b * 1000.0 for b in BUCKETS_SECONDS]
-# Locust's rounded response times form a small set (~300 keys below 100 s), so the bucket of each
-# key is looked up once and remembered: a scrape then costs one dict lookup per key.
-_bucket_of: dict[int, int] = {}
-_BUCKET_CACHE_MAX = 4096
-
-
-def cumulative_buckets(response_times_ms: dict[int, int]) -> list[int]:
-    """Cumulative counts per bucket bound of BUCKETS_SECONDS (le, inclusive) of a Locust
-    {ms: count} dict, followed by the +Inf count. Locust keeps response times rounded (1 ms below
-    100 ms, then 2 significant digits), so a bound counts every recorded value that rounds to at
-    most it."""
-    counts = [0] * (len(_BOUNDS_MS) + 1)
-    for ms, count in response_times_ms.items():
-        index = _bucket_of.get(ms)
-        if index is None:
-            index = bisect.bisect_left(_BOUNDS_MS, ms)
-            if len(_bucket_of) < _BUCKET_CACHE_MAX:
-                _bucket_of[ms] = index
-        counts[index] += count
-    return list(itertools.accumulate(counts))
 
 
 def short_error(text: Any) -> str:
@@ -137,7 +111,7 @@ class LocustCollector(Collector):
                                        labels=["method", "name"])
         durations = HistogramMetricFamily("locust_request_duration_seconds",
                                           "Response times recorded by Locust.", labels=["method", "name"])
-        bounds = [floatToGoString(b) for b in BUCKETS_SECONDS] + ["+Inf"]
+        bounds = [floatToGoString(b) for b in LATENCY_BUCKETS_SECONDS] + ["+Inf"]
         for entry in entries:
             labels = [entry.method or "", entry.name]
             requests.add_metric(labels, entry.num_requests)

@@ -26,11 +26,13 @@ from locust import events
 from locust.env import Environment
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, start_http_server
 
+from loadlab.contract.names import DEFAULT_BIND, DEFAULT_PORTS
+
 from .collector import LocustCollector
 from .roles import is_coordinator
 
-DEFAULT_PORT = 9646
-DEFAULT_HOST = "127.0.0.1"  # nothing beyond this machine unless asked for
+DEFAULT_PORT = DEFAULT_PORTS["exporter"]
+DEFAULT_HOST = DEFAULT_BIND  # nothing beyond this machine unless asked for
 
 logger = logging.getLogger(__name__)
 

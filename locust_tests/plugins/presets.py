@@ -7,55 +7,27 @@ other tools (the runner, the analysis) can read the same tables without gevent's
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Callable
 
-# A shape tick as Locust expects it: (total users, spawn rate per second), or None to stop.
-Tick = tuple[int, float] | None
+from loadlab.contract.histograms import buckets_of_response_times, histogram_quantile
+from loadlab.contract.scenarios import (
+    DEFAULT_MAX_USERS,
+    DEFAULT_STEP_TIME_S,
+    DEFAULT_STEP_USERS,
+    KINDS,
+    STEP,
+    Preset,
+    Tick,
+)
+from loadlab.contract.slo import judge as judge_slo
+from loadlab.contract.thresholds import Thresholds
 
-
-@dataclass(frozen=True)
-class Preset:
-    """A constant load: ramp to `users` at `spawn_rate`/s, hold until `duration_s`, stop."""
-
-    name: str
-    users: int
-    spawn_rate: float
-    duration_s: float
-
-    def tick(self, run_time: float, time_scale: float = 1.0) -> Tick:
-        if run_time >= self.duration_s * time_scale:
-            return None
-        return self.users, self.spawn_rate
-
-
-REGISTRATION: dict[str, Preset] = {
-    p.name: p
-    for p in (
-        Preset("normal", users=50, spawn_rate=10, duration_s=5 * 60),
-        Preset("heavy", users=100, spawn_rate=20, duration_s=10 * 60),
-        Preset("spike", users=200, spawn_rate=50, duration_s=15 * 60),
-    )
-}
-LOGIN: dict[str, Preset] = {
-    p.name: p
-    for p in (
-        Preset("baseline", users=100, spawn_rate=10, duration_s=5 * 60),
-        Preset("stress", users=500, spawn_rate=50, duration_s=10 * 60),
-        Preset("breaking-point", users=1000, spawn_rate=100, duration_s=15 * 60),
-    )
-}
-# Scenario kind (what a locustfile does) -> its presets; "step" is available for every kind.
-KINDS: dict[str, dict[str, Preset]] = {"registration": REGISTRATION, "login": LOGIN}
-STEP = "step"
-
-# Step hunt defaults. +10 users per step resolves a knee that the bundled target (2 workers,
-# ~50 ms password hash, 1-3 s think time) shows at roughly 50-120 users into 5-12 steps; 150 s per
-# step is long enough for a closed loop to settle and leave ~100 s of steady state to judge, and at
-# `--time-scale 0.1` (15 s steps) the demo reaches the break and stops within about 3 minutes.
-DEFAULT_STEP_USERS = 10
-DEFAULT_STEP_TIME_S = 150.0
-DEFAULT_MAX_USERS = 1000
+REGISTRATION: dict[str, Preset] = KINDS["registration"]
+LOGIN: dict[str, Preset] = KINDS["login"]
+__all__ = ["DEFAULT_MAX_USERS", "DEFAULT_STEP_TIME_S", "DEFAULT_STEP_USERS", "KINDS", "LOGIN", "REGISTRATION", "STEP",
+           "Preset", "Snapshot", "StepHunt", "StepPlan", "StepResult", "Tick", "judge", "p95_ms"]
 
 
 @dataclass(frozen=True)
@@ -91,12 +63,6 @@ class StepPlan:
 
 
 @dataclass(frozen=True)
-class Slo:
-    p95_ms: float
-    error_ratio: float
-
-
-@dataclass(frozen=True)
 class Snapshot:
     """Locust's cumulative totals at one moment (the Aggregated entry of its stats)."""
 
@@ -105,23 +71,17 @@ class Snapshot:
     response_times: dict[int, int]
 
 
-def percentile_ms(response_times: dict[int, int], q: float) -> int:
-    """The q-quantile of a {rounded ms: count} dict, computed exactly as Locust's
-    `locust.stats.calculate_response_time_percentile` does, so a step's p95 means what Locust's
-    own p95 columns mean (reimplemented only to keep this module free of Locust imports)."""
-    total = sum(response_times.values())
-    at_or_below = int(total * q)
-    seen = 0
-    for value in sorted(response_times, reverse=True):
-        seen += response_times[value]
-        if total - seen <= at_or_below:
-            return value
-    return 0
-
-
 def window_times(before: Snapshot, after: Snapshot) -> dict[int, int]:
     diff = {k: v - before.response_times.get(k, 0) for k, v in after.response_times.items()}
     return {k: v for k, v in diff.items() if v > 0}
+
+
+def p95_ms(response_times: Mapping[int, int]) -> float | None:
+    """p95 of a {rounded ms: count} dict exactly as the verdict computes it: Locust's exporter
+    buckets these times with the contract's bounds and the analysis interpolates between them,
+    so the hunt does the same to get the same number."""
+    q = histogram_quantile(0.95, buckets_of_response_times(response_times))
+    return None if q is None else q * 1000.0
 
 
 @dataclass(frozen=True)
@@ -133,7 +93,7 @@ class StepResult:
     seconds: float
     requests: int
     failures: int
-    p95_ms: int
+    p95_ms: float | None
     breached: bool
     reason: str
 
@@ -146,18 +106,13 @@ class StepResult:
         return self.failures / self.requests if self.requests else 0.0
 
 
-def judge(step: int, users: int, before: Snapshot, after: Snapshot, seconds: float, slo: Slo) -> StepResult:
+def judge(step: int, users: int, before: Snapshot, after: Snapshot, seconds: float, th: Thresholds) -> StepResult:
+    """One step's steady part, judged by the contract's SLO judge (the verdict's own)."""
     requests = after.num_requests - before.num_requests
     failures = after.num_failures - before.num_failures
-    p95 = percentile_ms(window_times(before, after), 0.95)
-    reasons = []
-    if requests == 0:
-        reasons.append("no request completed")
-    elif failures / requests > slo.error_ratio:
-        reasons.append(f"error ratio {failures / requests:.1%} > {slo.error_ratio:.1%}")
-    if p95 > slo.p95_ms:
-        reasons.append(f"p95 {p95} ms > {slo.p95_ms:g} ms")
-    return StepResult(step + 1, users, seconds, requests, failures, p95, bool(reasons), "; ".join(reasons))
+    p95 = p95_ms(window_times(before, after))
+    verdict = judge_slo(requests, failures, p95, th)
+    return StepResult(step + 1, users, seconds, requests, failures, p95, verdict.breached, verdict.detail)
 
 
 @dataclass
@@ -170,8 +125,7 @@ class StepHunt:
     """
 
     plan: StepPlan
-    slo: Slo
-    transient_fraction: float = 0.3
+    thresholds: Thresholds
     stop_on_break: bool = True
     on_result: Callable[[StepResult], None] | None = None
 
@@ -198,7 +152,7 @@ class StepHunt:
                 return None
             self.step = step
             self._window = None
-        steady_from = (step + self.transient_fraction) * self.plan.step_time_s
+        steady_from = (step + self.thresholds.step_transient_fraction) * self.plan.step_time_s
         if self._window is None and run_time >= steady_from:
             self._window = (run_time, snapshot())
         return self.plan.users(step), self.plan.spawn_rate
@@ -212,7 +166,7 @@ class StepHunt:
         if self._window is None:  # the step ended before its steady part began (a very late tick)
             return
         started, before = self._window
-        result = judge(self.step, self.plan.users(self.step), before, snapshot(), run_time - started, self.slo)
+        result = judge(self.step, self.plan.users(self.step), before, snapshot(), run_time - started, self.thresholds)
         self.results.append(result)
         if result.breached and self.break_step is None:
             self.break_step = self.step

@@ -28,6 +28,8 @@ from locust import LoadTestShape, events
 from locust.env import Environment
 from locust.util.timespan import parse_timespan
 
+from loadlab.contract.thresholds import Thresholds
+
 from .presets import (
     DEFAULT_MAX_USERS,
     DEFAULT_STEP_TIME_S,
@@ -35,7 +37,6 @@ from .presets import (
     KINDS,
     STEP,
     Preset,
-    Slo,
     Snapshot,
     StepHunt,
     StepPlan,
@@ -80,9 +81,9 @@ class StepShape(LoadTestShape):
 
     abstract = True  # activated by --scenario step only
 
-    def __init__(self, plan: StepPlan, slo: Slo, transient_fraction: float, stop_on_break: bool = True) -> None:
+    def __init__(self, plan: StepPlan, thresholds: Thresholds, stop_on_break: bool = True) -> None:
         super().__init__()
-        self.hunt = StepHunt(plan, slo, transient_fraction, stop_on_break, on_result=self._log_result)
+        self.hunt = StepHunt(plan, thresholds, stop_on_break, on_result=self._log_result)
 
     @property
     def current_step(self) -> int:
@@ -108,8 +109,9 @@ class StepShape(LoadTestShape):
 
     def _log_result(self, result: StepResult) -> None:
         verdict = f"BREACH ({result.reason})" if result.breached else "within SLO"
-        logger.info("step %d: %d users, %.1f req/s, p95 %d ms, errors %.2f%% -> %s", result.step, result.users,
-                    result.rps, result.p95_ms, 100 * result.error_ratio, verdict)
+        p95 = "-" if result.p95_ms is None else f"{result.p95_ms:.0f}"
+        logger.info("step %d: %d users, %.1f req/s, p95 %s ms, errors %.2f%% -> %s", result.step, result.users,
+                    result.rps, p95, 100 * result.error_ratio, verdict)
 
     def _log_end(self) -> None:
         hunt = self.hunt
@@ -134,8 +136,7 @@ def build_shape(name: str, options: Any) -> LoadTestShape:
         except ValueError:
             raise ValueError(f"--step-time {options.step_time!r} is not a duration: use e.g. 150, 150s or 2m30s") from None
         plan = StepPlan(int(options.step_users), float(step_time) * time_scale, int(options.max_users))
-        slo = Slo(test_config.SLO_P95_MS, test_config.SLO_ERROR_RATIO)
-        return StepShape(plan, slo, test_config.STEP_TRANSIENT_FRACTION, not options.no_stop_on_break)
+        return StepShape(plan, test_config.THRESHOLDS, not options.no_stop_on_break)
     if name not in _offered:
         raise ValueError(f"unknown --scenario {name!r}: this locustfile offers {', '.join(scenario_names())}")
     return PresetShape(_offered[name], time_scale)
@@ -182,8 +183,8 @@ def _on_init(environment: Environment, runner: Any = None, **_: Any) -> None:
     if isinstance(shape, StepShape):
         plan = shape.hunt.plan
         logger.info("scenario step: +%d users every %g s up to %d users; SLO p95 <= %g ms, errors <= %.1f%%",
-                    plan.step_users, plan.step_time_s, plan.max_users, shape.hunt.slo.p95_ms,
-                    100 * shape.hunt.slo.error_ratio)
+                    plan.step_users, plan.step_time_s, plan.max_users, shape.hunt.thresholds.latency_p95_ms,
+                    100 * shape.hunt.thresholds.error_ratio)
     else:
         preset = shape.preset
         logger.info("scenario %s: %d users at %g/s for %g s", preset.name, preset.users, preset.spawn_rate,

@@ -11,6 +11,8 @@ import threading
 
 from prometheus_client import generate_latest, start_http_server
 
+from loadlab.contract.names import DEFAULT_BIND, DEFAULT_PORTS
+
 from . import build_registry
 from .groups import DEFAULT_LOCUST_REGEX, DEFAULT_TARGET_REGEX, GroupConfigError, GroupSelection, resolve_groups
 
@@ -32,8 +34,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m monitoring.sidecar", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Prometheus exporter for CPU/memory of named process groups (process-exporter metric "
                     "names) and of the host (node_exporter names), built on psutil.")
-    parser.add_argument("--port", type=int, default=9256, help="port to serve /metrics on (default: %(default)s)")
-    parser.add_argument("--host", default="127.0.0.1",
+    parser.add_argument("--port", type=int, default=DEFAULT_PORTS["sidecar"], help="port to serve /metrics on (default: %(default)s)")
+    parser.add_argument("--host", default=DEFAULT_BIND,
                         help="address to bind (default: %(default)s; use 0.0.0.0 in a container)")
     parser.add_argument("--group", action="append", default=[], metavar="NAME=REGEX",
                         help="processes whose command line matches REGEX, and their children (repeatable)")

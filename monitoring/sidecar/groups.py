@@ -20,6 +20,8 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from loadlab.contract.names import GENERATOR_GROUP, TARGET_GROUP
+
 # Group names become label values; keep them to something a PromQL user can type.
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
@@ -121,8 +123,8 @@ def merge_groups(specs: Iterable[GroupSpec]) -> list[GroupSpec]:
 def default_groups() -> list[GroupSpec]:
     """The bundled target (gunicorn + workers) and Locust (master, workers, children)."""
     return [
-        GroupSpec("target", cmdline=(re.compile(DEFAULT_TARGET_REGEX),)),
-        GroupSpec("locust", cmdline=(re.compile(DEFAULT_LOCUST_REGEX),)),
+        GroupSpec(TARGET_GROUP, cmdline=(re.compile(DEFAULT_TARGET_REGEX),)),
+        GroupSpec(GENERATOR_GROUP, cmdline=(re.compile(DEFAULT_LOCUST_REGEX),)),
     ]
 
 

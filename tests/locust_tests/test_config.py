@@ -1,4 +1,4 @@
-"""Settings: defaults from the spec and loadlab/thresholds.py, env overrides, clear errors."""
+"""Settings: defaults from the spec and loadlab/contract/thresholds.py, env overrides, clear errors."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import importlib
 import pytest
 
 import locust_tests.config.test_config as test_config
-from loadlab.thresholds import DEFAULT_THRESHOLDS
+from loadlab.contract.thresholds import DEFAULT_THRESHOLDS
 
 NAMES = ["HOST", "MIN_WAIT_TIME", "MAX_WAIT_TIME", "USERS_COUNT", "LOGIN_USERS", "REGISTRATION_ENDPOINT",
          "LOGIN_ENDPOINT", "SLO_P95_MS", "SLO_ERROR_RATIO", "STEP_TRANSIENT_FRACTION"]

@@ -6,18 +6,8 @@ from typing import Callable
 
 import pytest
 
-from locust_tests.plugins.presets import (
-    LOGIN,
-    REGISTRATION,
-    Slo,
-    Snapshot,
-    StepHunt,
-    StepPlan,
-    judge,
-    percentile_ms,
-)
-
-SLO = Slo(p95_ms=500, error_ratio=0.01)
+from loadlab.contract.thresholds import DEFAULT_THRESHOLDS as TH
+from locust_tests.plugins.presets import LOGIN, REGISTRATION, Snapshot, StepHunt, StepPlan, judge, p95_ms
 
 
 @pytest.mark.parametrize(("table", "name", "users", "rate", "seconds"), [
@@ -53,15 +43,11 @@ def test_step_plan_rejects_nonsense(bad):
         StepPlan(**bad)
 
 
-def test_percentile_matches_locusts_definition():
-    # 100 samples: 90 at 10 ms, 6 at 200 ms, 4 at 900 ms (values checked against
-    # locust.stats.calculate_response_time_percentile, which counts the same way).
-    times = {10: 90, 200: 6, 900: 4}
-    assert percentile_ms(times, 0.95) == 200
-    assert percentile_ms(times, 0.99) == 900
-    assert percentile_ms(times, 0.5) == 10
-    assert percentile_ms({10: 90, 200: 5, 900: 5}, 0.95) == 900  # Locust's p95 leans high at a tie
-    assert percentile_ms({}, 0.95) == 0
+def test_p95_is_interpolated_inside_the_contracts_buckets():
+    # 100 samples: 90 at 10 ms, 6 at 200 ms, 4 at 900 ms. Rank 95 lies in the (100, 250] ms bucket,
+    # which holds 6: 100 + 150 * (95 - 90) / 6 = 225 ms, as histogram_quantile() says it.
+    assert p95_ms({10: 90, 200: 6, 900: 4}) == pytest.approx(225.0)
+    assert p95_ms({}) is None
 
 
 def snap(requests: int, failures: int = 0, times: dict[int, int] | None = None) -> Snapshot:
@@ -72,16 +58,17 @@ def test_judge_uses_only_the_window_between_snapshots():
     # Before the window: 100 slow requests (in the transient). In the window: 100 fast ones.
     before = snap(100, 0, {2000: 100})
     after = snap(200, 0, {2000: 100, 20: 100})
-    result = judge(0, 10, before, after, seconds=10, slo=SLO)
-    assert (result.requests, result.p95_ms, result.breached) == (100, 20, False)
+    result = judge(0, 10, before, after, seconds=10, th=TH)
+    assert (result.requests, result.breached) == (100, False)
+    assert 10 < result.p95_ms <= 25  # the (10, 25] ms bucket: none of the 2 s requests
     assert result.rps == 10.0
 
 
 def test_judge_breaches_on_errors_or_latency_or_silence():
     base = snap(0)
-    assert judge(0, 10, base, snap(100, 2, {10: 100}), 10, SLO).reason.startswith("error ratio 2.0%")
-    assert "p95 900 ms" in judge(0, 10, base, snap(100, 0, {900: 100}), 10, SLO).reason
-    assert judge(0, 10, base, snap(0), 10, SLO).reason == "no request completed"
+    assert judge(0, 10, base, snap(100, 2, {10: 100}), 10, TH).reason.startswith("error ratio 2.0%")
+    assert "p95 988 ms > 500 ms" in judge(0, 10, base, snap(100, 0, {900: 100}), 10, TH).reason
+    assert judge(0, 10, base, snap(0), 10, TH).reason == "no request completed"
 
 
 class FakeStats:
@@ -120,7 +107,7 @@ def top_users(ticks) -> int:
 def test_step_hunt_stops_one_step_after_the_first_breaching_step():
     # 10 s steps; from step 5 (50 users, t >= 40 s) every request takes 800 ms.
     stats = FakeStats(lambda t: 800 if t >= 40 else 20)
-    hunt = StepHunt(StepPlan(10, 10, 1000), SLO, transient_fraction=0.3)
+    hunt = StepHunt(StepPlan(10, 10, 1000), TH)
     ticks = drive(hunt, stats)
     assert hunt.break_step == 4
     assert [r.breached for r in hunt.results] == [False, False, False, False, True, True]
@@ -133,7 +120,7 @@ def test_step_hunt_stops_one_step_after_the_first_breaching_step():
 def test_a_breach_only_in_the_transient_does_not_count():
     # Step 2 is slow only in its first 2 s; the transient is the first 3 s of each 10 s step.
     stats = FakeStats(lambda t: 3000 if 10 <= t < 12 else 20)
-    hunt = StepHunt(StepPlan(10, 10, 30), SLO, transient_fraction=0.3)
+    hunt = StepHunt(StepPlan(10, 10, 30), TH)
     ticks = drive(hunt, stats)
     assert hunt.break_step is None
     assert [(r.users, r.breached) for r in hunt.results] == [(10, False), (20, False), (30, False)]
@@ -142,7 +129,7 @@ def test_a_breach_only_in_the_transient_does_not_count():
 
 def test_without_stop_on_break_the_hunt_runs_to_max_users():
     stats = FakeStats(lambda t: 900 if t >= 20 else 20)
-    hunt = StepHunt(StepPlan(10, 10, 50), SLO, transient_fraction=0.3, stop_on_break=False)
+    hunt = StepHunt(StepPlan(10, 10, 50), TH, stop_on_break=False)
     ticks = drive(hunt, stats)
     assert hunt.break_step == 2
     assert top_users(ticks) == 50
@@ -150,7 +137,7 @@ def test_without_stop_on_break_the_hunt_runs_to_max_users():
 
 
 def test_current_step_is_one_based():
-    hunt = StepHunt(StepPlan(10, 10, 50), SLO)
+    hunt = StepHunt(StepPlan(10, 10, 50), TH)
     assert hunt.current_step == 0
     hunt.tick(0.0, lambda: snap(0))
     assert hunt.current_step == 1

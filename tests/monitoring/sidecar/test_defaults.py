@@ -26,6 +26,6 @@ def test_default_groups_find_the_real_target_and_its_gunicorn_workers(spawn, tmp
     # Other engineers' targets may run on this shared machine too, so check ours are in, not the count.
     assert tree <= set(members["target"]), f"target tree {tree}, found {members['target']}"
     assert not tree & set(members["locust"])
-    # This pytest (whose arguments name tests/sidecar) and the tracker's own process are never members.
+    # This pytest (whose arguments name tests/monitoring/sidecar) and the tracker's own process are never members.
     for pid in (os.getpid(), os.getppid()):
         assert pid not in members["target"] and pid not in members["locust"]

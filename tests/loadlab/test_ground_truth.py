@@ -11,7 +11,7 @@ import statistics
 
 import pytest
 
-from tests.lab.conftest import assert_all_gone, run_loadlab, step_table
+from tests.loadlab.conftest import assert_all_gone, run_loadlab, step_table
 
 # Think time Z: uniform between 0.4 and 0.6 s, so 0.5 s on average.
 THINK = {"MIN_WAIT_TIME": "400", "MAX_WAIT_TIME": "600", "LOGIN_USERS": "20"}

@@ -16,7 +16,7 @@ import pytest
 
 from loadlab.runner import new_run_dir
 from tests.helpers import REPO_ROOT, require_binary
-from tests.lab.conftest import LOADLAB, LabRun, assert_all_gone, run_loadlab
+from tests.loadlab.conftest import LOADLAB, LabRun, assert_all_gone, run_loadlab
 
 # A short step hunt: 3 steps of 6 s (150 s x 0.04), few seeded accounts, the lab's cheap hash.
 SHORT = ["run", "login-step", "--time-scale", "0.04", "--target-workers", "2", "--hash-profile", "lab"]

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from loadlab.thresholds import DEFAULT_THRESHOLDS
+from loadlab.contract.thresholds import DEFAULT_THRESHOLDS
 from monitoring.prometheus_config import default_rule_files, render
 from tests.helpers import PYTHON, REPO_ROOT, VENV_BIN, free_port, require_binary, wait_for_http
-from tests.observability.grafana_queries import panel_targets, substitute
+from tests.monitoring.grafana_queries import panel_targets, substitute
 
 SCRAPE = DEFAULT_THRESHOLDS.scrape_interval_seconds
 RUN_SECONDS = 60

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from loadlab.thresholds import DEFAULT_THRESHOLDS
+from loadlab.contract.thresholds import DEFAULT_THRESHOLDS
 from monitoring import generate, rules
 from tests.helpers import REPO_ROOT
 

@@ -9,7 +9,7 @@ It has the target API's two endpoints, so the Locust suite runs against it uncha
 `POST /client_login` costs S; `POST /client_registeration` (the suite's seeding) answers at
 once so that seeding does not eat the test's time. `/healthz` and `/metrics` as usual.
 
-    python -m tests.lab.ground_truth_app --port P --workers W --service-ms S --mode sleep|burn
+    python -m tests.loadlab.ground_truth_app --port P --workers W --service-ms S --mode sleep|burn
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from typing import Callable
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import PYTHON, ManagedProcess, free_port, wait_for_http
+from tests.helpers import PYTHON, REPO_ROOT, ManagedProcess, free_port, wait_for_http
 
 WORKLOAD = str(Path(__file__).with_name("workload.py"))
 
@@ -100,4 +100,4 @@ def workload(spawn) -> Callable[..., ManagedProcess]:
 def run_sidecar_cli(*flags: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     """Run the sidecar to completion (for flag errors and --once)."""
     return subprocess.run([PYTHON, "-m", "monitoring.sidecar", *flags], capture_output=True, text=True,
-                          timeout=timeout, cwd=Path(__file__).resolve().parents[2])
+                          timeout=timeout, cwd=REPO_ROOT)

@@ -15,7 +15,7 @@ import urllib.request
 import pytest
 
 from tests.helpers import REPO_ROOT, free_port, wait_for_http
-from tests.lab.conftest import LOADLAB, assert_all_gone
+from tests.loadlab.conftest import LOADLAB, assert_all_gone
 
 ADMIN_TOKEN = "test-admin-token-for-cleanup"
 

@@ -54,7 +54,7 @@ def ground_truth(spawn):
 
     def start(workers: int, service_ms: float, mode: str) -> GroundTruth:
         port = free_port()
-        proc = spawn([sys.executable, "-m", "tests.lab.ground_truth_app", "--port", str(port), "--workers",
+        proc = spawn([sys.executable, "-m", "tests.loadlab.ground_truth_app", "--port", str(port), "--workers",
                       str(workers), "--service-ms", str(service_ms), "--mode", mode], name=f"ground-truth-{mode}")
         url = f"http://127.0.0.1:{port}"
         wait_for_http(f"{url}/healthz", timeout=30, proc=proc)

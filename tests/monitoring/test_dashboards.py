@@ -1,5 +1,5 @@
 """The Grafana dashboards and provisioning: current schema, modern panels only, a datasource
-variable everywhere, units on every panel, thresholds from loadlab/thresholds.py, and PromQL
+variable everywhere, units on every panel, thresholds from loadlab/contract/thresholds.py, and PromQL
 that promtool parses."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import subprocess
 import pytest
 import yaml
 
-from loadlab.thresholds import DEFAULT_THRESHOLDS
+from loadlab.contract.thresholds import DEFAULT_THRESHOLDS
 from monitoring import dashboards, rules
 from tests.helpers import REPO_ROOT
-from tests.observability.grafana_queries import panel_targets, substitute
+from tests.monitoring.grafana_queries import panel_targets, substitute
 
 BOARD_FILES = sorted((REPO_ROOT / "grafana/dashboards").glob("*.json"))
 T = DEFAULT_THRESHOLDS

@@ -1,5 +1,5 @@
 """The generated files are committed and match what `python -m monitoring.generate` writes, and
-they really come from loadlab/thresholds.py."""
+they really come from loadlab/contract/thresholds.py."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import subprocess
 
 import yaml
 
-from loadlab.thresholds import DEFAULT_THRESHOLDS
+from loadlab.contract.thresholds import DEFAULT_THRESHOLDS
 from monitoring import generate
 from tests.helpers import PYTHON, REPO_ROOT
 

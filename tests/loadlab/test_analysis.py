@@ -8,17 +8,22 @@ import json
 import pytest
 
 from loadlab.analysis import analyze_steps, find_knee
-from loadlab.history import histogram_quantile, read_stats_history
+from loadlab.history import read_stats_history
 from loadlab.steps import detect_plateaus, summarize_steps
-from loadlab.thresholds import DEFAULT_THRESHOLDS
-from tests.lab.synthetic import model_steps, write_history
+from loadlab.contract.thresholds import DEFAULT_THRESHOLDS
+from tests.loadlab.synthetic import model_steps, write_history
+
+def verdict_of(steps, th=DEFAULT_THRESHOLDS) -> dict:
+    """verdict.json of `steps` (the typed verdict, serialized as the lab writes it)."""
+    return analyze_steps(steps, th).to_dict()
+
 
 # W=2 workers, S=50 ms, Z=0.5 s: capacity 40 req/s, knee N* = W(S+Z)/S = 22 users.
 STAIR = list(range(4, 48, 4))
 
 
 def test_knee_and_capacity_match_operational_laws():
-    verdict = analyze_steps(model_steps(STAIR))
+    verdict = verdict_of(model_steps(STAIR))
     assert verdict["breaking_point_reached"] is True
     assert verdict["capacity_rps"] == pytest.approx(40.0, rel=0.01)
     assert verdict["knee"]["users"] == pytest.approx(22.0, rel=0.05)
@@ -34,13 +39,13 @@ def test_knee_and_capacity_match_operational_laws():
 def test_knee_follows_the_model_for_other_servers(workers, service, think):
     n_star = workers * (service + think) / service
     users = [max(1, round(n_star * f)) for f in (0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8)]
-    verdict = analyze_steps(model_steps(users, workers, service, think))
+    verdict = verdict_of(model_steps(users, workers, service, think))
     assert verdict["capacity_rps"] == pytest.approx(workers / service, rel=0.01)
     assert verdict["knee"]["users"] == pytest.approx(n_star, rel=0.05)
 
 
 def test_run_capped_below_the_knee_reports_no_breaking_point():
-    verdict = analyze_steps(model_steps([4, 8, 12, 15]))  # 15 < 0.7 x 22
+    verdict = verdict_of(model_steps([4, 8, 12, 15]))  # 15 < 0.7 x 22
     assert verdict["breaking_point_reached"] is False
     assert verdict["knee"] is None and verdict["break"] is None
     assert verdict["limiting_resource"] is None
@@ -58,7 +63,7 @@ def test_one_noisy_step_in_the_linear_part_is_not_a_knee():
 def test_errors_before_the_knee_make_the_break_the_finding():
     steps = model_steps(STAIR)
     steps[3] = dataclasses.replace(steps[3], failures=50, error_ratio=0.05)
-    verdict = analyze_steps(steps)
+    verdict = verdict_of(steps)
     assert verdict["break"]["users"] == 16
     assert verdict["break"]["reasons"] == ["error_ratio"]
     assert verdict["knee"] is None
@@ -71,19 +76,19 @@ def _with_cpu(target: float, generator: float, target_cores: float = 2.0, genera
 
 
 def test_flat_throughput_with_idle_cpu_is_a_concurrency_limit():
-    verdict = analyze_steps(_with_cpu(target=0.3, generator=0.2))
+    verdict = verdict_of(_with_cpu(target=0.3, generator=0.2))
     assert verdict["limiting_resource"] == "concurrency"
     assert verdict["measurement_valid"] is True
 
 
 def test_saturated_target_cpu_is_named():
-    verdict = analyze_steps(_with_cpu(target=1.9, generator=0.2))
+    verdict = verdict_of(_with_cpu(target=1.9, generator=0.2))
     assert verdict["limiting_resource"] == "target_cpu"
     assert verdict["first_signal"]["signal"] == "target_cpu"  # saturated from the first step in this model
 
 
 def test_saturated_generator_invalidates_the_measurement():
-    verdict = analyze_steps(_with_cpu(target=0.5, generator=0.95))
+    verdict = verdict_of(_with_cpu(target=0.5, generator=0.95))
     assert verdict["limiting_resource"] == "generator_cpu"
     assert verdict["measurement_valid"] is False
     assert "workers" in verdict["limiting_resource_basis"]
@@ -92,13 +97,13 @@ def test_saturated_generator_invalidates_the_measurement():
 
 def test_cpu_threshold_comes_from_the_shared_thresholds():
     below = DEFAULT_THRESHOLDS.cpu_saturation_fraction * 2.0 - 0.05
-    assert analyze_steps(_with_cpu(target=below, generator=0.1))["limiting_resource"] == "concurrency"
+    assert verdict_of(_with_cpu(target=below, generator=0.1))["limiting_resource"] == "concurrency"
     stricter = dataclasses.replace(DEFAULT_THRESHOLDS, cpu_saturation_fraction=0.8)
-    assert analyze_steps(_with_cpu(target=below, generator=0.1), stricter)["limiting_resource"] == "target_cpu"
+    assert verdict_of(_with_cpu(target=below, generator=0.1), stricter)["limiting_resource"] == "target_cpu"
 
 
 def test_without_resource_samples_the_limit_is_unknown_and_says_why():
-    verdict = analyze_steps(model_steps(STAIR))
+    verdict = verdict_of(model_steps(STAIR))
     assert verdict["limiting_resource"] is None
     assert "no resource samples" in verdict["limiting_resource_basis"]
 
@@ -142,13 +147,6 @@ def test_a_file_that_is_not_a_stats_history_is_refused_clearly(tmp_path):
         read_stats_history(path)
 
 
-def test_histogram_quantile_interpolates_like_prometheus():
-    buckets = {0.1: 50.0, 0.25: 90.0, 0.5: 100.0, float("inf"): 100.0}
-    assert histogram_quantile(0.5, buckets) == pytest.approx(0.1)
-    assert histogram_quantile(0.95, buckets) == pytest.approx(0.25 + 0.25 * 0.5)
-    assert histogram_quantile(0.9, {0.5: 10.0, float("inf"): 100.0}) == 0.5  # rank in +Inf: highest bound
-
-
 def test_response_time_law_recovers_the_think_time_even_from_noisy_light_steps():
     from loadlab.analysis import think_time_s
 
@@ -157,12 +155,12 @@ def test_response_time_law_recovers_the_think_time_even_from_noisy_light_steps()
     # The first step measured 25% high (few requests in a short hold): the knee stays put,
     # because Z comes from every step, not from the first one.
     steps[0] = dataclasses.replace(steps[0], rps=steps[0].rps * 1.25)
-    assert analyze_steps(steps)["knee"]["users"] == pytest.approx(22.0, rel=0.05)
+    assert verdict_of(steps)["knee"]["users"] == pytest.approx(22.0, rel=0.05)
 
 
 def test_without_mean_response_times_the_first_steps_give_the_light_load_rate():
     steps = [dataclasses.replace(s, mean_response_ms=None) for s in model_steps(STAIR)]
-    assert analyze_steps(steps)["knee"]["users"] == pytest.approx(22.0, rel=0.05)
+    assert verdict_of(steps)["knee"]["users"] == pytest.approx(22.0, rel=0.05)
 
 
 def test_cpu_bound_target_starved_by_a_busy_host_is_still_cpu_limited():
@@ -172,7 +170,7 @@ def test_cpu_bound_target_starved_by_a_busy_host_is_still_cpu_limited():
     steps = [dataclasses.replace(s, target_cpu_cores=min(0.6, s.rps * 0.02), target_cores_available=1.0,
                                  generator_cpu_cores=0.05, generator_cores_available=1.0,
                                  host_cpu_busy_cores=1.95, host_cores=2) for s in steps]
-    verdict = analyze_steps(steps)
+    verdict = verdict_of(steps)
     assert verdict["limiting_resource"] == "target_cpu"
     assert "saturated" in verdict["limiting_resource_basis"]
 
@@ -181,7 +179,7 @@ def test_sleeping_target_on_a_busy_host_is_not_called_cpu_limited():
     steps = [dataclasses.replace(s, target_cpu_cores=0.05, target_cores_available=2.0, generator_cpu_cores=0.05,
                                  generator_cores_available=1.0, host_cpu_busy_cores=1.95, host_cores=2)
              for s in model_steps(STAIR)]
-    assert analyze_steps(steps)["limiting_resource"] == "concurrency"
+    assert verdict_of(steps)["limiting_resource"] == "concurrency"
 
 
 def test_a_flat_last_step_alone_is_not_a_knee():

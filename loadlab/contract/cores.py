@@ -1,0 +1,43 @@
+"""How many cores a process group can use: the denominator of every CPU-saturation judgement.
+
+One Python process (a gunicorn sync worker, a Locust process) runs its Python code on one core
+at a time, so a group can use at most min(host cores, its busy processes). Which processes are
+busy differs by role:
+
+- the target: gunicorn's arbiter only supervises, so its workers are the processes minus one
+  (a single-process server still counts as one);
+- the generator: standalone, the one Locust process; distributed, the master only coordinates,
+  so it does not count.
+
+The Prometheus rules (`monitoring.rules`) express the same model in PromQL from these
+constants; the analysis calls `cores_available`.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Processes of the target group that never serve requests (gunicorn's arbiter).
+TARGET_IDLE_PROCESSES = 1
+# Processes of a distributed generator that never generate load (Locust's master).
+GENERATOR_IDLE_PROCESSES_DISTRIBUTED = 1
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity), the default worker count everywhere."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def busy_processes(procs: float, idle: int) -> float:
+    """Processes doing the work: all of them minus the idle ones, at least one."""
+    return max(1.0, procs - idle)
+
+
+def cores_available(host_cores: int | None, busy: float | None) -> float | None:
+    """min(host cores, busy processes); None when either is unknown."""
+    if not host_cores or not busy:
+        return None
+    return float(min(host_cores, busy))

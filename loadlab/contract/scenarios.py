@@ -1,0 +1,62 @@
+"""The scenario catalogue: each locustfile's named presets, the step hunt's defaults, and the
+scenario names `loadlab run`/`up` accept, all derived from one table.
+
+A preset is a constant load: ramp to `users` at `spawn_rate`/s, hold until `duration_s`, stop.
+"step" (the step hunt) is offered by every kind.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# A shape tick as Locust expects it: (total users, spawn rate per second), or None to stop.
+Tick = tuple[int, float] | None
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    users: int
+    spawn_rate: float
+    duration_s: float
+
+    def tick(self, run_time: float, time_scale: float = 1.0) -> Tick:
+        if run_time >= self.duration_s * time_scale:
+            return None
+        return self.users, self.spawn_rate
+
+
+def _table(*presets: Preset) -> dict[str, Preset]:
+    return {p.name: p for p in presets}
+
+
+# Scenario kind (what a locustfile does) -> its presets.
+KINDS: dict[str, dict[str, Preset]] = {
+    "registration": _table(
+        Preset("normal", users=50, spawn_rate=10, duration_s=5 * 60),
+        Preset("heavy", users=100, spawn_rate=20, duration_s=10 * 60),
+        Preset("spike", users=200, spawn_rate=50, duration_s=15 * 60),
+    ),
+    "login": _table(
+        Preset("baseline", users=100, spawn_rate=10, duration_s=5 * 60),
+        Preset("stress", users=500, spawn_rate=50, duration_s=10 * 60),
+        Preset("breaking-point", users=1000, spawn_rate=100, duration_s=15 * 60),
+    ),
+}
+# Each kind's locustfile in locust_tests/scenarios/.
+LOCUSTFILES: dict[str, str] = {"registration": "registration_test.py", "login": "login_test.py"}
+STEP = "step"
+
+# Step hunt defaults. +10 users per step resolves a knee that the bundled target (2 workers,
+# ~50 ms password hash, 1-3 s think time) shows at roughly 50-120 users into 5-12 steps; 150 s per
+# step is long enough for a closed loop to settle and leave ~100 s of steady state to judge, and at
+# `--time-scale 0.1` (15 s steps) the demo reaches the break and stops within about 3 minutes.
+DEFAULT_STEP_USERS = 10
+DEFAULT_STEP_TIME_S = 150.0
+DEFAULT_MAX_USERS = 1000
+
+
+def lab_scenarios() -> dict[str, tuple[str, str]]:
+    """`loadlab run` scenario name ("login-step") -> (locustfile, the suite's --scenario value)."""
+    return {f"{kind}-{name}": (LOCUSTFILES[kind], name) for kind, presets in KINDS.items()
+            for name in [*presets, STEP]}
