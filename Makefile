@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup test demo system-deps bench clean
+.PHONY: setup test lint demo system-deps bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -19,6 +19,11 @@ system-deps:
 
 test: setup system-deps
 	$(PY) -m pytest
+
+# Linter and type checker over the product code (configuration in pyproject.toml).
+lint: setup
+	$(VENV)/bin/ruff check loadlab target_app locust_tests monitoring benchmarks
+	$(VENV)/bin/mypy
 
 demo: setup
 	$(VENV)/bin/loadlab run login-step --time-scale 0.1

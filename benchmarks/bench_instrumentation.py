@@ -24,7 +24,6 @@ import tempfile
 from pathlib import Path
 
 import psutil
-
 from _processes import free_port, stop, wait_http  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 

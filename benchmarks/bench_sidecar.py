@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
-
 from _processes import free_port, stop, wait_http  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -122,7 +121,7 @@ def main() -> int:
             body = urllib.request.urlopen(exporter.url, timeout=10).read().decode()  # warm-up scrape
             if not any(line.startswith(expect) for line in body.splitlines()):
                 sys.exit(f"{exporter.name} does not report {args.procs} processes in the group:\n"
-                         + "\n".join(l for l in body.splitlines() if "num_procs" in l))
+                         + "\n".join(line for line in body.splitlines() if "num_procs" in line))
             exporter.times_ms.clear()
             exporter.cpu_start = exporter.cpu()
 

@@ -170,7 +170,7 @@ def limiting_resource(steps: list[StepSummary], ref: int | None, brk: int | None
     r0 = min((s.mean_response_ms for s in steps if s.mean_response_ms is not None), default=None)
     for s in known:
         if cpu_bound_on_busy_host(s, r0, th):
-            demand_ms = 1000.0 * s.target_cpu_cores / s.rps
+            demand_ms = 1000.0 * (s.target_cpu_cores or 0.0) / s.rps
             return TARGET_CPU, (
                 f"the host's CPUs were saturated ({s.host_cpu_busy_cores:.2f} of {s.host_cores} cores busy) while "
                 f"the target spent {demand_ms:.0f} ms of CPU per request of a {r0:.0f} ms light-load response: "
@@ -187,12 +187,11 @@ def cpu_bound_on_busy_host(step: StepSummary, light_response_ms: float | None,
     """The target is CPU-limited even below its own saturation line: no idle CPU was left on the
     host, and by the utilization law (CPU per request D = U / X) most of a request's light-load
     response time is CPU work (a quarter or more), so more CPU is what it lacked."""
-    if None in (step.host_cpu_busy_cores, step.host_cores, step.target_cpu_cores, light_response_ms):
+    busy, cores, used = step.host_cpu_busy_cores, step.host_cores, step.target_cpu_cores
+    if busy is None or cores is None or used is None or not light_response_ms or step.rps <= 0:
         return False
-    if step.rps <= 0 or not light_response_ms:
-        return False
-    host_saturated = step.host_cpu_busy_cores >= th.cpu_saturation_fraction * step.host_cores
-    demand_ms = 1000.0 * step.target_cpu_cores / step.rps
+    host_saturated = busy >= th.cpu_saturation_fraction * cores
+    demand_ms = 1000.0 * used / step.rps
     # A quarter: a sleeping or I/O-bound handler spends a few percent of its response on CPU; a
     # CPU-bound one on a contended host still shows ~30% (measured: 22 ms of a 71 ms response).
     return host_saturated and demand_ms >= 0.25 * light_response_ms

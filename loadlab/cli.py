@@ -13,8 +13,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from loadlab import rundir
 from loadlab.contract.names import DEFAULT_PORTS

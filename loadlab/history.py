@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from loadlab.contract.histograms import bucket_deltas, histogram_quantile
 

@@ -49,8 +49,9 @@ def locate(path: Path | str) -> RunInputs:
                 f"{path}: no *{HISTORY_SUFFIX} here. Run Locust with --csv PREFIX --csv-full-history, "
                 f"then `loadlab analyze PREFIX`")
         if len(found) > 1:
+            example = found[0].as_posix()[:-len(HISTORY_SUFFIX)]
             raise FileNotFoundError(f"{path}: several Locust histories ({', '.join(p.name for p in found)}); "
-                                    f"pass the CSV prefix you mean, e.g. `loadlab analyze {found[0].as_posix()[:-len(HISTORY_SUFFIX)]}`")
+                                    f"pass the CSV prefix you mean, e.g. `loadlab analyze {example}`")
         csv_path, out_dir = found[0], path
     else:
         text = str(path)

@@ -101,9 +101,9 @@ class Lab:
         self.out = stream
         self.sup = Supervisor()
         self.sampler: Sampler | None = None
-        self.run_dir: Path | None = None
+        self._run_dir: Path | None = None
         self.ports: dict[str, int] = {}
-        self.locust_master: Component | None = None
+        self._locust_master: Component | None = None
         self.prometheus_bin: str | None = None
         self.meta: dict = {}
         # Chosen once for the whole run: the hunt (through the suite's variables), the live alerts
@@ -113,6 +113,18 @@ class Lab:
                                                              error_ratio=opts.slo_error_ratio)
         except thresholds.ThresholdError as exc:
             raise LabError(str(exc)) from None
+
+    @property
+    def run_dir(self) -> Path:
+        if self._run_dir is None:
+            raise LabError("no run directory yet: the lab has not started")
+        return self._run_dir
+
+    @property
+    def locust_master(self) -> Component:
+        if self._locust_master is None:
+            raise LabError("Locust has not been started")
+        return self._locust_master
 
     # ------------------------------------------------------------------ checks
 
@@ -180,7 +192,6 @@ class Lab:
 
     def component(self, name: str, args: list[str], ready_url: str | None = None,
                   exits_by_itself: bool = False) -> Component:
-        assert self.run_dir is not None
         return Component(name, args, self.run_dir / "logs" / f"{name}.log", env=self.env(), cwd=REPO_ROOT,
                          ready_url=ready_url, exits_by_itself=exits_by_itself)
 
@@ -292,7 +303,7 @@ class Lab:
                               exits_by_itself=self.opts.mode == "run")
         self.sup.start(comp)
         pid_files[0].write_text(f"{comp.pid}\n")
-        self.locust_master = comp
+        self._locust_master = comp
         comp.wait_ready(timeout=120)  # preflight + seeding happen before the exporter serves
         what = f"master + {self.opts.workers} workers" if self.opts.workers else "one process"
         self.say(f"locust     {SCENARIOS[self.opts.scenario][0]} --scenario {SCENARIOS[self.opts.scenario][1]} "
@@ -314,7 +325,7 @@ class Lab:
         (self.run_dir / rundir.RUN_META).write_text(json.dumps(self.meta, indent=2) + "\n")
 
     def start_all(self) -> None:
-        self.run_dir = new_run_dir(self.opts.out, self.opts.scenario)
+        self._run_dir = new_run_dir(self.opts.out, self.opts.scenario)
         self.say(f"run directory {self.run_dir}")
         self.meta = {
             "scenario": self.opts.scenario, "mode": self.opts.mode, "started_at": time.time(),
@@ -406,7 +417,7 @@ class Lab:
                 if self.sampler:
                     self.sampler.stop()
                 self.sup.stop_all()
-                if self.run_dir:
+                if self._run_dir:
                     self.write_meta(ended_at=time.time(), pids=self.sup.all_pids())
             if self.opts.mode == "run" and locust_code != 0:
                 self.say(f"error: {self.locust_master.name} exited with code {locust_code}; its log: "
@@ -420,14 +431,14 @@ class Lab:
             return 0
         except Interrupted as exc:
             self.say(f"\ninterrupted ({exc}): stopped every component this run started")
-            if self.run_dir:
+            if self._run_dir:
                 try:
                     self.finish()
                 except Exception as err:  # a half-written CSV: the logs are still there
                     self.say(f"(no verdict: {err})")
             code = 130
         except ComponentDied as exc:
-            self.say(f"\nerror: {exc}\nevery other component was stopped; run directory: {self.run_dir}")
+            self.say(f"\nerror: {exc}\nevery other component was stopped; run directory: {self._run_dir}")
             code = 1
         except LabError as exc:
             self.say(f"\nerror: {exc}")

@@ -163,7 +163,8 @@ def _datasource_variable() -> dict[str, Any]:
 def _query_variable(name: str, label: str, metric: str, label_name: str) -> dict[str, Any]:
     return {"type": "query", "name": name, "label": label, "datasource": DS,
             "definition": f"label_values({metric}, {label_name})",
-            "query": {"qryType": 1, "query": f"label_values({metric}, {label_name})", "refId": "PrometheusVariableQueryEditor-VariableQuery"},
+            "query": {"qryType": 1, "query": f"label_values({metric}, {label_name})",
+                      "refId": "PrometheusVariableQueryEditor-VariableQuery"},
             "refresh": 2, "sort": 1, "multi": True, "includeAll": True, "allValue": ".*",
             "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
             "hide": 0, "regex": "", "options": []}

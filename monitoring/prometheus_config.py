@@ -17,7 +17,6 @@ import yaml
 from loadlab.contract.names import DEFAULT_BIND, DEFAULT_PORTS, JOBS, LOCUST_JOB, SIDECAR_JOB, TARGET_JOB
 from loadlab.contract.thresholds import DEFAULT_THRESHOLDS
 
-
 # The `target` job scrapes the target's metrics port (`python -m target_app --metrics-port 9101`),
 # served by the gunicorn arbiter, not /metrics on the API port (5000): that one is answered by the
 # same sync workers from the same accept queue as the load, so under overload the scrape times

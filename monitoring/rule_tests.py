@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from loadlab.contract.thresholds import DEFAULT_THRESHOLDS, Thresholds
 from monitoring import rules as r
@@ -103,7 +104,9 @@ def _buckets(world: World, interval: int, job: str, metric: str, labels: str, bo
              count_rate: Fn, latency: Fn) -> list[dict[str, str]]:
     out = []
     for le in (*bounds, math.inf):
-        in_bucket: Fn = lambda t, le=le: count_rate(t) if latency(t) <= le else 0.0
+        def in_bucket(t: float, le: float = le) -> float:
+            return count_rate(t) if latency(t) <= le else 0.0
+
         le_text = "+Inf" if le == math.inf else f"{le:g}"
         out.append({"series": f'{metric}_bucket{{job="{job}", instance="{INSTANCES[job]}", {labels}, le="{le_text}"}}',
                     "values": _values(_counter(world, interval, in_bucket))})
@@ -145,8 +148,10 @@ def _world_series(world: World, interval: int) -> list[dict[str, str]]:
             add("sidecar", "namedprocess_namegroup_cpu_seconds_total", g + ', mode="user"', _counter(world, interval, cores))
             add("sidecar", "namedprocess_namegroup_num_procs", g, _gauge(world, interval, procs))
             add("sidecar", "namedprocess_namegroup_memory_bytes", g + ', memtype="resident"', _gauge(world, interval, resident))
+        def busy(t: float) -> float:
+            return min(1.0, (world.target_cores(t) + world.locust_cores(t)) / world.host_cores)
+
         for cpu in range(world.host_cores):
-            busy = lambda t: min(1.0, (world.target_cores(t) + world.locust_cores(t)) / world.host_cores)  # noqa: E731
             add("sidecar", "node_cpu_seconds_total", f'cpu="{cpu}", mode="idle"', _counter(world, interval, lambda t: 1 - busy(t)))
             add("sidecar", "node_cpu_seconds_total", f'cpu="{cpu}", mode="user"', _counter(world, interval, busy))
         add("sidecar", "node_memory_MemTotal_bytes", "", _gauge(world, interval, _const(8 * 1024**3)))

@@ -87,7 +87,8 @@ def recording_groups(t: Thresholds = DEFAULT_THRESHOLDS) -> list[dict[str, Any]]
         {"record": PER_USER_SETTLED, "expr": f"{PER_USER} and on() (min_over_time({USERS}[{pw}]) > 0)"},
         {"record": PER_USER_BEST, "expr": f"max_over_time({PER_USER_SETTLED}[{_s(t.plateau_lookback_seconds)}])"},
         {"record": TARGET_RPS, "expr": f"sum(rate(http_requests_total{{{TARGET_API}}}[{w}]))"},
-        {"record": TARGET_5XX_RPS, "expr": f'sum(rate(http_requests_total{{{TARGET_API}, status=~"5.."}}[{w}])) or on() (0 * {TARGET_RPS})'},
+        {"record": TARGET_5XX_RPS,
+         "expr": f'sum(rate(http_requests_total{{{TARGET_API}, status=~"5.."}}[{w}])) or on() (0 * {TARGET_RPS})'},
         {"record": TARGET_ERROR_RATIO, "expr": f"{TARGET_5XX_RPS} / ({TARGET_RPS} > 0)"},
     ]
     for name, q in QUANTILES.items():
@@ -120,7 +121,8 @@ def recording_groups(t: Thresholds = DEFAULT_THRESHOLDS) -> list[dict[str, Any]]
         # process does not count.
         {"record": GROUP_CORES_AVAILABLE, "labels": {"groupname": GENERATOR_GROUP}, "expr": (
             f"clamp_max(clamp_min(\n  {procs(GENERATOR_GROUP)}\n"
-            f"  - on() group_left() {GENERATOR_IDLE_PROCESSES_DISTRIBUTED} * (max(locust_workers{{{LOCUST}}}) > bool 0 or on() vector(0)),\n"
+            f"  - on() group_left() {GENERATOR_IDLE_PROCESSES_DISTRIBUTED}\n"
+            f"    * (max(locust_workers{{{LOCUST}}}) > bool 0 or on() vector(0)),\n"
             f"  1), {cores})")},
         {"record": GROUP_CPU_SATURATION, "expr": f"{GROUP_CPU_CORES} / {GROUP_CORES_AVAILABLE}"},
         {"record": GROUP_RESIDENT_BYTES, "expr": (

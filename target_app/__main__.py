@@ -11,12 +11,12 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from . import create_app
-from .config import HASH_PROFILES, ConfigError, resolve
-from .db import SQLiteStorage, StorageError
 from loadlab.contract.cores import usable_cores
 from loadlab.contract.names import DEFAULT_BIND, DEFAULT_PORTS
 
+from . import create_app
+from .config import HASH_PROFILES, ConfigError, resolve
+from .db import SQLiteStorage, StorageError
 from .server import ServeError, check_listen, serve, serve_dev
 
 _TRUE = {"1", "true", "yes", "on"}

@@ -90,6 +90,7 @@ class SQLiteStorage:
         except sqlite3.IntegrityError as exc:
             # The message names the violated column, e.g. "UNIQUE constraint failed: users.email".
             raise DuplicateUser("email" if "users.email" in str(exc) else "username") from exc
+        assert cursor.lastrowid is not None  # an INSERT that succeeded
         return int(cursor.lastrowid)
 
     def find_user(self, login: str) -> User | None:

@@ -31,7 +31,7 @@ EXTENSION_KEY = "prometheus_http_metrics"
 _RULE = "target_app.instrumentation.rule"  # environ key: the matched URL rule
 
 M = TypeVar("M")
-_metric_sets: weakref.WeakKeyDictionary[CollectorRegistry, dict[type, Any]] = weakref.WeakKeyDictionary()
+_metric_sets: weakref.WeakKeyDictionary[CollectorRegistry, dict[Any, Any]] = weakref.WeakKeyDictionary()
 
 
 def shared_metrics(cls: Callable[[CollectorRegistry], M], registry: CollectorRegistry) -> M:

@@ -127,7 +127,7 @@ def check(name: str, raw: Any, low: float, high: float) -> float:
 def resolve(environ: Mapping[str, str], *, p95_ms: float | None = None, error_ratio: float | None = None,
             base: Thresholds = DEFAULT_THRESHOLDS) -> Thresholds:
     """`base`, then the variables set in `environ`, then the flags given (a flag beats its variable)."""
-    changes: dict[str, float] = {}
+    changes: dict[str, Any] = {}
     for var, (name, low, high, factor) in _ENV.items():
         raw = environ.get(var, "")
         if raw != "":
@@ -151,7 +151,7 @@ def as_dict(th: Thresholds) -> dict[str, float]:
 
 def from_dict(recorded: Mapping[str, Any], base: Thresholds = DEFAULT_THRESHOLDS) -> Thresholds:
     """`base` with the figures an `as_dict()` recorded (unknown keys ignored, bad values refused)."""
-    changes = {}
+    changes: dict[str, Any] = {}
     for key, (name, factor) in _RECORDED.items():
         if key in recorded and recorded[key] is not None:
             changes[name] = check(f"thresholds.{key}", recorded[key], 0.0, math.inf) * factor

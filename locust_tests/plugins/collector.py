@@ -131,6 +131,6 @@ class LocustCollector(Collector):
             by_label[key] = by_label.get(key, 0) + err.occurrences
         family = CounterMetricFamily("locust_errors", "Failures by error (text shortened, distinct values capped).",
                                      labels=["method", "name", "error"])
-        for labels, value in by_label.items():
-            family.add_metric(list(labels), value)
+        for error_labels, value in by_label.items():
+            family.add_metric(list(error_labels), value)
         yield family

@@ -7,9 +7,8 @@ other tools (the runner, the analysis) can read the same tables without gevent's
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable
 
 from loadlab.contract.histograms import buckets_of_response_times, histogram_quantile
 from loadlab.contract.scenarios import (

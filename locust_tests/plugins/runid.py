@@ -45,7 +45,8 @@ def users_prefix(environment: Environment) -> str:
 
 def next_username(environment: Environment) -> str:
     runner = environment.runner
-    worker = runner.worker_index if runner is not None and runner.worker_index >= 0 else 0
+    worker = getattr(runner, "worker_index", -1)  # a WorkerRunner's; the master and standalone are 0
+    worker = max(worker, 0)
     return registration_username(run_id(environment), worker, next(_counter))
 
 

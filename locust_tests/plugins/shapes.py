@@ -104,6 +104,7 @@ class StepShape(LoadTestShape):
         return result
 
     def _snapshot(self) -> Snapshot:
+        assert self.runner is not None  # set by Locust (or _on_init) before the first tick
         total = self.runner.stats.total
         return Snapshot(total.num_requests, total.num_failures, dict(total.response_times))
 
@@ -185,7 +186,7 @@ def _on_init(environment: Environment, runner: Any = None, **_: Any) -> None:
         logger.info("scenario step: +%d users every %g s up to %d users; SLO p95 <= %g ms, errors <= %.1f%%",
                     plan.step_users, plan.step_time_s, plan.max_users, shape.hunt.thresholds.latency_p95_ms,
                     100 * shape.hunt.thresholds.error_ratio)
-    else:
+    elif isinstance(shape, PresetShape):
         preset = shape.preset
         logger.info("scenario %s: %d users at %g/s for %g s", preset.name, preset.users, preset.spawn_rate,
                     preset.duration_s * shape.time_scale)

@@ -15,13 +15,12 @@ lab runner::
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
 from .collector import GroupCollector
-from .groups import (DEFAULT_LOCUST_REGEX, DEFAULT_TARGET_REGEX, GroupConfigError, GroupSpec, default_groups,
-                     load_config)
+from .groups import DEFAULT_LOCUST_REGEX, DEFAULT_TARGET_REGEX, GroupConfigError, GroupSpec, default_groups, load_config
 from .host import HostCollector
 from .tracker import GroupStats, ProcessTracker
 

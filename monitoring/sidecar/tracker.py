@@ -23,9 +23,9 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import psutil
 
@@ -223,9 +223,9 @@ class ProcessTracker:
                 if pinned == seen.start:
                     roots.setdefault(pid, set()).add(group.name)
             for path in group.pid_files:
-                pid = self._read_pid_file(path)
-                if pid is not None:
-                    roots.setdefault(pid, set()).add(group.name)
+                file_pid = self._read_pid_file(path)
+                if file_pid is not None:
+                    roots.setdefault(file_pid, set()).add(group.name)
         return {pid: frozenset(names) for pid, names in roots.items()}
 
     def _read_pid_file(self, path: Path) -> int | None:

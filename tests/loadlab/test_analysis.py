@@ -8,10 +8,11 @@ import json
 import pytest
 
 from loadlab.analysis import analyze_steps, find_knee
+from loadlab.contract.thresholds import DEFAULT_THRESHOLDS
 from loadlab.history import read_stats_history
 from loadlab.steps import detect_plateaus, summarize_steps
-from loadlab.contract.thresholds import DEFAULT_THRESHOLDS
 from tests.loadlab.synthetic import model_steps, write_history
+
 
 def verdict_of(steps, th=DEFAULT_THRESHOLDS) -> dict:
     """verdict.json of `steps` (the typed verdict, serialized as the lab writes it)."""

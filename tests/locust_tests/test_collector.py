@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from locust_tests.plugins.collector import ERROR_TEXT_MAX, OTHER_ERROR, ErrorLabels, short_error
 
 

@@ -8,7 +8,7 @@ import importlib.util
 import os
 import re
 import subprocess
-from functools import lru_cache
+from functools import cache
 
 import pytest
 import yaml
@@ -113,7 +113,7 @@ def test_mounted_files_exist(resolved):
                 assert os.path.exists(source), f"{name} mounts {source}, which does not exist"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _help(*command: str) -> str:
     result = subprocess.run(list(command), cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, f"{command} --help failed:\n{result.stderr[-2000:]}"

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 import yaml
 
-from monitoring.prometheus_config import (COMPOSE_TARGETS, JOBS, ConfigRenderError, default_rule_files, render)
+from monitoring.prometheus_config import COMPOSE_TARGETS, JOBS, ConfigRenderError, default_rule_files, render
 from tests.helpers import REPO_ROOT
 
 

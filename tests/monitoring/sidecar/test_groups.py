@@ -6,8 +6,15 @@ import re
 
 import pytest
 
-from monitoring.sidecar.groups import (DEFAULT_LOCUST_REGEX, DEFAULT_TARGET_REGEX, GroupConfigError, GroupSelection,
-                                       group_from_flag, load_config, resolve_groups)
+from monitoring.sidecar.groups import (
+    DEFAULT_LOCUST_REGEX,
+    DEFAULT_TARGET_REGEX,
+    GroupConfigError,
+    GroupSelection,
+    group_from_flag,
+    load_config,
+    resolve_groups,
+)
 
 VENV = "/work/main/.venv/bin"
 
