@@ -3,7 +3,7 @@
 Each component runs in its own session (its own process group), with its output in a log
 file in the run directory. Stopping sends SIGTERM to the group, then SIGKILL to the group
 and to every descendant seen while it ran, so a gunicorn worker or a Locust child that
-slipped out of the group is not left behind.
+slipped out of the group is not left behind. The benchmarks start their servers with it too.
 """
 
 from __future__ import annotations
@@ -122,21 +122,17 @@ class Component:
         return (f"{self.name} (pid {self.pid}) exited with code {code} during the run; its log: {self.log_path}\n"
                 f"--- last lines of {self.log_path.name} ---\n{tail(self.log_path)}")
 
-    def wait_ready(self, timeout: float = 30.0, check: Callable[[], bool] | None = None) -> None:
-        """Until `ready_url` answers HTTP (any status) or `check()` is true; fail if the process exits."""
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until `ready_url` answers HTTP (any status); fail if the process exits first."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.poll() is not None:
                 raise ComponentDied(f"{self.name} exited with code {self.poll()} while starting; its log: "
                                     f"{self.log_path}\n--- last lines ---\n{tail(self.log_path)}")
+            if not self.ready_url:
+                break
             try:
-                if check is not None:
-                    if check():
-                        break
-                elif self.ready_url:
-                    with urllib.request.urlopen(self.ready_url, timeout=2):
-                        break
-                else:
+                with urllib.request.urlopen(self.ready_url, timeout=2):
                     break
             except urllib.error.HTTPError:
                 break
@@ -145,7 +141,7 @@ class Component:
             time.sleep(0.2)
         else:
             raise LabError(f"{self.name} did not become ready within {timeout:.0f}s "
-                           f"({self.ready_url or 'readiness check'}); its log: {self.log_path}\n{tail(self.log_path)}")
+                           f"({self.ready_url}); its log: {self.log_path}\n{tail(self.log_path)}")
         self.remember_descendants()
 
     def stop(self, timeout: float = 10.0) -> None:
