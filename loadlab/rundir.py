@@ -96,6 +96,9 @@ def analyze(path: Path | str, th: Thresholds | None = None, write: bool = True,
     if th is None:
         th = run_thresholds(inputs, os.environ)
     history: LocustHistory = read_stats_history(inputs.history_csv)
+    cut = inputs.meta.get("incomplete_at") if inputs.meta.get("incomplete") else None
+    if isinstance(cut, (int, float)):  # a run that did not finish: judge only what ran before the fault
+        history.rows = [row for row in history.rows if row.t <= cut]
     samples: Samples = read_samples(inputs.samples_path) if inputs.samples_path else Samples()
     meta = analysis_meta(inputs.meta)
     resources = resource_series(samples, meta)  # once: the step summaries and the report's charts share it
@@ -108,6 +111,9 @@ def analyze(path: Path | str, th: Thresholds | None = None, write: bool = True,
         windowed_percentiles=history.windowed_percentiles,
         scenario=inputs.meta.get("scenario"),
     )
+    if inputs.meta.get("incomplete"):  # the lab recorded that the run did not finish (runner.Lab.execute)
+        verdict.complete = False
+        verdict.incomplete_reason = str(inputs.meta["incomplete"])
     if steps and not history.windowed_percentiles:
         verdict.notes.append("note: the CSV lacks --csv-full-history, so p95 per step is Locust's cumulative "
                              "percentile, not the step's own")

@@ -4,7 +4,10 @@ Order: the target (unless --host), the sidecar, the lab's own sampler, Prometheu
 installed), then Locust (master + workers with --workers). Each is waited for until it
 answers. The sidecar finds Locust through PID files written as each Locust process starts,
 so it never has to guess by name. Everything started is stopped on success, on failure, on
-Ctrl-C and on SIGTERM, in reverse order, by PID.
+Ctrl-C and on SIGTERM, in reverse order, by PID; if `loadlab` itself is killed, the kernel
+(PR_SET_PDEATHSIG) and `loadlab.watchdog` stop them. A run that does not finish (a component
+died, Ctrl-C, Locust stopped) still gets a verdict and report of the part that ran, marked
+`complete: false`.
 """
 
 from __future__ import annotations
@@ -12,9 +15,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
+import signal
 import sys
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -23,14 +29,16 @@ from loadlab import rundir
 from loadlab.contract import thresholds
 from loadlab.contract.cores import usable_cores
 from loadlab.contract.names import DEFAULT_BIND, DEFAULT_PORTS, GENERATOR_GROUP, LOCUST_JOB, SIDECAR_JOB, TARGET_GROUP, TARGET_JOB
-from loadlab.contract.scenarios import lab_scenarios
+from loadlab.contract.scenarios import STOP_TIMEOUT_S, lab_scenarios
 from loadlab.contract.thresholds import DEFAULT_THRESHOLDS, Thresholds
+from loadlab.history import read_stats_history
 from loadlab.processes import (
     Component,
     ComponentDied,
     Interrupted,
     LabError,
     Supervisor,
+    describe_exit,
     free_port,
     hold_signals,
     install_signal_handlers,
@@ -38,14 +46,25 @@ from loadlab.processes import (
     port_owner,
     tail,
 )
-from loadlab.sampler import Sampler
+from loadlab.sampler import Sampler, parse_metrics, scrape
 from loadlab.verdict import Verdict
+from loadlab.watchdog import Watchdog
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCENARIO_DIR = REPO_ROOT / "locust_tests" / "scenarios"
 
 # `loadlab run` scenario name -> (locustfile, the suite's --scenario value).
 SCENARIOS: dict[str, tuple[str, str]] = lab_scenarios()
+
+# A Locust worker gone this long while its master still runs has died, whatever its exit code.
+WORKER_GONE_S = 5.0
+# On Ctrl-C or a death, Locust gets SIGINT and this long to write its --html/--json-file reports:
+# the exporter's linger (3 s), the cleanup, and users finishing their requests (STOP_TIMEOUT_S).
+LOCUST_STOP_S = 25.0
+
+
+class LocustStoppedEarly(LabError):
+    """Locust exited before any load was recorded (a refused host, a failed preflight)."""
 
 PORT_FLAGS = {
     "target": "--target-port", "target_metrics": "--target-metrics-port", "web": "--web-port",
@@ -79,6 +98,22 @@ class LabOptions:
     slo_error_ratio: float | None = None
 
 
+_LOG_PREFIX = re.compile(r"^\[[^]]*\] [^/]*/(ERROR|CRITICAL)/[^:]*: ")
+
+
+def last_error(log_path: Path) -> str | None:
+    """The last ERROR or CRITICAL message in a Locust log, without its `[time] host/LEVEL/logger: ` prefix."""
+    try:
+        lines = Path(log_path).read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        match = _LOG_PREFIX.match(line)
+        if match:
+            return line[match.end():].strip()
+    return None
+
+
 def new_run_dir(out: Path, scenario: str) -> Path:
     """reports/<timestamp>-<scenario>/, never an existing directory."""
     out.mkdir(parents=True, exist_ok=True)
@@ -104,6 +139,8 @@ class Lab:
         self._run_dir: Path | None = None
         self.ports: dict[str, int] = {}
         self._locust_master: Component | None = None
+        self.locust_workers: list[Component] = []
+        self._worker_gone_at: dict[str, float] = {}
         self.prometheus_bin: str | None = None
         self.meta: dict = {}
         # Chosen once for the whole run: the hunt (through the suite's variables), the live alerts
@@ -151,6 +188,8 @@ class Lab:
             raise LabError(f"--workers must be 0 (one Locust process) or more, got {opts.workers}")
         if opts.host and not opts.host.startswith(("http://", "https://")):
             raise LabError(f"--host {opts.host!r} is not a URL: give it like http://127.0.0.1:5000")
+        if opts.host and not urllib.parse.urlsplit(opts.host).hostname:
+            raise LabError(f"--host {opts.host!r} names no host: give it like http://127.0.0.1:5000")
         self.allocate_ports()
 
     def needed_ports(self) -> list[str]:
@@ -191,9 +230,9 @@ class Lab:
         return env
 
     def component(self, name: str, args: list[str], ready_url: str | None = None,
-                  exits_by_itself: bool = False) -> Component:
+                  exits_by_itself: bool = False, **kwargs) -> Component:
         return Component(name, args, self.run_dir / "logs" / f"{name}.log", env=self.env(), cwd=REPO_ROOT,
-                         ready_url=ready_url, exits_by_itself=exits_by_itself)
+                         ready_url=ready_url, exits_by_itself=exits_by_itself, **kwargs)
 
     def target_url(self) -> str:
         return self.opts.host.rstrip("/") if self.opts.host else f"http://{DEFAULT_BIND}:{self.ports['target']}"
@@ -279,7 +318,7 @@ class Lab:
                   "--csv", str(self.run_dir / rundir.LOCUST_PREFIX), "--csv-full-history",
                   "--html", str(self.run_dir / "locust.html"), "--json-file", str(self.run_dir / "locust"),
                   # Failures are what a stress test is for; a non-zero exit must mean Locust itself failed.
-                  "--exit-code-on-error", "0"]
+                  "--exit-code-on-error", "0", "--stop-timeout", f"{STOP_TIMEOUT_S:g}"]
         if self.opts.mode == "run":
             master += ["--headless"]
         else:
@@ -295,16 +334,22 @@ class Lab:
         for i in range(1, self.opts.workers + 1):
             worker = self.component(f"locust-worker-{i}", self.python(
                 *base, "--worker", "--master-host", DEFAULT_BIND, "--master-port", str(self.ports["master"]),
-                *self.opts.locust_args), exits_by_itself=True)
+                *self.opts.locust_args), exits_by_itself=True, label=f"locust worker {i}")
             self.sup.start(worker)
+            self.locust_workers.append(worker)
             pid_files[i].write_text(f"{worker.pid}\n")
+        # SIGINT, as Ctrl-C would: Locust then writes its --html and --json-file reports (SIGTERM skips the HTML).
         comp = self.component("locust", self.python(*master),
                               ready_url=f"http://{DEFAULT_BIND}:{self.ports['exporter']}/metrics",
-                              exits_by_itself=self.opts.mode == "run")
+                              exits_by_itself=self.opts.mode == "run", stop_signal=signal.SIGINT,
+                              stop_timeout=LOCUST_STOP_S)
         self.sup.start(comp)
         pid_files[0].write_text(f"{comp.pid}\n")
         self._locust_master = comp
-        comp.wait_ready(timeout=120)  # preflight + seeding happen before the exporter serves
+        try:
+            comp.wait_ready(timeout=120)  # preflight + seeding happen before the exporter serves
+        except ComponentDied:
+            raise LocustStoppedEarly(self.locust_stopped_early(comp.poll())) from None
         what = f"master + {self.opts.workers} workers" if self.opts.workers else "one process"
         self.say(f"locust     {SCENARIOS[self.opts.scenario][0]} --scenario {SCENARIOS[self.opts.scenario][1]} "
                  f"({what}, pid {comp.pid}); exporter http://{DEFAULT_BIND}:{self.ports['exporter']}/metrics")
@@ -327,6 +372,8 @@ class Lab:
     def start_all(self) -> None:
         self._run_dir = new_run_dir(self.opts.out, self.opts.scenario)
         self.say(f"run directory {self.run_dir}")
+        # First, so that from the first component on, a killed loadlab leaves nothing running.
+        self.sup.watchdog = watchdog = Watchdog(self.run_dir / "logs" / "watchdog.log")
         self.meta = {
             "scenario": self.opts.scenario, "mode": self.opts.mode, "started_at": time.time(),
             "argv": sys.argv, "ports": self.ports, "host": self.target_url(),
@@ -334,7 +381,7 @@ class Lab:
             else (self.opts.target_workers or usable_cores()),
             "host_cores": usable_cores(), "generator_processes": max(1, self.opts.workers),
             "time_scale": self.opts.time_scale, "prometheus": bool(self.prometheus_bin),
-            "thresholds": thresholds.as_dict(self.thresholds),
+            "thresholds": thresholds.as_dict(self.thresholds), "watchdog_pid": watchdog.pid,
         }
         self.write_meta()
         target_pid = self.start_target()
@@ -375,8 +422,14 @@ class Lab:
                 if tty:
                     self.out.write("\n")
                 if self.opts.mode == "up":
-                    raise ComponentDied(self.locust_master.died_message())
+                    raise ComponentDied(self.locust_master.died_message(), self.locust_master.exit_summary())
+                killed = next((w for w in self.locust_workers if (w.poll() or 0) < 0), None)
+                if killed is not None:  # the master ended because a worker was killed
+                    raise ComponentDied(killed.died_message(), killed.exit_summary())
                 return code
+            dead = self.dead_worker()
+            if dead is not None:
+                raise ComponentDied(dead.died_message(), dead.exit_summary())
             self.sup.check_alive()
             line = self.progress_line(started, levels)
             if tty:
@@ -387,10 +440,49 @@ class Lab:
                 last_print = time.monotonic()
             time.sleep(1)
 
+    def locust_test_running(self) -> bool:
+        """Whether Locust's master says its test is running (spawning or running users), asked now."""
+        try:
+            samples = parse_metrics(scrape(f"http://{DEFAULT_BIND}:{self.ports['exporter']}/metrics"), ("locust_running",))
+        except (OSError, ValueError):
+            return False
+        return any(value == 1 for _, _, value in samples)
+
+    def dead_worker(self) -> Component | None:
+        """A Locust worker that exited while its master still runs. Workers exit by themselves only
+        when the master ends the test and tells them to quit; so a worker killed by a signal, one
+        gone while the master's test is still running, or one gone for WORKER_GONE_S has died.
+        Without this the master only marks it "missing" and runs on with fewer users."""
+        now = time.monotonic()
+        for worker in self.locust_workers:
+            code = worker.poll()
+            if code is None:
+                continue
+            gone_at = self._worker_gone_at.setdefault(worker.name, now)
+            if code < 0 or now - gone_at >= WORKER_GONE_S or self.locust_test_running():
+                return worker
+        return None
+
+    def locust_stopped_early(self, code: int | None) -> str:
+        """One line: Locust exited before any load, with the reason it logged last."""
+        comp = self.locust_master
+        why = (last_error(comp.log_path) or "see its log").rstrip(".")
+        return f"Locust stopped before any load ({describe_exit(code)}): {why}; its log: {comp.log_path}"
+
+    def recorded_load(self) -> bool:
+        """Whether Locust's stats history has any row (Locust writes its header only once the test starts)."""
+        history = self.run_dir / f"{rundir.LOCUST_PREFIX}{rundir.HISTORY_SUFFIX}"
+        try:
+            return bool(read_stats_history(history).rows)
+        except (OSError, ValueError):
+            return False
+
     # ------------------------------------------------------------------ the two commands
 
     def finish(self) -> Verdict | None:
-        """Stop sampling, analyze, print the verdict; None when there is no data to judge."""
+        """Stop sampling, analyze, print the verdict; None when there is no data to judge.
+        A run that did not finish was recorded as such in run.json (`incomplete`), so the verdict
+        is marked complete: false."""
         history = self.run_dir / f"{rundir.LOCUST_PREFIX}{rundir.HISTORY_SUFFIX}"
         if not history.is_file():
             return None
@@ -403,42 +495,70 @@ class Lab:
         self.say(f"verdict: {self.run_dir / rundir.VERDICT}")
         return verdict
 
+    def finish_partial(self) -> None:
+        """The verdict of the part that ran, after a death or an interruption; never raises."""
+        if not self._run_dir:
+            return
+        if not self.recorded_load():
+            self.say("no verdict: Locust recorded no load before the run stopped")
+            return
+        try:
+            verdict = self.finish()
+        except Exception as err:  # a half-written CSV: the logs are still there
+            self.say(f"no verdict: {err}")
+            return
+        if verdict is not None and not verdict.complete:
+            self.say(f"the verdict is PARTIAL (complete: false in {rundir.VERDICT}): {verdict.incomplete_reason}")
+
     def execute(self) -> int:
         """Run the lab; returns the exit code. Always stops everything it started."""
         self.check()
         restore = install_signal_handlers()
         code = 1
+        incomplete: dict = {}  # why and when the run did not finish, recorded in run.json for the verdict
         try:
             try:
                 self.start_all()
                 locust_code = self.watch()
+                if self.opts.mode == "run" and locust_code != 0:
+                    incomplete = {"incomplete": f"Locust exited with {describe_exit(locust_code)}"}
+            except Interrupted as exc:
+                incomplete = {"incomplete": f"interrupted by {exc}", "incomplete_at": time.time()}
+                self.say(f"\ninterrupted ({exc}): stopping every component this run started")
+                raise
+            except ComponentDied as exc:
+                incomplete = {"incomplete": exc.reason, "incomplete_at": time.time()}
+                self.say(f"\nerror: {exc}\nstopping the other components")  # now: stopping takes a while
+                raise
             finally:
                 hold_signals()  # a second Ctrl-C must not cut the cleanup short
                 if self.sampler:
                     self.sampler.stop()
                 self.sup.stop_all()
                 if self._run_dir:
-                    self.write_meta(ended_at=time.time(), pids=self.sup.all_pids())
+                    self.write_meta(ended_at=time.time(), pids=self.sup.all_pids(), **incomplete)
             if self.opts.mode == "run" and locust_code != 0:
+                if not self.recorded_load():
+                    raise LocustStoppedEarly(self.locust_stopped_early(locust_code))
                 self.say(f"error: {self.locust_master.name} exited with code {locust_code}; its log: "
                          f"{self.locust_master.log_path}\n{tail(self.locust_master.log_path)}")
-                self.finish()
+                self.finish_partial()
                 return 1
             verdict = self.finish()
             if verdict is None:
                 self.say(f"error: Locust wrote no stats history; see {self.locust_master.log_path}")
                 return 1
             return 0
-        except Interrupted as exc:
-            self.say(f"\ninterrupted ({exc}): stopped every component this run started")
-            if self._run_dir:
-                try:
-                    self.finish()
-                except Exception as err:  # a half-written CSV: the logs are still there
-                    self.say(f"(no verdict: {err})")
+        except Interrupted:
+            self.say("stopped every component this run started")
+            self.finish_partial()
             code = 130
-        except ComponentDied as exc:
-            self.say(f"\nerror: {exc}\nevery other component was stopped; run directory: {self._run_dir}")
+        except LocustStoppedEarly as exc:
+            self.say(f"\nerror: {exc}")
+            code = 1
+        except ComponentDied:
+            self.say(f"every other component was stopped; run directory: {self._run_dir}")
+            self.finish_partial()
             code = 1
         except LabError as exc:
             self.say(f"\nerror: {exc}")

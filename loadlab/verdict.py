@@ -82,6 +82,10 @@ class Verdict:
     signals: list[Signal] = field(default_factory=list)
     source: Source | None = None
     notes: list[str] = field(default_factory=list)  # said after the findings (what the data lacked)
+    # False when the run did not end by itself (a component died, Ctrl-C, Locust stopped early):
+    # the verdict covers only the part that ran, and `incomplete_reason` says why.
+    complete: bool = True
+    incomplete_reason: str | None = None
 
     @property
     def breaking_point_reached(self) -> bool:
@@ -97,8 +101,9 @@ class Verdict:
 
     def summary(self) -> list[str]:
         """The verdict in a few human lines (console and report)."""
+        head = [] if self.complete else [self.partial_line()]
         if not self.steps:
-            return ["no steps found: the run held no user level for 3 seconds or more", *self.notes]
+            return [*head, "no steps found: the run held no user level for 3 seconds or more", *self.notes]
         lines = []
         knee, brk, cap = self.knee, self.brk, self.capacity_rps
         if not self.breaking_point_reached:
@@ -120,7 +125,11 @@ class Verdict:
         first = self.first_signal
         if first:
             lines.append(f"first signal: {first.signal} at {first.users} users")
-        return lines + self.notes
+        return head + lines + self.notes
+
+    def partial_line(self) -> str:
+        return (f"PARTIAL verdict (complete: false): the run did not finish ({self.incomplete_reason or 'stopped early'}); "
+                f"the figures below cover only the part that ran")
 
     def to_dict(self) -> dict[str, Any]:
         """verdict.json."""
@@ -137,6 +146,8 @@ class Verdict:
             "thresholds": as_dict(self.thresholds),
             "steps": [s.to_dict() for s in self.steps],
             "summary": self.summary(),
+            "complete": self.complete,
+            "incomplete_reason": self.incomplete_reason,
         }
         if self.source is not None:
             out["source"] = asdict(self.source)

@@ -55,6 +55,11 @@ DEFAULT_STEP_USERS = 10
 DEFAULT_STEP_TIME_S = 150.0
 DEFAULT_MAX_USERS = 1000
 
+# Locust's --stop-timeout for every run of the suite (and the lab): when a run ends, or a step
+# goes down, each user finishes the request it is in before it stops, so a request the target
+# served is always counted (a user killed mid-request leaves a registration Locust never saw).
+STOP_TIMEOUT_S = 10.0
+
 
 def lab_scenarios() -> dict[str, tuple[str, str]]:
     """`loadlab run` scenario name ("login-step") -> (locustfile, the suite's --scenario value)."""
