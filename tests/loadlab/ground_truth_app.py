@@ -10,6 +10,8 @@ It has the target API's two endpoints, so the Locust suite runs against it uncha
 once so that seeding does not eat the test's time. `/healthz` and `/metrics` as usual.
 
     python -m tests.loadlab.ground_truth_app --port P --workers W --service-ms S --mode sleep|burn
+
+The service time is spent in `ground_truth_wait_hotspot` (sleep) or `ground_truth_cpu_hotspot` (burn).
 """
 
 from __future__ import annotations
@@ -24,17 +26,25 @@ from flask import Flask, jsonify, request
 from target_app.instrumentation import instrument
 from target_app.server import serve
 
+# The service time is spent in functions with names a profile cannot mistake for anything else:
+# `loadlab run --profile` must name them as the hot spot (tests/loadlab/test_profiling.py).
 
-def busy_for(seconds: float) -> None:
+
+def ground_truth_cpu_hotspot(seconds: float) -> None:
     """Burn `seconds` of this thread's CPU time: the demand is fixed even when the CPU is shared."""
     end = time.thread_time() + seconds
     while time.thread_time() < end:
         pass
 
 
+def ground_truth_wait_hotspot(seconds: float) -> None:
+    """Wait `seconds` off the CPU (a stand-in for a pool, a lock or a slow backend)."""
+    time.sleep(seconds)
+
+
 def create_app(service_s: float, mode: str) -> Flask:
     app = Flask("ground_truth")
-    work = time.sleep if mode == "sleep" else busy_for
+    work = ground_truth_wait_hotspot if mode == "sleep" else ground_truth_cpu_hotspot
     ids = itertools.count(1)
 
     @app.post("/client_login")
