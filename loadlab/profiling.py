@@ -390,7 +390,7 @@ def why_line(at: str, users: int, top: Hotspot) -> str:
 
 def share_diff(light: StepProfile, heavy: StepProfile, top: int = 10) -> list[dict[str, Any]]:
     """The functions with a share of at least 1 % in either step, the lightest profiled one and
-    `heavy` (cpu and wait), those whose share grew most first."""
+    `heavy` (cpu and wait), those whose share grew most first: `share_light`, `share_at` (at `heavy`), `change`."""
     rows: list[dict[str, Any]] = []
     for kind in ("cpu", "wait"):
         shares: list[dict[tuple[str, str], float]] = []
@@ -405,10 +405,10 @@ def share_diff(light: StepProfile, heavy: StepProfile, top: int = 10) -> list[di
         for key in set(shares[0]) | set(shares[1]):
             before, after = shares[0].get(key, 0.0), shares[1].get(key, 0.0)
             rows.append({"function": key[0], "file": short_file(key[1]), "kind": kind,
-                         "share_light": round(before, 4), "share_knee": round(after, 4),
+                         "share_light": round(before, 4), "share_at": round(after, 4),
                          "change": round(after - before, 4)})
-    rows.sort(key=lambda r: (-r["change"], -r["share_knee"]))
-    return [r for r in rows if max(r["share_light"], r["share_knee"]) >= MIN_SHARE][:top]
+    rows.sort(key=lambda r: (-r["change"], -r["share_at"]))
+    return [r for r in rows if max(r["share_light"], r["share_at"]) >= MIN_SHARE][:top]
 
 
 # ------------------------------------------------------------------------------- flame graph
@@ -606,7 +606,7 @@ def report_section(verdict: Verdict) -> str:
         grew = [r for r in p.diff if r["change"] >= MIN_SHARE]
         rows = "".join(
             f"<tr class=\"{'grew' if r in grew else ''}\"><td>{r['kind']}</td><td class=\"fn\">{esc(r['function'])}</td>"
-            f"<td class=\"fn\">{esc(r['file'])}</td><td>{r['share_light']:.1%}</td><td>{r['share_knee']:.1%}</td>"
+            f"<td class=\"fn\">{esc(r['file'])}</td><td>{r['share_light']:.1%}</td><td>{r['share_at']:.1%}</td>"
             f"<td>{r['change']:+.1%}</td></tr>" for r in p.diff)
         verdict_line = (f"Grew by a point or more: {esc(', '.join(r['function'] for r in grew))}." if grew else
                         "No function grew its share by a point or more: the same code dominates at light load and "

@@ -193,7 +193,7 @@ def test_diff_lists_what_grew_between_the_lightest_step_and_the_knee():
     light = made_up({(*REQUEST, f"parse ({APP}:30)"): 90, (*REQUEST, f"lookup ({APP}:31)"): 10}, {})
     knee = made_up({(*REQUEST, f"parse ({APP}:30)"): 40, (*REQUEST, f"lookup ({APP}:31)"): 60}, {})
     rows = profiling.share_diff(light, knee)
-    assert [(r["function"], r["kind"], r["share_light"], r["share_knee"], r["change"]) for r in rows] == [
+    assert [(r["function"], r["kind"], r["share_light"], r["share_at"], r["change"]) for r in rows] == [
         ("lookup", "cpu", 0.1, 0.6, 0.5), ("parse", "cpu", 0.9, 0.4, -0.5)]
 
 
