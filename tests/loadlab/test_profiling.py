@@ -2,7 +2,7 @@
 
 Real runs (`loadlab run login-step --profile`, real py-spy on real gunicorn workers): a server
 burning its service time in `ground_truth_cpu_hotspot`, one sleeping it in
-`ground_truth_wait_hotspot`, the bundled target with its default (scrypt) password hash, a target
+`ground_truth_wait_hotspot`, one whose threads queue on a semaphore, the bundled target with its default (scrypt) password hash, a target
 py-spy cannot read; the report with its flame graph in headless Chromium. Then the classification
 itself on stacks made up for it.
 """
@@ -81,6 +81,20 @@ def test_sleeping_server_hot_spot_is_the_wait(ground_truth, tmp_path):
     assert "waiting in ground_truth_wait_hotspot" in verdict["profiles"]["why"], verdict["profiles"]
     # A worker waiting for its next connection is idle, not a hot spot.
     assert not [h for h in verdict["hotspots"] if h["kind"] == "wait" and "gunicorn/" in h["file"]], verdict["hotspots"]
+
+
+@pytest.mark.timeout(260)
+def test_lock_contention_hot_spot_is_the_semaphore(ground_truth, tmp_path):
+    # gthread workers whose threads queue on one semaphore per process, held while burning S of CPU.
+    gt = ground_truth(workers=1, service_ms=30, mode="lock")
+    _, verdict = profiled_hunt(tmp_path, gt_target(gt),
+                               ["--step-users", "3", "--step-time", "5s", "--max-users", "24"], THINK)
+    assert verdict["breaking_point_reached"], step_table(verdict)
+    hot = top(verdict, "wait")
+    # `with one_at_a_time:` -> Semaphore.acquire -> Condition.wait, where the C lock is taken.
+    assert (hot["function"], hot["file"]) == ("Condition.wait", "threading.py"), hot
+    assert hot["under"].startswith("create_app.<locals>.login (tests/loadlab/ground_truth_app.py:"), hot
+    assert top(verdict, "cpu")["function"] == "ground_truth_cpu_hotspot"  # what the holder does
 
 
 @pytest.fixture(scope="module")
