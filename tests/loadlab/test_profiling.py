@@ -18,6 +18,9 @@ import pytest
 
 from loadlab import profiling
 from loadlab.contract import stacks
+from loadlab.contract.thresholds import DEFAULT_THRESHOLDS
+from loadlab.steps import StepSummary
+from loadlab.verdict import Verdict
 from tests.helpers import require_binary
 from tests.loadlab.conftest import assert_all_gone, run_loadlab, step_table
 
@@ -223,3 +226,29 @@ def test_profile_flags_are_checked():
     proc = subprocess.run([sys.executable, "-m", "loadlab.cli", "run", "login-step", "--profile-rate", "0"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "--profile-rate" in proc.stderr and "must be above 0" in proc.stderr
+
+
+def _step(index: int, users: int, start: float) -> StepSummary:
+    return StepSummary(index=index, users=users, start=start, hold_start=start + 3, end=start + 9, rps=1.0,
+                       rps_median=1.0, requests=10, failures=0, error_ratio=0.0, p50_ms=10.0, p95_ms=20.0,
+                       p95_source="locust_histogram")
+
+
+def test_recordings_go_to_the_step_they_overlap_most(tmp_path):
+    verdict = Verdict(steps=[_step(0, 5, 1000.0), _step(1, 10, 1010.0)], thresholds=DEFAULT_THRESHOLDS)
+    chunks = tmp_path / "chunks"
+    chunks.mkdir()
+    leaf = {"a": f"light ({APP}:1)", "b": f"heavy ({APP}:2)", "c": f"between ({APP}:3)"}
+    index = []
+    for name, start, end in (("a", 1003.0, 1009.5), ("b", 1008.0, 1019.0), ("c", 1009.0, 1021.0)):
+        for kind in stacks.KINDS:
+            (chunks / f"{name}.{kind}.txt").write_text(f"process 7;<module> ({APP}:0);{leaf[name]} 60\n")
+        index.append({"name": name, "start": start, "end": end,
+                      "files": {kind: [f"chunks/{name}.{kind}.txt"] for kind in stacks.KINDS}})
+    # c overlaps step 1 ([1010, 1020]) for 10 of its 12 s; b for 9 of 11 s; a lies in step 0.
+    by_step = profiling.step_profiles(verdict, tmp_path, index)
+    assert {i: sorted(p.chunks) for i, p in by_step.items()} == {0: ["a"], 1: ["b", "c"]}
+    assert by_step[1].cpu == Counter({(f"<module> ({APP}:0)", leaf["b"]): 60, (f"<module> ({APP}:0)", leaf["c"]): 60})
+    # A recording less than half inside any step belongs to none.
+    stray = [{"name": "a", "start": 1018.0, "end": 1040.0, "files": index[0]["files"]}]
+    assert profiling.step_profiles(verdict, tmp_path, stray) == {}
