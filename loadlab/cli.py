@@ -18,6 +18,7 @@ from pathlib import Path
 
 from loadlab import rundir
 from loadlab.contract.names import DEFAULT_PORTS
+from loadlab.contract.stacks import DEFAULT_RATE as DEFAULT_PROFILE_RATE
 from loadlab.processes import LabError
 from loadlab.runner import REPO_ROOT, SCENARIOS, Lab, LabOptions
 
@@ -29,6 +30,16 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
     return value
@@ -69,6 +80,11 @@ def _add_lab_options(p: argparse.ArgumentParser, mode: str) -> None:
     p.add_argument("--out", type=Path, default=Path("reports"),
                    help="where run directories are created (default: %(default)s)")
     _add_slo_options(p)
+    p.add_argument("--profile", action="store_true",
+                   help="sample the target's Python stacks (py-spy) during each step's hold; name the hot spot at "
+                        "the knee in the verdict and the report (needs ptrace: root or CAP_SYS_PTRACE)")
+    p.add_argument("--profile-rate", type=_positive_int, default=DEFAULT_PROFILE_RATE, metavar="HZ",
+                   help="py-spy samples per second with --profile (default: %(default)s)")
     p.add_argument("--prometheus", choices=("auto", "on", "off"), default="auto",
                    help="start Prometheus with the lab's rules: auto = when `prometheus` is on PATH (default)")
     for name, flag in (("target", "--target-port"), ("target_metrics", "--target-metrics-port"),
@@ -126,7 +142,8 @@ def _lab_options(args: argparse.Namespace, mode: str, locust_args: list[str]) ->
                       time_scale=args.time_scale, out=args.out, target_workers=args.target_workers,
                       target_pid=args.target_pid, hash_profile=args.hash_profile, ports=ports,
                       free_ports=getattr(args, "free_ports", False), prometheus=args.prometheus,
-                      locust_args=locust_args, slo_p95_ms=args.slo_p95_ms, slo_error_ratio=args.slo_error_ratio)
+                      locust_args=locust_args, slo_p95_ms=args.slo_p95_ms, slo_error_ratio=args.slo_error_ratio,
+                      profile=args.profile, profile_rate=args.profile_rate)
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after selecting the headless bac
 
 from loadlab.analysis import step_judgement  # noqa: E402
 from loadlab.history import LocustHistory  # noqa: E402
+from loadlab.profiling import report_section  # noqa: E402
 from loadlab.steps import ResourceSeries, resource_timeline  # noqa: E402
 from loadlab.verdict import StepPoint, Verdict  # noqa: E402
 
@@ -235,6 +236,7 @@ tr.knee td {{ background: #fff3e0; }} tr.break td {{ background: #fdecea; }}
 <p class="muted">Dashed lines: knee (orange) and break (red). Grey bands: the part of each step the verdict
 measures (the hold, after the transient). Dots: the per-step values the verdict uses.</p>
 {images}
+{report_section(verdict)}
 <h2>Steps</h2>
 <table id="steps">{head}{''.join(rows)}</table>
 <p class="muted">SLO: p95 &le; {slo_ms:g} ms and errors &le; {th.error_ratio:.0%}

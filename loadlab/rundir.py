@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loadlab import profiling
 from loadlab.analysis import analyze_steps
 from loadlab.contract import thresholds
 from loadlab.contract.thresholds import Thresholds
@@ -119,6 +120,7 @@ def analyze(path: Path | str, th: Thresholds | None = None, write: bool = True,
                              "percentile, not the step's own")
     if steps and not samples:
         verdict.notes.append("note: no resource samples beside the CSV, so CPU fields are null")
+    profiling.attach(verdict, inputs.out_dir, inputs.meta, write=write)  # --profile: hotspots, flame graph
     if write:
         (inputs.out_dir / VERDICT).write_text(json.dumps(verdict.to_dict(), indent=2) + "\n")
         write_report(inputs.out_dir / REPORT, verdict, history, resources,

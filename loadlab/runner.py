@@ -30,6 +30,8 @@ from loadlab.contract import thresholds
 from loadlab.contract.cores import usable_cores
 from loadlab.contract.names import DEFAULT_BIND, DEFAULT_PORTS, GENERATOR_GROUP, LOCUST_JOB, SIDECAR_JOB, TARGET_GROUP, TARGET_JOB
 from loadlab.contract.scenarios import STOP_TIMEOUT_S, lab_scenarios
+from loadlab.contract.stacks import DEFAULT_RATE as DEFAULT_PROFILE_RATE
+from loadlab.contract.stacks import ProfilerUnavailable, check_attach
 from loadlab.contract.thresholds import DEFAULT_THRESHOLDS, Thresholds
 from loadlab.history import read_stats_history
 from loadlab.processes import (
@@ -46,6 +48,7 @@ from loadlab.processes import (
     port_owner,
     tail,
 )
+from loadlab.profiling import StepProfiler
 from loadlab.sampler import Sampler, parse_metrics, scrape
 from loadlab.verdict import Verdict
 from loadlab.watchdog import Watchdog
@@ -96,6 +99,8 @@ class LabOptions:
     env: dict[str, str] = field(default_factory=dict)
     slo_p95_ms: float | None = None  # flags; they beat the suite's SLO_* variables
     slo_error_ratio: float | None = None
+    profile: bool = False  # sample the target's stacks during each step's hold (loadlab.profiling)
+    profile_rate: int = DEFAULT_PROFILE_RATE
 
 
 _LOG_PREFIX = re.compile(r"^\[[^]]*\] [^/]*/(ERROR|CRITICAL)/[^:]*: ")
@@ -136,6 +141,7 @@ class Lab:
         self.out = stream
         self.sup = Supervisor()
         self.sampler: Sampler | None = None
+        self.profiler: StepProfiler | None = None
         self._run_dir: Path | None = None
         self.ports: dict[str, int] = {}
         self._locust_master: Component | None = None
@@ -363,6 +369,29 @@ class Lab:
         self.sampler = Sampler(self.run_dir / rundir.SAMPLES, sources)
         self.sampler.start()
 
+    def start_profiler(self, target_pid: int | None) -> None:
+        """--profile: py-spy on the target's process tree during each step's hold. When it cannot
+        attach, one line says why and the run goes on without profiles (the verdict says so)."""
+        if not self.opts.profile:
+            return
+        info: dict = {"requested": True, "rate": self.opts.profile_rate, "pid": target_pid}
+        try:
+            if not target_pid:
+                raise ProfilerUnavailable("no target PID to profile: with --host, give --target-pid PID of your "
+                                          "server's main process (on this machine)")
+            check_attach(target_pid)
+        except ProfilerUnavailable as exc:
+            info["error"] = str(exc)
+            self.say(f"profiler   off: {exc}; the run goes on without profiles")
+        else:
+            sampler = self.sampler
+            self.profiler = StepProfiler(self.run_dir, target_pid, lambda: sampler.progress()["users"] if sampler else None,
+                                         self.thresholds.step_transient_fraction, self.opts.profile_rate, self.say)
+            self.profiler.start()
+            self.say(f"profiler   py-spy on pid {target_pid} and its children, {self.opts.profile_rate} samples/s, "
+                     f"each step's hold -> {self.run_dir / 'profiles'}")
+        self.meta["profiling"] = info
+
     def write_meta(self, **extra) -> None:
         self.meta.update(extra)
         self.meta["components"] = [
@@ -387,6 +416,7 @@ class Lab:
         target_pid = self.start_target()
         self.start_sidecar(target_pid)
         self.start_sampler()
+        self.start_profiler(target_pid)
         self.start_prometheus()
         self.write_meta()
         self.start_locust()
@@ -532,11 +562,15 @@ class Lab:
                 raise
             finally:
                 hold_signals()  # a second Ctrl-C must not cut the cleanup short
+                if self.profiler:  # before the target stops: py-spy writes the last step's stacks
+                    self.profiler.stop()
                 if self.sampler:
                     self.sampler.stop()
                 self.sup.stop_all()
                 if self._run_dir:
-                    self.write_meta(ended_at=time.time(), pids=self.sup.all_pids(), **incomplete)
+                    self.write_meta(ended_at=time.time(),
+                                    pids=self.sup.all_pids() + (self.profiler.pids() if self.profiler else []),
+                                    **incomplete)
             if self.opts.mode == "run" and locust_code != 0:
                 if not self.recorded_load():
                     raise LocustStoppedEarly(self.locust_stopped_early(locust_code))

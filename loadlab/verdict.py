@@ -70,6 +70,40 @@ class Source:
     scenario: str | None
 
 
+@dataclass(frozen=True)
+class Hotspot:
+    """A function where the target's sampled stacks ended (its self time), at the knee (else the break)."""
+
+    function: str
+    file: str  # shortened: the package path for libraries, the project path for the application
+    line: int  # its most sampled line
+    share: float  # cpu: of the target's on-CPU samples; wait: of the threads' time inside requests
+    kind: str  # cpu | wait
+    samples: int
+    under: str | None = None  # the nearest frame of the application's own code, "login (target_app/auth.py:74)"
+
+
+@dataclass
+class Profiles:
+    """What `--profile` recorded and what it says (loadlab.profiling); `hotspots` are on the Verdict."""
+
+    status: str  # ok | missing
+    reason: str | None = None  # why profiles are missing (or too thin to name a hot spot)
+    at: str | None = None  # knee | break: the step the hotspots describe
+    step_users: int | None = None
+    why: str | None = None  # the one line the summary prints
+    rate: int | None = None  # samples per second per recorder
+    steps: list[dict[str, Any]] = field(default_factory=list)  # per profiled step: users, seconds, samples, files
+    diff: list[dict[str, Any]] = field(default_factory=list)  # lightest step vs the hotspots' step
+    flame_graph: str | None = None  # path of the SVG flame graph of that step
+    flame_svg: str = field(default="", repr=False)  # its text, for the report (not in verdict.json)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("flame_svg")
+        return out
+
+
 @dataclass
 class Verdict:
     steps: list[StepSummary]
@@ -86,6 +120,8 @@ class Verdict:
     # the verdict covers only the part that ran, and `incomplete_reason` says why.
     complete: bool = True
     incomplete_reason: str | None = None
+    hotspots: list[Hotspot] = field(default_factory=list)  # with --profile (loadlab.profiling)
+    profiles: Profiles | None = None  # None: the run was not profiled
 
     @property
     def breaking_point_reached(self) -> bool:
@@ -125,11 +161,20 @@ class Verdict:
         first = self.first_signal
         if first:
             lines.append(f"first signal: {first.signal} at {first.users} users")
-        return head + lines + self.notes
+        return head + lines + self.profile_lines() + self.notes
 
     def partial_line(self) -> str:
         return (f"PARTIAL verdict (complete: false): the run did not finish ({self.incomplete_reason or 'stopped early'}); "
                 f"the figures below cover only the part that ran")
+
+    def profile_lines(self) -> list[str]:
+        """The profiles' one line: the hot spot, or why there is none."""
+        p = self.profiles
+        if p is None or not self.steps:
+            return []
+        if p.why:
+            return [p.why]
+        return [f"profiles missing: {p.reason}"] if p.status != "ok" else ([f"profiles: {p.reason}"] if p.reason else [])
 
     def to_dict(self) -> dict[str, Any]:
         """verdict.json."""
@@ -149,6 +194,8 @@ class Verdict:
             "complete": self.complete,
             "incomplete_reason": self.incomplete_reason,
         }
+        out["hotspots"] = [asdict(h) for h in self.hotspots]
+        out["profiles"] = None if self.profiles is None else self.profiles.to_dict()
         if self.source is not None:
             out["source"] = asdict(self.source)
         return out
