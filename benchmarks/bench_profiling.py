@@ -3,7 +3,7 @@
 Starts the bundled target (gunicorn, 2 workers by default, the default password-hash profile, so
 /client_login is CPU-bound as in a real run) and saturates POST /client_login with wrk in
 alternating rounds: bare, then profiled (the two py-spy recorders `loadlab run --profile` runs
-during a step's hold, `loadlab.contract.stacks.Recorder`, on the arbiter and its workers at the
+during a step's hold, `loadlab.stacks.Recorder`, on the arbiter and its workers at the
 default rate, one py-spy per process), then the other order, so drift in the machine's load hits both alike. Saturated
 throughput is the capacity. Prints each round, the median capacity of each, the ratio
 profiled/bare (goal: >= 0.95) and the CPU py-spy itself used.
@@ -28,7 +28,7 @@ from pathlib import Path
 import psutil
 from _processes import free_port, stop, wait_http  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
-from loadlab.contract import stacks
+from loadlab import stacks
 
 USER = {"username": "bench_profiling", "email": "bench_profiling@example.com", "password": "correct horse battery"}
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from loadlab import rundir
 from loadlab.contract.names import DEFAULT_PORTS
-from loadlab.contract.stacks import DEFAULT_RATE as DEFAULT_PROFILE_RATE
 from loadlab.processes import LabError
 from loadlab.runner import REPO_ROOT, SCENARIOS, Lab, LabOptions
+from loadlab.stacks import DEFAULT_RATE as DEFAULT_PROFILE_RATE
 
 EXIT_USAGE = 2
 

@@ -3,7 +3,7 @@
 Live (`StepProfiler`, a thread of the lab): it follows Locust's user count as the lab's sampler
 reads it every second (`locust_users`). When the count changes a step begins; after the step's
 transient (`step_transient_fraction` x the previous step's length) it starts two py-spy recorders
-on each process of the target's tree as it is then (`loadlab.contract.stacks.GroupRecorder`: on-CPU
+on each process of the target's tree as it is then (`loadlab.stacks.GroupRecorder`: on-CPU
 and all threads; a worker forked during the step is profiled from the next step on), and stops
 them when the count changes again. Each recording is a *chunk* in `profiles/chunks/`, listed
 with its wall-clock start and end in `profiles/chunks.jsonl`.
@@ -41,8 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loadlab.contract import stacks
-from loadlab.contract.stacks import Frame, GroupRecorder, Stack, parse_frame, process_tree
+from loadlab import stacks
+from loadlab.stacks import Frame, GroupRecorder, Stack, parse_frame, process_tree
 from loadlab.verdict import CONCURRENCY, TARGET_CPU, Hotspot, Profiles, Verdict
 
 PROFILES_DIR = "profiles"
@@ -68,8 +68,11 @@ class StepProfiler(threading.Thread):
     """Record the target (`pid` and its children) during each step's hold, until `stop()`."""
 
     def __init__(self, run_dir: Path, pid: int, users: Callable[[], float | None], transient_fraction: float,
-                 rate: int = stacks.DEFAULT_RATE, say: Callable[[str], None] = print, poll_s: float = 0.5) -> None:
+                 rate: int = stacks.DEFAULT_RATE, say: Callable[[str], None] = print, poll_s: float = 0.5,
+                 on_spawn: Callable[[int], None] | None = None) -> None:
         super().__init__(name="loadlab-profiler", daemon=True)
+        # Told each py-spy PID as it starts (the lab's watchdog), so a killed lab takes them along.
+        self.on_spawn = on_spawn
         self.dir = Path(run_dir) / PROFILES_DIR
         self.pid = pid
         self.users = users
@@ -127,6 +130,9 @@ class StepProfiler(threading.Thread):
             return None
         finally:
             self._pids += recorder.spy_pids()
+            if self.on_spawn is not None:
+                for pid in recorder.spy_pids():
+                    self.on_spawn(pid)
         return recorder
 
     def finish(self, recorder: GroupRecorder, users: float | None) -> None:

@@ -30,8 +30,6 @@ from loadlab.contract import thresholds
 from loadlab.contract.cores import usable_cores
 from loadlab.contract.names import DEFAULT_BIND, DEFAULT_PORTS, GENERATOR_GROUP, LOCUST_JOB, SIDECAR_JOB, TARGET_GROUP, TARGET_JOB
 from loadlab.contract.scenarios import STOP_TIMEOUT_S, lab_scenarios
-from loadlab.contract.stacks import DEFAULT_RATE as DEFAULT_PROFILE_RATE
-from loadlab.contract.stacks import ProfilerUnavailable, check_attach
 from loadlab.contract.thresholds import DEFAULT_THRESHOLDS, Thresholds
 from loadlab.history import read_stats_history
 from loadlab.processes import (
@@ -50,6 +48,8 @@ from loadlab.processes import (
 )
 from loadlab.profiling import StepProfiler
 from loadlab.sampler import Sampler, parse_metrics, scrape
+from loadlab.stacks import DEFAULT_RATE as DEFAULT_PROFILE_RATE
+from loadlab.stacks import ProfilerUnavailable, check_attach
 from loadlab.verdict import Verdict
 from loadlab.watchdog import Watchdog
 
@@ -385,8 +385,10 @@ class Lab:
             self.say(f"profiler   off: {exc}; the run goes on without profiles")
         else:
             sampler = self.sampler
+            watchdog = self.sup.watchdog
             self.profiler = StepProfiler(self.run_dir, target_pid, lambda: sampler.progress()["users"] if sampler else None,
-                                         self.thresholds.step_transient_fraction, self.opts.profile_rate, self.say)
+                                         self.thresholds.step_transient_fraction, self.opts.profile_rate, self.say,
+                                         on_spawn=watchdog.watch if watchdog else None)
             self.profiler.start()
             self.say(f"profiler   py-spy on pid {target_pid} and its children, {self.opts.profile_rate} samples/s, "
                      f"each step's hold -> {self.run_dir / 'profiles'}")

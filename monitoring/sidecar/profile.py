@@ -4,7 +4,7 @@ For a server the lab cannot reach by PID (another machine), the sidecar running 
 the profile: `GET /profile?seconds=10` samples the group's processes (default `target`: every
 process of the group, one py-spy each) for 10 seconds, on-CPU and all threads, and answers
 with JSON: `{"group", "pids", "seconds", "rate", "start", "end", "cpu", "all", "errors"}`, where
-`cpu` and `all` are collapsed stacks in the format `loadlab.contract.stacks` defines (the lab's
+`cpu` and `all` are collapsed stacks in the format `loadlab.stacks` defines (the lab's
 own `--profile` chunks are the same). Command lines are cut from the stacks and py-spy reads no
 local variables, so a profile carries no request data.
 
@@ -28,7 +28,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client.exposition import ThreadingWSGIServer
 
-from loadlab.contract import stacks
+from loadlab import stacks
 from loadlab.contract.names import TARGET_GROUP
 
 from .groups import GroupSpec

@@ -17,7 +17,7 @@ from collections import Counter
 import pytest
 
 from loadlab import profiling
-from loadlab.contract import stacks
+from loadlab import stacks
 from loadlab.contract.thresholds import DEFAULT_THRESHOLDS
 from loadlab.steps import StepSummary
 from loadlab.verdict import Verdict
