@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -17,12 +18,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from loadlab import rundir
+from loadlab.contract.exits import EXIT_API_FAILED, EXIT_USAGE
 from loadlab.contract.names import DEFAULT_PORTS
+from loadlab.history import Damage, DamagedInput
 from loadlab.processes import LabError
 from loadlab.runner import REPO_ROOT, SCENARIOS, Lab, LabOptions
 from loadlab.stacks import DEFAULT_RATE as DEFAULT_PROFILE_RATE
-
-EXIT_USAGE = 2
 
 
 def _positive_float(text: str) -> float:
@@ -30,8 +31,8 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    if not math.isfinite(value) or value <= 0:  # nan and inf parse as floats: inf would hold step 1 forever
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
     return value
 
 
@@ -118,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("path", type=Path, help="run directory, Locust --csv PREFIX, or PREFIX_stats_history.csv")
     analyze.add_argument("--json", action="store_true", help="print verdict.json instead of the summary")
     analyze.add_argument("--no-write", action="store_true", help="print only; do not write verdict.json/report.html")
+    analyze.add_argument("--lenient", action="store_true",
+                         help="skip unreadable rows of the input files (counted in the verdict as skipped_rows, "
+                              "and warned about) instead of refusing them (exit 2)")
     _add_slo_options(analyze)
     analyze.epilog = "A run directory is judged by the thresholds its run recorded (run.json) unless a flag overrides them."
 
@@ -148,11 +152,24 @@ def _lab_options(args: argparse.Namespace, mode: str, locust_args: list[str]) ->
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     try:
-        th = rundir.run_thresholds(rundir.locate(args.path), os.environ, args.slo_p95_ms, args.slo_error_ratio)
-        verdict, inputs = rundir.analyze(args.path, th, write=not args.no_write)
+        located = rundir.locate(args.path, Damage(lenient=args.lenient))
+        th = rundir.run_thresholds(located, os.environ, args.slo_p95_ms, args.slo_error_ratio)
+        verdict, inputs = rundir.analyze(args.path, th, write=not args.no_write, lenient=args.lenient)
+    except DamagedInput as exc:
+        print(f"loadlab analyze: {exc}. The verdict would not be of the run's data: repair or remove that line, "
+              f"or pass --lenient to skip unreadable rows (they are counted in the verdict)", file=sys.stderr)
+        return EXIT_USAGE
     except (FileNotFoundError, ValueError) as exc:  # ThresholdError is a ValueError
         print(f"loadlab analyze: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as exc:  # a directory where a file should be, no permission...
+        print(f"loadlab analyze: {exc.filename or args.path}: cannot read it ({exc.strerror or exc})", file=sys.stderr)
+        return EXIT_USAGE
+    if verdict.skipped_rows:
+        print(f"loadlab analyze: warning: --lenient skipped {verdict.skipped_rows} unreadable rows; the verdict "
+              f"is of the rest (skipped_rows in verdict.json):", file=sys.stderr)
+        for where in inputs.skipped[:10]:
+            print(f"  {where}", file=sys.stderr)
     if args.json:
         print(json.dumps(verdict.to_dict(), indent=2))
     else:
@@ -161,11 +178,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         if not args.no_write:
             print(f"verdict: {inputs.out_dir / rundir.VERDICT}")
             print(f"report: {inputs.out_dir / rundir.REPORT}")
-    return 0
+    return EXIT_API_FAILED if verdict.functional_failure is not None else 0
 
 
 def cmd_data(args: argparse.Namespace) -> int:
     argv = [sys.executable, "-m", "locust_tests.data"]
+    if args.out is not None:
+        args.out = args.out.absolute()  # the module runs in the checkout: --out is relative to where we are
     for flag in ("count", "seed", "out"):
         if getattr(args, flag) is not None:
             argv += [f"--{flag}", str(getattr(args, flag))]

@@ -186,10 +186,12 @@ def render_html(verdict: Verdict, history: LocustHistory, resources: ResourceSer
     t0 = history.rows[0].t if history.rows else 0.0
     summary = "".join(f"<li>{esc(line)}</li>" for line in verdict.summary())
     status = ("breaking point reached" if verdict.breaking_point_reached else "breaking point not reached")
+    if verdict.functional_failure is not None:
+        status = "the API failed functionally: no capacity result"
     cards = [
         ("knee (users)", _fmt(verdict.knee.users) if verdict.knee else "none"),
         ("break (users)", _fmt(verdict.brk.users) if verdict.brk else "none"),
-        ("capacity (req/s)", _fmt(verdict.capacity_rps)),
+        ("capacity (req/s)", ("≥ " if verdict.capacity_is_lower_bound else "") + _fmt(verdict.capacity_rps)),
         ("limiting resource", verdict.limiting_resource or "unknown"),
     ]
     card_html = "".join(f'<div class="card"><div class="k">{esc(k)}</div><div class="v">{esc(v)}</div></div>'

@@ -28,6 +28,7 @@ from typing import TextIO
 from loadlab import rundir
 from loadlab.contract import thresholds
 from loadlab.contract.cores import usable_cores
+from loadlab.contract.exits import EXIT_API_FAILED
 from loadlab.contract.names import DEFAULT_BIND, DEFAULT_PORTS, GENERATOR_GROUP, LOCUST_JOB, SIDECAR_JOB, TARGET_GROUP, TARGET_JOB
 from loadlab.contract.scenarios import STOP_TIMEOUT_S, lab_scenarios
 from loadlab.contract.thresholds import DEFAULT_THRESHOLDS, Thresholds
@@ -119,9 +120,32 @@ def last_error(log_path: Path) -> str | None:
     return None
 
 
+class ApiFailed(LabError):
+    """The API answered the scenario's own requests wrongly before any load (the suite's preflight
+    said so, and exited with EXIT_API_FAILED): there is nothing to measure."""
+
+
+def out_dir_problem(out: Path) -> str | None:
+    """Why run directories cannot be made in `out` (None when they can). Creates `out` if missing."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        return f"--out {out} is a file, not a directory: give a directory (it is created if missing)"
+    except NotADirectoryError:
+        above = next((p for p in out.parents if p.is_file()), out.parent)
+        return f"--out {out} lies under {above}, which is a file, not a directory: give another --out"
+    except OSError as exc:
+        return f"--out {out} cannot be created ({exc.strerror or exc}): give another --out"
+    if not os.access(out, os.W_OK | os.X_OK):
+        return f"--out {out} is not writable by this user: give another --out"
+    return None
+
+
 def new_run_dir(out: Path, scenario: str) -> Path:
     """reports/<timestamp>-<scenario>/, never an existing directory."""
-    out.mkdir(parents=True, exist_ok=True)
+    problem = out_dir_problem(out)
+    if problem:
+        raise LabError(problem)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for n in range(1, 1000):
         path = out / (f"{stamp}-{scenario}" if n == 1 else f"{stamp}-{scenario}-{n}")
@@ -130,6 +154,8 @@ def new_run_dir(out: Path, scenario: str) -> Path:
             return path
         except FileExistsError:
             continue
+        except OSError as exc:
+            raise LabError(f"{path}: cannot create the run directory ({exc.strerror or exc})") from None
     raise LabError(f"{out}: cannot create a new run directory (1000 exist for {stamp}-{scenario})")
 
 
@@ -196,7 +222,31 @@ class Lab:
             raise LabError(f"--host {opts.host!r} is not a URL: give it like http://127.0.0.1:5000")
         if opts.host and not urllib.parse.urlsplit(opts.host).hostname:
             raise LabError(f"--host {opts.host!r} names no host: give it like http://127.0.0.1:5000")
+        self.check_port_flags()
         self.allocate_ports()
+        self.check_ports_distinct()
+        problem = out_dir_problem(opts.out)  # last: nothing is created when an earlier check fails
+        if problem:
+            raise LabError(problem)
+
+    def check_port_flags(self) -> None:
+        """Two --*-port flags with the same port: refused, whether or not this run needs both."""
+        seen: dict[int, str] = {}
+        for name, port in self.opts.ports.items():
+            if port in seen:
+                raise LabError(f"{PORT_FLAGS[seen[port]]} and {PORT_FLAGS[name]} are both {port}: "
+                               f"give each component its own port")
+            seen[port] = name
+
+    def check_ports_distinct(self) -> None:
+        """A flag's port equal to another component's usual one (`up`: --web-port 5000)."""
+        seen: dict[int, str] = {}
+        for name, port in self.ports.items():
+            if port in seen:
+                first, second = sorted((seen[port], name), key=lambda n: n in self.opts.ports)
+                raise LabError(f"port {port} of {WHAT[second]} ({PORT_FLAGS[second]}) is also the usual port of "
+                               f"{WHAT[first]}: choose another, or move that one with {PORT_FLAGS[first]}")
+            seen[port] = name
 
     def needed_ports(self) -> list[str]:
         names = ["sidecar", "exporter"]
@@ -212,10 +262,14 @@ class Lab:
 
     def allocate_ports(self) -> None:
         """Explicit ports must be free; `up` uses the well-known defaults, `run` free ones."""
+        explicit_ports = set(self.opts.ports.values())
         for name in self.needed_ports():
             explicit = self.opts.ports.get(name)
             if explicit is None and (self.opts.mode == "run" or self.opts.free_ports):
-                self.ports[name] = free_port()
+                port = free_port()
+                while port in explicit_ports or port in self.ports.values():  # never one given to another
+                    port = free_port()
+                self.ports[name] = port
                 continue
             port = explicit if explicit is not None else DEFAULT_PORTS[name]
             if port_in_use(port):
@@ -355,6 +409,9 @@ class Lab:
         try:
             comp.wait_ready(timeout=120)  # preflight + seeding happen before the exporter serves
         except ComponentDied:
+            failed = api_failed(comp)
+            if failed:
+                raise failed from None
             raise LocustStoppedEarly(self.locust_stopped_early(comp.poll())) from None
         what = f"master + {self.opts.workers} workers" if self.opts.workers else "one process"
         self.say(f"locust     {SCENARIOS[self.opts.scenario][0]} --scenario {SCENARIOS[self.opts.scenario][1]} "
@@ -574,21 +631,29 @@ class Lab:
                                     pids=self.sup.all_pids() + (self.profiler.pids() if self.profiler else []),
                                     **incomplete)
             if self.opts.mode == "run" and locust_code != 0:
+                failed = api_failed(self.locust_master)  # the preflight may end Locust after its exporter is up
+                if failed:
+                    raise failed
                 if not self.recorded_load():
                     raise LocustStoppedEarly(self.locust_stopped_early(locust_code))
                 self.say(f"error: {self.locust_master.name} exited with code {locust_code}; its log: "
                          f"{self.locust_master.log_path}\n{tail(self.locust_master.log_path)}")
                 self.finish_partial()
                 return 1
+            for line in suite_errors(self.locust_master.log_path).splitlines():  # e.g. seeding failed
+                self.say(f"locust: {line}")
             verdict = self.finish()
             if verdict is None:
                 self.say(f"error: Locust wrote no stats history; see {self.locust_master.log_path}")
                 return 1
-            return 0
+            return EXIT_API_FAILED if verdict.functional_failure is not None else 0
         except Interrupted:
             self.say("stopped every component this run started")
             self.finish_partial()
             code = 130
+        except ApiFailed as exc:
+            self.say(f"\nerror: {exc}\nno load was run; every component was stopped; run directory: {self._run_dir}")
+            code = EXIT_API_FAILED
         except LocustStoppedEarly as exc:
             self.say(f"\nerror: {exc}")
             code = 1
@@ -602,3 +667,20 @@ class Lab:
         finally:
             restore()
         return code
+
+
+def api_failed(locust: Component) -> ApiFailed | None:
+    """The preflight's word, when Locust ended because the API failed the scenario's own requests."""
+    message = suite_errors(locust.log_path, "preflight") if locust.poll() == EXIT_API_FAILED else ""
+    return ApiFailed(message) if message else None
+
+
+def suite_errors(log_path: Path, plugin: str | None = None) -> str:
+    """The Locust suite's own ERROR lines from a Locust log (e.g. "seeding: 3 of 100 test users could
+    not be created ..."), message only; of one plugin (`preflight`, `seeding`, ...) when given."""
+    marker = f"/ERROR/locust_tests.plugins.{plugin or ''}"
+    try:
+        lines = Path(log_path).read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(line.split(": ", 1)[1] for line in lines if marker in line and ": " in line)

@@ -104,6 +104,29 @@ class Profiles:
         return out
 
 
+@dataclass(frozen=True)
+class TopError:
+    """One kind of failure, as Locust reported it."""
+
+    request: str  # "POST /client_login"
+    error: str  # Locust's failure text, e.g. "login: expected 200 with a token, got HTTP 401 (invalid_credentials)"
+    count: int
+    status: int | None  # the HTTP status read from the text, when it names one
+
+
+@dataclass(frozen=True)
+class FunctionalFailure:
+    """Most requests failed at light load for functional reasons (4xx, or 5xx while the target's
+    CPU was idle): the API does not work as the scenario expects, so no capacity was measured."""
+
+    users: int
+    error_ratio: float  # failed requests / requests over that step's hold
+    top_errors: tuple[TopError, ...]
+    time: float  # when that step started
+    reason: str  # why the failures are functional rather than overload
+    errors_source: str  # where the error texts came from
+
+
 @dataclass
 class Verdict:
     steps: list[StepSummary]
@@ -122,6 +145,13 @@ class Verdict:
     incomplete_reason: str | None = None
     hotspots: list[Hotspot] = field(default_factory=list)  # with --profile (loadlab.profiling)
     profiles: Profiles | None = None  # None: the run was not profiled
+    functional_failure: FunctionalFailure | None = None  # set: no knee, break or capacity (exit 3)
+    skipped_rows: int = 0  # unreadable input rows left out (`loadlab analyze --lenient`)
+
+    @property
+    def capacity_is_lower_bound(self) -> bool:
+        """Without a knee, throughput never flattened: the capacity is the best rate seen, a lower bound."""
+        return self.capacity_rps is not None and self.knee is None
 
     @property
     def breaking_point_reached(self) -> bool:
@@ -140,12 +170,15 @@ class Verdict:
         head = [] if self.complete else [self.partial_line()]
         if not self.steps:
             return [*head, "no steps found: the run held no user level for 3 seconds or more", *self.notes]
+        if self.functional_failure is not None:
+            return head + self._functional_summary(self.functional_failure) + self.notes
         lines = []
         knee, brk, cap = self.knee, self.brk, self.capacity_rps
         if not self.breaking_point_reached:
             top = max(s.users for s in self.steps)
-            lines.append(f"breaking point not reached: throughput still rose and the SLO held up to {top} users "
-                         f"(at least {cap} req/s); raise --max-users or the scenario's users")
+            rose = len(self.steps) >= 2 and self.steps[-1].rps > self.steps[-2].rps
+            lines.append(f"breaking point not reached: {'throughput still rose and ' if rose else ''}the SLO held "
+                         f"up to {top} users (at least {cap} req/s); raise --max-users or the scenario's users")
         if knee:
             lines.append(f"knee: ~{knee.users:g} users (first flat step {knee.step_users} users, "
                          f"{knee.rps} req/s, p95 {knee.p95_ms} ms)")
@@ -153,7 +186,14 @@ class Verdict:
             lines.append(f"break: {brk.users} users ({brk.rps} req/s, p95 {brk.p95_ms} ms, "
                          f"errors {brk.error_ratio:.2%}): {', '.join(brk.reasons)} over the SLO")
         if self.breaking_point_reached:
-            lines.append(f"capacity: {cap} req/s")
+            if cap is None:
+                lines.append(f"capacity: none: no step met the SLO, not even the first ({self.steps[0].users} users); "
+                             f"start lower (e.g. smaller --step-users) to find where it holds")
+            elif self.capacity_is_lower_bound:
+                lines.append(f"capacity: at least {cap} req/s (a lower bound: the best step that met the SLO; "
+                             f"throughput never flattened into a knee)")
+            else:
+                lines.append(f"capacity: {cap} req/s")
         if self.limiting_resource or self.breaking_point_reached:
             lines.append(f"limiting resource: {self.limiting_resource or 'unknown'} ({self.limiting_resource_basis})")
         if not self.measurement_valid:
@@ -175,6 +215,15 @@ class Verdict:
         if p.why:
             return [p.why]
         return [f"profiles missing: {p.reason}"] if p.status != "ok" else ([f"profiles: {p.reason}"] if p.reason else [])
+
+    def _functional_summary(self, failure: FunctionalFailure) -> list[str]:
+        lines = [f"the API failed functionally: at {failure.users} users, {failure.error_ratio:.0%} of requests failed "
+                 f"with {failure.reason}; this is not a capacity result, so there is no knee, break or capacity",
+                 f"top errors ({failure.errors_source}):"]
+        lines += [f"  {e.count} x {e.request}: {e.error}" for e in failure.top_errors]
+        lines.append("fix the API, or point the suite at it correctly (--host, the endpoint paths, the "
+                     "request/response settings), then run again")
+        return lines
 
     def to_dict(self) -> dict[str, Any]:
         """verdict.json."""
@@ -198,4 +247,8 @@ class Verdict:
         out["profiles"] = None if self.profiles is None else self.profiles.to_dict()
         if self.source is not None:
             out["source"] = asdict(self.source)
+        out["capacity_is_lower_bound"] = self.capacity_is_lower_bound
+        out["functional_failure"] = None if self.functional_failure is None else (
+            asdict(self.functional_failure) | {"top_errors": [asdict(e) for e in self.functional_failure.top_errors]})
+        out["skipped_rows"] = self.skipped_rows
         return out

@@ -18,6 +18,7 @@ from locust_tests.plugins.checks import expect_token  # noqa: E402
 
 ACCOUNTS = testdata.load_users(cfg.TEST_USERS_FILE, limit=cfg.LOGIN_USERS)
 shapes.use_presets("login")
+preflight.probe_with(preflight.login_probe(ACCOUNTS[0]))  # seed one, log in once: before any load
 seeding.seed_before_test(ACCOUNTS)  # once, from the master, before any user starts
 cleanup.remove_after_test(testdata.DATA_PREFIX)  # when LAB_ADMIN_TOKEN is set
 _accounts = itertools.cycle(ACCOUNTS)

@@ -18,6 +18,7 @@ from locust_tests.plugins.checks import expect_registered  # noqa: E402
 from locust_tests.plugins.testdata import registration_user  # noqa: E402
 
 shapes.use_presets("registration")
+preflight.probe_with(preflight.registration_probe())  # register one user before any load
 cleanup.remove_after_test(runid.users_prefix)  # this run's users, when LAB_ADMIN_TOKEN is set
 
 

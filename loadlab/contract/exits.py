@@ -1,0 +1,17 @@
+"""Exit codes: what `loadlab` (and the Locust suite, where it stops a run itself) tells a script.
+
+    0    a verdict (the API was measured; read verdict.json for what it says)
+    1    a component failed (the target, the sidecar, Locust, Prometheus): no trustworthy verdict
+    2    usage or input error: a flag, a path, a damaged input file; nothing was measured
+    3    the API failed functionally: its answers are errors at light load (or to the preflight's
+         own requests), so there is no capacity to report; fix the API or the suite's settings
+    130  interrupted (Ctrl-C, SIGTERM)
+"""
+
+from __future__ import annotations
+
+EXIT_VERDICT = 0
+EXIT_COMPONENT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_API_FAILED = 3
+EXIT_INTERRUPTED = 130
