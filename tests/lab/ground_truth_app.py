@@ -67,7 +67,9 @@ def main() -> None:
     parser.add_argument("--mode", choices=("sleep", "burn"), required=True)
     args = parser.parse_args()
     serve(functools.partial(create_app, args.service_ms / 1000.0, args.mode), args.host, args.port, args.workers,
-          gunicorn_options={"timeout": 120, "backlog": 2048})
+          # sync workers: one request at a time per worker is the model (a sleeping request would
+          # yield to others in the target's gevent workers).
+          gunicorn_options={"timeout": 120, "backlog": 2048, "worker_class": "sync"})
 
 
 if __name__ == "__main__":
