@@ -65,29 +65,43 @@ def read_stats_history(path: Path | str) -> LocustHistory:
     per_name = False
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
-        required = {"Timestamp", "User Count", "Name", "Total Request Count", "Total Failure Count"}
-        missing = required - set(reader.fieldnames or [])
-        if missing:
-            raise ValueError(f"{path}: not a Locust stats history CSV (missing columns: {', '.join(sorted(missing))})")
+        check_columns(path, reader.fieldnames or [])
         for rec in reader:
             if rec.get("Name") != AGGREGATED:
                 per_name = True
                 continue
-            t = _num(rec["Timestamp"])
-            if t is None:
-                continue
-            # A later row with the same (integer) timestamp is the fresher one.
-            by_time[t] = HistoryRow(
-                t=t,
-                users=int(_num(rec["User Count"]) or 0),
-                requests=int(_num(rec["Total Request Count"]) or 0),
-                failures=int(_num(rec["Total Failure Count"]) or 0),
-                p50_ms=_num(rec.get("50%")),
-                p95_ms=_num(rec.get("95%")),
-                avg_ms=_num(rec.get("Total Average Response Time")),
-            )
+            row = history_row(rec)
+            if row is not None:  # a later row with the same (integer) timestamp is the fresher one
+                by_time[row.t] = row
     rows = [by_time[t] for t in sorted(by_time)]
     return LocustHistory(rows=rows, windowed_percentiles=per_name)
+
+
+def check_columns(path: Path, columns: Iterable[str]) -> None:
+    """ValueError unless the header has the columns the analysis reads."""
+    missing = {"Timestamp", "User Count", "Name", "Total Request Count", "Total Failure Count"} - set(columns)
+    if missing:
+        raise ValueError(f"{path}: not a Locust stats history CSV (missing columns: {', '.join(sorted(missing))})")
+
+
+def history_row(rec: dict) -> HistoryRow | None:
+    """One Aggregated record of the CSV (a csv.DictReader dict) as a row. None for a record without a
+    timestamp, or a torn one (a run still writing, or killed mid-line): the reader leaves the fields
+    it did not get None, and a counter cut short would read as a drop."""
+    if None in rec.values():
+        return None
+    t = _num(rec["Timestamp"])
+    if t is None:
+        return None
+    return HistoryRow(
+        t=t,
+        users=int(_num(rec["User Count"]) or 0),
+        requests=int(_num(rec["Total Request Count"]) or 0),
+        failures=int(_num(rec["Total Failure Count"]) or 0),
+        p50_ms=_num(rec.get("50%")),
+        p95_ms=_num(rec.get("95%")),
+        avg_ms=_num(rec.get("Total Average Response Time")),
+    )
 
 
 # ---------------------------------------------------------------- resource samples
@@ -135,17 +149,20 @@ def read_samples(path: Path | str) -> Samples:
     if not path.is_file():
         return result
     for rec in iter_sample_lines(path):
-        if not rec.get("ok", True):
-            continue
-        scrape = Scrape(
-            t=float(rec["t"]),
-            source=rec["source"],
-            samples=[(name, labels, float(value)) for name, labels, value in rec.get("samples", [])],
-        )
-        result.by_source.setdefault(scrape.source, []).append(scrape)
+        scrape = scrape_of(rec)
+        if scrape is not None:
+            result.by_source.setdefault(scrape.source, []).append(scrape)
     for scrapes in result.by_source.values():
         scrapes.sort(key=lambda s: s.t)
     return result
+
+
+def scrape_of(rec: dict) -> Scrape | None:
+    """One line of `samples.jsonl` as a Scrape (None for a failed scrape)."""
+    if not rec.get("ok", True):
+        return None
+    return Scrape(t=float(rec["t"]), source=rec["source"],
+                  samples=[(name, labels, float(value)) for name, labels, value in rec.get("samples", [])])
 
 
 def _matches(labels: Labels, match: Labels | None) -> bool:

@@ -19,7 +19,7 @@ from loadlab.contract import thresholds
 from loadlab.contract.thresholds import Thresholds
 from loadlab.history import LocustHistory, Samples, read_samples, read_stats_history
 from loadlab.report import write_report
-from loadlab.steps import resource_series, summarize_steps
+from loadlab.steps import ResourceSeries, resource_series, summarize_steps
 from loadlab.verdict import Source, Verdict
 
 LOCUST_PREFIX = "locust"  # Locust's --csv prefix inside a run directory
@@ -88,15 +88,10 @@ def run_thresholds(inputs: RunInputs, environ: Mapping[str, str], p95_ms: float 
     return thresholds.resolve(environ, p95_ms=p95_ms, error_ratio=error_ratio)
 
 
-def analyze(path: Path | str, th: Thresholds | None = None, write: bool = True,
-            title: str | None = None) -> tuple[Verdict, RunInputs]:
-    """Verdict for a run; writes verdict.json and report.html beside the inputs when `write`.
-    `th`: the thresholds to judge by (default: `run_thresholds` without flags)."""
-    inputs = locate(path)
-    if th is None:
-        th = run_thresholds(inputs, os.environ)
-    history: LocustHistory = read_stats_history(inputs.history_csv)
-    samples: Samples = read_samples(inputs.samples_path) if inputs.samples_path else Samples()
+def judge(inputs: RunInputs, history: LocustHistory, samples: Samples,
+          th: Thresholds) -> tuple[Verdict, ResourceSeries | None]:
+    """The verdict of a run's history and samples (and the resource series it was built from). The
+    final analysis and the live one (`loadlab.live`, on the steps finished so far) both call this."""
     meta = analysis_meta(inputs.meta)
     resources = resource_series(samples, meta)  # once: the step summaries and the report's charts share it
     steps = summarize_steps(history, samples, meta, transient_fraction=th.step_transient_fraction,
@@ -113,6 +108,19 @@ def analyze(path: Path | str, th: Thresholds | None = None, write: bool = True,
                              "percentile, not the step's own")
     if steps and not samples:
         verdict.notes.append("note: no resource samples beside the CSV, so CPU fields are null")
+    return verdict, resources
+
+
+def analyze(path: Path | str, th: Thresholds | None = None, write: bool = True,
+            title: str | None = None) -> tuple[Verdict, RunInputs]:
+    """Verdict for a run; writes verdict.json and report.html beside the inputs when `write`.
+    `th`: the thresholds to judge by (default: `run_thresholds` without flags)."""
+    inputs = locate(path)
+    if th is None:
+        th = run_thresholds(inputs, os.environ)
+    history: LocustHistory = read_stats_history(inputs.history_csv)
+    samples: Samples = read_samples(inputs.samples_path) if inputs.samples_path else Samples()
+    verdict, resources = judge(inputs, history, samples, th)
     if write:
         (inputs.out_dir / VERDICT).write_text(json.dumps(verdict.to_dict(), indent=2) + "\n")
         write_report(inputs.out_dir / REPORT, verdict, history, resources,
