@@ -54,32 +54,42 @@ def lab_up(tmp_path: Path, locust_args: list[str] = (), env: dict[str, str] | No
     with open(log, "w") as fh:
         proc = subprocess.Popen(args, cwd=REPO_ROOT, stdout=fh, stderr=subprocess.STDOUT,
                                 env={**os.environ, **ENV, "PYTHONUNBUFFERED": "1", **(env or {})})
-    run_dir: Path | None = None
     try:
         deadline = time.monotonic() + 120
         while not (found := re.search(r"locust UI\s+(http://127\.0\.0\.1:\d+)", log.read_text())):
             assert proc.poll() is None, log.read_text()
             assert time.monotonic() < deadline, "no web UI in 120 s:\n" + log.read_text()
             time.sleep(0.3)
-        run_dir = next(out.iterdir())
-        yield Up(proc, log, found.group(1), run_dir)
+        up = Up(proc, log, found.group(1), next(out.iterdir()))
+        yield up
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=90) == 130, log.read_text()
+        assert_all_gone(started(out))
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
-        pids = []
-        if run_dir is not None and (run_dir / "run.json").is_file():
-            meta = json.loads((run_dir / "run.json").read_text())
-            pids = [c["pid"] for c in meta.get("components", [])] + meta.get("pids", [])
-    leftovers = [p for p in pids if psutil.pid_exists(p)]
-    for pid in leftovers:  # a failed test must not leave load running for the tests after it
+        if proc.poll() is None:  # the test failed: the lab's own SIGTERM handling stops what it started
+            proc.terminate()
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=30)
+        for pid in started(out):  # a failed test must not leave load running for the tests after it
+            try:
+                psutil.Process(pid).kill()
+            except psutil.Error:
+                pass
+
+
+def started(out: Path) -> list[int]:
+    """Every PID the lab recorded in its run directory's run.json."""
+    pids: list[int] = []
+    for meta_path in out.glob("*/run.json") if out.is_dir() else []:
         try:
-            psutil.Process(pid).kill()
-        except psutil.Error:
-            pass
-    assert_all_gone(pids)
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError:  # being rewritten this instant
+            continue
+        pids += [c["pid"] for c in meta.get("components", [])] + meta.get("pids", [])
+    return pids
 
 
 def chromium_dom(url: str, profile: Path, budget_ms: int = 4000) -> str:
