@@ -21,7 +21,7 @@ from loadlab.contract.thresholds import Thresholds
 from loadlab.functional import ErrorEvidence, read_failures_csv, step_errors
 from loadlab.history import Damage, DamagedInput, LocustHistory, Samples, read_samples, read_stats_history
 from loadlab.report import write_report
-from loadlab.steps import resource_series, summarize_steps
+from loadlab.steps import ResourceSeries, resource_series, summarize_steps
 from loadlab.verdict import Source, Verdict
 
 LOCUST_PREFIX = "locust"  # Locust's --csv prefix inside a run directory
@@ -110,6 +110,36 @@ def failures_csv(history_csv: Path) -> Path:
     return history_csv.with_name(history_csv.name[: -len(HISTORY_SUFFIX)] + FAILURES_SUFFIX)
 
 
+def judge(inputs: RunInputs, history: LocustHistory, samples: Samples, th: Thresholds,
+          run_errors: list | None = None, failures_path: Path | None = None) -> tuple[Verdict, ResourceSeries | None]:
+    """The verdict of a run's history and samples (and the resource series it was built from). The
+    final analysis and the live one (`loadlab.live`, on the steps finished so far) both call this.
+    `run_errors`: the rows of Locust's failures CSV (`failures_path`), for a functional failure's top errors."""
+    meta = analysis_meta(inputs.meta)
+    resources = resource_series(samples, meta)  # once: the step summaries and the report's charts share it
+    steps = summarize_steps(history, samples, meta, transient_fraction=th.step_transient_fraction,
+                            resources=resources)
+    has_failures_csv = failures_path is not None and failures_path.is_file()
+    evidence = ErrorEvidence(by_step=[step_errors(samples, s) for s in steps], run=run_errors or [],
+                             failures_csv=str(failures_path) if has_failures_csv else None)
+    verdict = analyze_steps(steps, th, evidence)
+    verdict.source = Source(
+        stats_history=str(inputs.history_csv),
+        resource_samples=str(inputs.samples_path) if inputs.samples_path else None,
+        windowed_percentiles=history.windowed_percentiles,
+        scenario=inputs.meta.get("scenario"),
+    )
+    if inputs.meta.get("incomplete"):  # the lab recorded that the run did not finish (runner.Lab.execute)
+        verdict.complete = False
+        verdict.incomplete_reason = str(inputs.meta["incomplete"])
+    if steps and not history.windowed_percentiles:
+        verdict.notes.append("note: the CSV lacks --csv-full-history, so p95 per step is Locust's cumulative "
+                             "percentile, not the step's own")
+    if steps and not samples:
+        verdict.notes.append("note: no resource samples beside the CSV, so CPU fields are null")
+    return verdict, resources
+
+
 def analyze(path: Path | str, th: Thresholds | None = None, write: bool = True,
             title: str | None = None, lenient: bool = False) -> tuple[Verdict, RunInputs]:
     """Verdict for a run; writes verdict.json and report.html beside the inputs when `write`.
@@ -126,29 +156,9 @@ def analyze(path: Path | str, th: Thresholds | None = None, write: bool = True,
     samples: Samples = read_samples(inputs.samples_path, damage) if inputs.samples_path else Samples()
     failures_path = failures_csv(inputs.history_csv)
     run_errors = read_failures_csv(failures_path, damage) if failures_path.is_file() else []
-    meta = analysis_meta(inputs.meta)
-    resources = resource_series(samples, meta)  # once: the step summaries and the report's charts share it
-    steps = summarize_steps(history, samples, meta, transient_fraction=th.step_transient_fraction,
-                            resources=resources)
-    evidence = ErrorEvidence(by_step=[step_errors(samples, s) for s in steps], run=run_errors,
-                             failures_csv=str(failures_path) if failures_path.is_file() else None)
-    verdict = analyze_steps(steps, th, evidence)
+    verdict, resources = judge(inputs, history, samples, th, run_errors, failures_path)
     verdict.skipped_rows = len(damage.skipped)
     inputs.skipped = damage.skipped
-    verdict.source = Source(
-        stats_history=str(inputs.history_csv),
-        resource_samples=str(inputs.samples_path) if inputs.samples_path else None,
-        windowed_percentiles=history.windowed_percentiles,
-        scenario=inputs.meta.get("scenario"),
-    )
-    if inputs.meta.get("incomplete"):  # the lab recorded that the run did not finish (runner.Lab.execute)
-        verdict.complete = False
-        verdict.incomplete_reason = str(inputs.meta["incomplete"])
-    if steps and not history.windowed_percentiles:
-        verdict.notes.append("note: the CSV lacks --csv-full-history, so p95 per step is Locust's cumulative "
-                             "percentile, not the step's own")
-    if steps and not samples:
-        verdict.notes.append("note: no resource samples beside the CSV, so CPU fields are null")
     profiling.attach(verdict, inputs.out_dir, inputs.meta, write=write)  # --profile: hotspots, flame graph
     for torn in damage.torn:
         verdict.notes.append(f"note: {torn} was torn (a process killed while writing it) and was left out; "

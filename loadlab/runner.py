@@ -29,10 +29,12 @@ from loadlab import rundir
 from loadlab.contract import thresholds
 from loadlab.contract.cores import usable_cores
 from loadlab.contract.exits import EXIT_API_FAILED
+from loadlab.contract.live import RUN_DIR_ENV
 from loadlab.contract.names import DEFAULT_BIND, DEFAULT_PORTS, GENERATOR_GROUP, LOCUST_JOB, SIDECAR_JOB, TARGET_GROUP, TARGET_JOB
 from loadlab.contract.scenarios import STOP_TIMEOUT_S, lab_scenarios
 from loadlab.contract.thresholds import DEFAULT_THRESHOLDS, Thresholds
 from loadlab.history import read_stats_history
+from loadlab.live import LiveView
 from loadlab.processes import (
     Component,
     ComponentDied,
@@ -168,6 +170,7 @@ class Lab:
         self.sup = Supervisor()
         self.sampler: Sampler | None = None
         self.profiler: StepProfiler | None = None
+        self.live: LiveView | None = None  # `up` only: live.json for Locust's Lab tab
         self._run_dir: Path | None = None
         self.ports: dict[str, int] = {}
         self._locust_master: Component | None = None
@@ -287,6 +290,8 @@ class Lab:
         env = {**os.environ, **self.opts.env, **thresholds.to_env(self.thresholds)}
         env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env.setdefault("PYTHONUNBUFFERED", "1")
+        if self._run_dir is not None:  # where Locust's Lab tab finds live.json
+            env[RUN_DIR_ENV] = str(self._run_dir.resolve())
         return env
 
     def component(self, name: str, args: list[str], ready_url: str | None = None,
@@ -418,6 +423,8 @@ class Lab:
                  f"({what}, pid {comp.pid}); exporter http://{DEFAULT_BIND}:{self.ports['exporter']}/metrics")
         if self.opts.mode == "up":
             self.say(f"locust UI  http://{DEFAULT_BIND}:{self.ports['web']}")
+            self.say(f"lab tab    http://{DEFAULT_BIND}:{self.ports['web']}/lab  (target and Locust CPU, "
+                     f"memory, users, throughput and the live verdict)")
 
     def start_sampler(self) -> None:
         sources = {SIDECAR_JOB: f"http://{DEFAULT_BIND}:{self.ports['sidecar']}/metrics",
@@ -451,6 +458,13 @@ class Lab:
                      f"each step's hold -> {self.run_dir / 'profiles'}")
         self.meta["profiling"] = info
 
+    def start_live(self) -> None:
+        """`up`: analyse the run so far every few seconds into live.json, for Locust's Lab tab."""
+        if self.opts.mode != "up" or self.sampler is None:
+            return
+        self.live = LiveView(self.run_dir, self.sampler.sources, title=f"loadlab up: {self.opts.scenario}")
+        self.live.start()
+
     def write_meta(self, **extra) -> None:
         self.meta.update(extra)
         self.meta["components"] = [
@@ -476,6 +490,7 @@ class Lab:
         self.start_sidecar(target_pid)
         self.start_sampler()
         self.start_profiler(target_pid)
+        self.start_live()
         self.start_prometheus()
         self.write_meta()
         self.start_locust()
@@ -623,6 +638,8 @@ class Lab:
                 hold_signals()  # a second Ctrl-C must not cut the cleanup short
                 if self.profiler:  # before the target stops: py-spy writes the last step's stacks
                     self.profiler.stop()
+                if self.live:
+                    self.live.stop()
                 if self.sampler:
                     self.sampler.stop()
                 self.sup.stop_all()
