@@ -217,13 +217,20 @@ def signals(steps: list[StepSummary], knee: KneeResult | None, th: Thresholds = 
     return sorted(crossings.values(), key=lambda c: c.time)
 
 
-def analyze_steps(steps: list[StepSummary], th: Thresholds = DEFAULT_THRESHOLDS) -> Verdict:
-    """The verdict for a run's step summaries."""
+def findings(steps: list[StepSummary], th: Thresholds = DEFAULT_THRESHOLDS) -> tuple[KneeResult | None, int | None,
+                                                                                  float | None]:
+    """(knee, index of the break step, capacity): the verdict's findings, and all that
+    `loadlab.uncertainty` recomputes on every bootstrap replicate."""
     knee = find_knee(steps, th)
     brk = find_break(steps, th)
     if knee is not None and brk is not None and brk < knee.step:
         knee = None  # the SLO broke before throughput flattened: the break is the finding
-    cap = capacity(steps, knee, brk, th)
+    return knee, brk, capacity(steps, knee, brk, th)
+
+
+def analyze_steps(steps: list[StepSummary], th: Thresholds = DEFAULT_THRESHOLDS) -> Verdict:
+    """The verdict for a run's step summaries."""
+    knee, brk, cap = findings(steps, th)
     ref = knee.step if knee is not None else brk
     resource, basis = limiting_resource(steps, ref, brk, th)
     return Verdict(

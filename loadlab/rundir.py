@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loadlab import gates as gating
+from loadlab import uncertainty
 from loadlab.analysis import analyze_steps
 from loadlab.contract import thresholds
 from loadlab.contract.thresholds import Thresholds
@@ -89,9 +91,10 @@ def run_thresholds(inputs: RunInputs, environ: Mapping[str, str], p95_ms: float 
 
 
 def analyze(path: Path | str, th: Thresholds | None = None, write: bool = True,
-            title: str | None = None) -> tuple[Verdict, RunInputs]:
+            title: str | None = None, gates: Sequence[gating.Gate] = ()) -> tuple[Verdict, RunInputs]:
     """Verdict for a run; writes verdict.json and report.html beside the inputs when `write`.
-    `th`: the thresholds to judge by (default: `run_thresholds` without flags)."""
+    `th`: the thresholds to judge by (default: `run_thresholds` without flags); `gates`: checked on the
+    verdict, results in verdict.json `gates`."""
     inputs = locate(path)
     if th is None:
         th = run_thresholds(inputs, os.environ)
@@ -113,6 +116,11 @@ def analyze(path: Path | str, th: Thresholds | None = None, write: bool = True,
                              "percentile, not the step's own")
     if steps and not samples:
         verdict.notes.append("note: no resource samples beside the CSV, so CPU fields are null")
+    boot = uncertainty.attach(verdict, history, samples, th)
+    if steps and not boot.complete:
+        verdict.notes.append("note: " + "; ".join(boot.notes))
+    if gates:
+        verdict.gates = gating.evaluate(gates, verdict)
     if write:
         (inputs.out_dir / VERDICT).write_text(json.dumps(verdict.to_dict(), indent=2) + "\n")
         write_report(inputs.out_dir / REPORT, verdict, history, resources,

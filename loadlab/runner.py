@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from loadlab import rundir
 from loadlab.contract import thresholds
@@ -77,6 +77,10 @@ class LabOptions:
     env: dict[str, str] = field(default_factory=dict)
     slo_p95_ms: float | None = None  # flags; they beat the suite's SLO_* variables
     slo_error_ratio: float | None = None
+    gates: list[Any] = field(default_factory=list)  # loadlab.gates.Gate, checked on the verdict (exit 4)
+    junit: Path | None = None  # JUnit XML of the gates and the baseline comparison
+    baseline: Path | None = None  # compare with this run directory after the run (a regression: exit 4)
+    min_change_pct: float = 5.0  # loadlab.compare.DEFAULT_MIN_CHANGE_PCT
 
 
 def new_run_dir(out: Path, scenario: str) -> Path:
@@ -151,6 +155,7 @@ class Lab:
             raise LabError(f"--workers must be 0 (one Locust process) or more, got {opts.workers}")
         if opts.host and not opts.host.startswith(("http://", "https://")):
             raise LabError(f"--host {opts.host!r} is not a URL: give it like http://127.0.0.1:5000")
+        self.check_baseline()
         self.allocate_ports()
 
     def needed_ports(self) -> list[str]:
@@ -394,11 +399,14 @@ class Lab:
         history = self.run_dir / f"{rundir.LOCUST_PREFIX}{rundir.HISTORY_SUFFIX}"
         if not history.is_file():
             return None
-        verdict, _ = rundir.analyze(self.run_dir, title=f"loadlab {self.opts.mode}: {self.opts.scenario}")
+        verdict, _ = rundir.analyze(self.run_dir, title=f"loadlab {self.opts.mode}: {self.opts.scenario}",
+                                    gates=self.opts.gates)
         self.say("")
         self.say("verdict:")
         for line in verdict.summary():
             self.say(f"  {line}")
+        for result in verdict.gates or []:
+            self.say(f"  {result.line()}")
         self.say(f"report: {self.run_dir / rundir.REPORT}")
         self.say(f"verdict: {self.run_dir / rundir.VERDICT}")
         return verdict
@@ -428,7 +436,7 @@ class Lab:
             if verdict is None:
                 self.say(f"error: Locust wrote no stats history; see {self.locust_master.log_path}")
                 return 1
-            return 0
+            return self.after_checks(verdict)
         except Interrupted as exc:
             self.say(f"\ninterrupted ({exc}): stopped every component this run started")
             if self._run_dir:
@@ -445,4 +453,49 @@ class Lab:
             code = 1
         finally:
             restore()
+        return code
+
+    # ------------------------------------------------------------------ CI checks (gates, --baseline)
+
+    def check_baseline(self) -> None:
+        """A --baseline must be a run this one can be compared with: said before anything starts."""
+        if self.opts.baseline is None:
+            return
+        try:
+            inputs = rundir.locate(self.opts.baseline)
+        except FileNotFoundError as exc:
+            raise LabError(f"--baseline: {exc}") from None
+        scenario = inputs.meta.get("scenario")
+        if scenario and scenario != self.opts.scenario:
+            raise LabError(f"--baseline {self.opts.baseline} ran {scenario}, this run is {self.opts.scenario}: "
+                           "compare runs of the same scenario")
+
+    def after_checks(self, verdict: Verdict) -> int:
+        """Compare with --baseline, write --junit; 4 when a gate failed or the run regressed, 2 when
+        the baseline could not be compared, else 0."""
+        from loadlab import compare as comparing
+        from loadlab import gates as gating
+
+        code = 4 if gating.failed(verdict.gates) else 0
+        suites: list[tuple[str, list[gating.Case]]] = [("loadlab gates", gating.gate_cases(verdict.gates or []))]
+        if self.opts.baseline is not None:
+            self.say("")
+            self.say(f"compared with the baseline {self.opts.baseline}:")
+            try:
+                base = comparing.load("BASE", self.opts.baseline, self.opts.slo_p95_ms, self.opts.slo_error_ratio)
+                new = comparing.load("NEW", self.run_dir, verdict=verdict)
+                result = comparing.compare(base, new, self.opts.min_change_pct)
+            except comparing.CompareError as exc:
+                self.say(f"  error: {exc}")
+                code = 2
+            else:
+                for line in comparing.table(result):
+                    self.say(f"  {line}")
+                page, _ = comparing.write(result, self.run_dir)
+                self.say(f"compare: {page}")
+                suites.append(("loadlab compare", comparing.junit_cases(result)))
+                if result.regressions:
+                    code = 4
+        if self.opts.junit is not None:
+            self.say(f"junit: {gating.write_junit(self.opts.junit, suites)}")
         return code
