@@ -356,14 +356,17 @@ def bootstrap(steps: list[StepSummary], history: LocustHistory, samples: Samples
     rng = np.random.default_rng(seed)
     reps: list[StepReplicates | None] = []
     result = Bootstrap(level=level, replicates=replicates, steps=reps)
+    short: list[str] = []
     for step in steps:
         sec = hold_seconds(step, history, samples)
         if sec is None or sec.n < MIN_INTERVALS:
             reps.append(None)
-            result.notes.append(f"the {step.users}-user step's hold has {0 if sec is None else sec.n} per-second "
-                                f"samples (fewer than {MIN_INTERVALS}): no interval for it")
+            short.append(f"{step.users} ({0 if sec is None else sec.n})")
             continue
         reps.append(resample_step(step, sec, rng, replicates, level))
+    if short:
+        result.notes.append(f"no interval for the steps at {', '.join(short)} users (per-second samples in the "
+                            f"hold): a step needs {MIN_INTERVALS} or more; lengthen the steps")
     if not run_level or not steps or not result.complete:
         if steps and run_level:
             result.notes.append("no interval on the capacity, the knee or the break: they rest on every step")

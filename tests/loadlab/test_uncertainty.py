@@ -127,5 +127,6 @@ def test_holds_too_short_for_an_interval_get_none_and_the_verdict_says_why(tmp_p
     assert all(hold_seconds(s, history, read_samples(run / "samples.jsonl")).n < MIN_INTERVALS for s in steps)
     verdict, _ = rundir.analyze(run, write=False)
     assert all(s.rps_ci is None for s in verdict.steps) and verdict.capacity_ci is None
-    assert any("per-second samples" in n and "no interval" in n for n in verdict.notes), verdict.notes
+    assert any("no interval for the steps at 10 (" in n and "lengthen the steps" in n for n in verdict.notes), \
+        verdict.notes
     assert not any("95% CI" in line for line in verdict.summary())
