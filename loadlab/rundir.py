@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loadlab import profiling
+from loadlab import gates as gating
+from loadlab import profiling, uncertainty
 from loadlab.analysis import analyze_steps
 from loadlab.contract import thresholds
 from loadlab.contract.thresholds import Thresholds
@@ -141,10 +142,12 @@ def judge(inputs: RunInputs, history: LocustHistory, samples: Samples, th: Thres
 
 
 def analyze(path: Path | str, th: Thresholds | None = None, write: bool = True,
-            title: str | None = None, lenient: bool = False) -> tuple[Verdict, RunInputs]:
+            title: str | None = None, lenient: bool = False,
+            gates: Sequence[gating.Gate] = ()) -> tuple[Verdict, RunInputs]:
     """Verdict for a run; writes verdict.json and report.html beside the inputs when `write`.
     `th`: the thresholds to judge by (default: `run_thresholds` without flags). An unreadable row of
-    any input raises `DamagedInput` (file and line); with `lenient` it is skipped and counted."""
+    any input raises `DamagedInput` (file and line); with `lenient` it is skipped and counted.
+    `gates`: checked on the verdict, results in verdict.json `gates`."""
     damage = Damage(lenient=lenient)
     inputs = locate(path, damage)
     if th is None:
@@ -157,6 +160,10 @@ def analyze(path: Path | str, th: Thresholds | None = None, write: bool = True,
     failures_path = failures_csv(inputs.history_csv)
     run_errors = read_failures_csv(failures_path, damage) if failures_path.is_file() else []
     verdict, resources = judge(inputs, history, samples, th, run_errors, failures_path)
+    if verdict.functional_failure is None:  # intervals on figures that exist (a functional failure has none)
+        boot = uncertainty.attach(verdict, history, samples, th)
+        if verdict.steps and not boot.complete:
+            verdict.notes.append("note: " + "; ".join(boot.notes))
     verdict.skipped_rows = len(damage.skipped)
     inputs.skipped = damage.skipped
     profiling.attach(verdict, inputs.out_dir, inputs.meta, write=write)  # --profile: hotspots, flame graph
@@ -167,6 +174,8 @@ def analyze(path: Path | str, th: Thresholds | None = None, write: bool = True,
         verdict.notes.append(f"note: --lenient skipped {len(damage.skipped)} unreadable rows, so this verdict "
                              f"is of what was left: {'; '.join(damage.skipped[:3])}"
                              + (f"; and {len(damage.skipped) - 3} more" if len(damage.skipped) > 3 else ""))
+    if gates:
+        verdict.gates = gating.evaluate(gates, verdict)
     if write:
         (inputs.out_dir / VERDICT).write_text(json.dumps(verdict.to_dict(), indent=2) + "\n")
         write_report(inputs.out_dir / REPORT, verdict, history, resources,

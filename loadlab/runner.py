@@ -23,12 +23,12 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from loadlab import rundir
 from loadlab.contract import thresholds
 from loadlab.contract.cores import usable_cores
-from loadlab.contract.exits import EXIT_API_FAILED
+from loadlab.contract.exits import EXIT_API_FAILED, EXIT_GATE, EXIT_USAGE
 from loadlab.contract.live import RUN_DIR_ENV
 from loadlab.contract.names import DEFAULT_BIND, DEFAULT_PORTS, GENERATOR_GROUP, LOCUST_JOB, SIDECAR_JOB, TARGET_GROUP, TARGET_JOB
 from loadlab.contract.scenarios import STOP_TIMEOUT_S, lab_scenarios
@@ -104,6 +104,11 @@ class LabOptions:
     slo_error_ratio: float | None = None
     profile: bool = False  # sample the target's stacks during each step's hold (loadlab.profiling)
     profile_rate: int = DEFAULT_PROFILE_RATE
+
+    gates: list[Any] = field(default_factory=list)  # loadlab.gates.Gate, checked on the verdict (exit 4)
+    junit: Path | None = None  # JUnit XML of the gates and the baseline comparison
+    baseline: Path | None = None  # compare with this run directory after the run (a regression: exit 4)
+    min_change_pct: float = 5.0  # loadlab.compare.DEFAULT_MIN_CHANGE_PCT
 
 
 _LOG_PREFIX = re.compile(r"^\[[^]]*\] [^/]*/(ERROR|CRITICAL)/[^:]*: ")
@@ -226,6 +231,7 @@ class Lab:
         if opts.host and not urllib.parse.urlsplit(opts.host).hostname:
             raise LabError(f"--host {opts.host!r} names no host: give it like http://127.0.0.1:5000")
         self.check_port_flags()
+        self.check_baseline()
         self.allocate_ports()
         self.check_ports_distinct()
         problem = out_dir_problem(opts.out)  # last: nothing is created when an earlier check fails
@@ -590,11 +596,14 @@ class Lab:
         history = self.run_dir / f"{rundir.LOCUST_PREFIX}{rundir.HISTORY_SUFFIX}"
         if not history.is_file():
             return None
-        verdict, _ = rundir.analyze(self.run_dir, title=f"loadlab {self.opts.mode}: {self.opts.scenario}")
+        verdict, _ = rundir.analyze(self.run_dir, title=f"loadlab {self.opts.mode}: {self.opts.scenario}",
+                                    gates=self.opts.gates)
         self.say("")
         self.say("verdict:")
         for line in verdict.summary():
             self.say(f"  {line}")
+        for result in verdict.gates or []:
+            self.say(f"  {result.line()}")
         self.say(f"report: {self.run_dir / rundir.REPORT}")
         self.say(f"verdict: {self.run_dir / rundir.VERDICT}")
         return verdict
@@ -663,7 +672,9 @@ class Lab:
             if verdict is None:
                 self.say(f"error: Locust wrote no stats history; see {self.locust_master.log_path}")
                 return 1
-            return EXIT_API_FAILED if verdict.functional_failure is not None else 0
+            if verdict.functional_failure is not None:
+                return EXIT_API_FAILED
+            return self.after_checks(verdict)
         except Interrupted:
             self.say("stopped every component this run started")
             self.finish_partial()
@@ -683,6 +694,51 @@ class Lab:
             code = 1
         finally:
             restore()
+        return code
+
+    # ------------------------------------------------------------------ CI checks (gates, --baseline)
+
+    def check_baseline(self) -> None:
+        """A --baseline must be a run this one can be compared with: said before anything starts."""
+        if self.opts.baseline is None:
+            return
+        try:
+            inputs = rundir.locate(self.opts.baseline)
+        except FileNotFoundError as exc:
+            raise LabError(f"--baseline: {exc}") from None
+        scenario = inputs.meta.get("scenario")
+        if scenario and scenario != self.opts.scenario:
+            raise LabError(f"--baseline {self.opts.baseline} ran {scenario}, this run is {self.opts.scenario}: "
+                           "compare runs of the same scenario")
+
+    def after_checks(self, verdict: Verdict) -> int:
+        """Compare with --baseline, write --junit; 4 when a gate failed or the run regressed, 2 when
+        the baseline could not be compared, else 0."""
+        from loadlab import compare as comparing
+        from loadlab import gates as gating
+
+        code = EXIT_GATE if gating.failed(verdict.gates) else 0
+        suites: list[tuple[str, list[gating.Case]]] = [("loadlab gates", gating.gate_cases(verdict.gates or []))]
+        if self.opts.baseline is not None:
+            self.say("")
+            self.say(f"compared with the baseline {self.opts.baseline}:")
+            try:
+                base = comparing.load("BASE", self.opts.baseline, self.opts.slo_p95_ms, self.opts.slo_error_ratio)
+                new = comparing.load("NEW", self.run_dir, verdict=verdict)
+                result = comparing.compare(base, new, self.opts.min_change_pct)
+            except comparing.CompareError as exc:
+                self.say(f"  error: {exc}")
+                code = EXIT_USAGE
+            else:
+                for line in comparing.table(result):
+                    self.say(f"  {line}")
+                page, _ = comparing.write(result, self.run_dir)
+                self.say(f"compare: {page}")
+                suites.append(("loadlab compare", comparing.junit_cases(result)))
+                if result.regressions:
+                    code = EXIT_GATE
+        if self.opts.junit is not None:
+            self.say(f"junit: {gating.write_junit(self.opts.junit, suites)}")
         return code
 
 
