@@ -200,6 +200,7 @@ class LiveView(threading.Thread):
         self._reported_end: float | None = None  # the last row with users of the test last reported
         self._report_error: str | None = None  # why that report could not be written
         self._last: dict[str, Any] = {}  # the last view written
+        self._stopped: tuple[tuple[int, int], dict[str, Any]] | None = None  # a stopped test's view, by its data
 
     def run(self) -> None:
         while not self._stop_event.is_set():
@@ -265,12 +266,19 @@ class LiveView(threading.Thread):
             state = "running"
         else:
             state = "stopped" if with_users or so_far.ever_ran else "ready"
+        key = (len(rows), sum(len(v) for v in so_far.samples.by_source.values()))
+        if state == "stopped":
+            # The final verdict's intervals too, so a stopped test reads exactly as `loadlab` prints
+            # it; not while it runs (a bootstrap every few seconds would cost the lab a core).
+            if self._stopped is not None and self._stopped[0] == key:
+                return {**self._stopped[1], "generated_at": now}
+            rundir.add_intervals(verdict, finished, so_far.samples, th)
         # One time axis: from just before the first user to now (to a little after the last user once
         # the test stopped, so an idle UI left open does not squeeze the test to one side).
         t0 = with_users[0].t - LEAD_S if with_users else now - 120.0
         t1 = min(now, with_users[-1].t + 3 * LEAD_S) if state == "stopped" and with_users else now
         series, missing, cores = self.series(rows, resources, meta, verdict, t0, t1)
-        return {
+        view = {
             "schema": SCHEMA,
             "source": "lab",
             "generated_at": now,
@@ -291,6 +299,8 @@ class LiveView(threading.Thread):
             "t1": t1,
             "verdict": verdict.to_dict(),
         }
+        self._stopped = (key, view) if state == "stopped" else None
+        return view
 
     def series(self, rows: list[HistoryRow], resources: ResourceSeries | None, meta: dict[str, Any],
                verdict: Verdict, t0: float, t1: float

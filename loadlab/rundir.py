@@ -141,6 +141,16 @@ def judge(inputs: RunInputs, history: LocustHistory, samples: Samples, th: Thres
     return verdict, resources
 
 
+def add_intervals(verdict: Verdict, history: LocustHistory, samples: Samples, th: Thresholds) -> None:
+    """95% intervals on the verdict's figures (loadlab.uncertainty), unless it has none (a functional
+    failure). The final analysis, and the live view once a test has stopped, add them."""
+    if verdict.functional_failure is not None:
+        return
+    boot = uncertainty.attach(verdict, history, samples, th)
+    if verdict.steps and not boot.complete:
+        verdict.notes.append("note: " + "; ".join(boot.notes))
+
+
 def analyze(path: Path | str, th: Thresholds | None = None, write: bool = True,
             title: str | None = None, lenient: bool = False,
             gates: Sequence[gating.Gate] = ()) -> tuple[Verdict, RunInputs]:
@@ -160,10 +170,7 @@ def analyze(path: Path | str, th: Thresholds | None = None, write: bool = True,
     failures_path = failures_csv(inputs.history_csv)
     run_errors = read_failures_csv(failures_path, damage) if failures_path.is_file() else []
     verdict, resources = judge(inputs, history, samples, th, run_errors, failures_path)
-    if verdict.functional_failure is None:  # intervals on figures that exist (a functional failure has none)
-        boot = uncertainty.attach(verdict, history, samples, th)
-        if verdict.steps and not boot.complete:
-            verdict.notes.append("note: " + "; ".join(boot.notes))
+    add_intervals(verdict, history, samples, th)
     verdict.skipped_rows = len(damage.skipped)
     inputs.skipped = damage.skipped
     profiling.attach(verdict, inputs.out_dir, inputs.meta, write=write)  # --profile: hotspots, flame graph
