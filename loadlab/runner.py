@@ -419,6 +419,9 @@ class Lab:
         self._locust_master = comp
         try:
             comp.wait_ready(timeout=120)  # preflight + seeding happen before the exporter serves
+            if self.opts.mode == "up":  # the web UI starts after the exporter: print its URL once it answers
+                comp.ready_url = f"http://{DEFAULT_BIND}:{self.ports['web']}/"
+                comp.wait_ready(timeout=120)
         except ComponentDied:
             failed = api_failed(comp)
             if failed:
@@ -636,7 +639,8 @@ class Lab:
                 if self.opts.mode == "run" and locust_code != 0:
                     incomplete = {"incomplete": f"Locust exited with {describe_exit(locust_code)}"}
             except Interrupted as exc:
-                incomplete = {"incomplete": f"interrupted by {exc}", "incomplete_at": time.time()}
+                if self.opts.mode == "run":  # `up` ends with Ctrl-C by design: its tests ran as the user chose
+                    incomplete = {"incomplete": f"interrupted by {exc}", "incomplete_at": time.time()}
                 self.say(f"\ninterrupted ({exc}): stopping every component this run started")
                 raise
             except ComponentDied as exc:
