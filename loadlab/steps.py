@@ -151,16 +151,30 @@ def _inside(points: list[Point], start: float, end: float) -> list[float]:
     return [v for t, v in points if start <= t <= end]
 
 
+def window_increase(points: list[Point], start: float, end: float) -> tuple[float, float] | None:
+    """(increase, seconds) of a CPU counter over a step's hold: from its samples inside the hold, else
+    (a sampler that fell behind on a busy host, one sample per 1.5 s in a 2.5 s hold) from the two
+    samples around it, when they span at most the hold plus one second on each side."""
+    inside = counter_increase(points, start, end)
+    if inside is not None:
+        return inside
+    before = [(t, v) for t, v in points if t <= start]
+    after = [(t, v) for t, v in points if t >= end]
+    if not before or not after or before[-1][0] < start - 1.0 or after[0][0] > end + 1.0:
+        return None
+    return counter_increase([before[-1], after[0]], before[-1][0], after[0][0])
+
+
 def _resource_fields(res: ResourceSeries, start: float, end: float, meta: dict) -> dict:
     """CPU (cores, averaged over [start, end]) and memory of the target and generator groups."""
     out: dict = {"host_cores": res.host_cores}
     host_cores = res.host_cores
-    busy = counter_increase(res.host_cpu, start, end)
-    idle = counter_increase(res.host_idle, start, end)
+    busy = window_increase(res.host_cpu, start, end)
+    idle = window_increase(res.host_idle, start, end)
     if busy and idle and busy[1] >= 0.5:
         out["host_cpu_busy_cores"] = (busy[0] - idle[0]) / busy[1]
     for role in ROLES:
-        cpu = counter_increase(res.cpu[role], start, end)
+        cpu = window_increase(res.cpu[role], start, end)
         if cpu and cpu[1] >= 0.5:  # a moment of samples (the run's last instant) says nothing
             out[f"{role}_cpu_cores"] = cpu[0] / cpu[1]
         procs = _inside(res.procs[role], start, end)

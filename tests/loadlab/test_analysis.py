@@ -8,9 +8,10 @@ import json
 import pytest
 
 from loadlab.analysis import analyze_steps, find_knee
+from loadlab.contract.histograms import counter_increase
 from loadlab.contract.thresholds import DEFAULT_THRESHOLDS
 from loadlab.history import read_stats_history
-from loadlab.steps import detect_plateaus, summarize_steps
+from loadlab.steps import detect_plateaus, summarize_steps, window_increase
 from tests.loadlab.synthetic import model_steps, write_history
 
 
@@ -187,3 +188,14 @@ def test_a_flat_last_step_alone_is_not_a_knee():
     steps = model_steps([4, 8, 12, 16])
     steps[-1] = dataclasses.replace(steps[-1], rps=steps[-2].rps)  # noise, or a knee: one step cannot tell
     assert find_knee(steps) is None
+
+
+def test_a_hold_the_sampler_fell_behind_on_still_gets_its_cpu_from_the_samples_around_it():
+    # A busy host: the sidecar answered every 1.5 s, so a 2.5 s hold held one sample. 0.8 cores all along.
+    cpu = [(t, 0.8 * t) for t in (47.2, 48.6, 50.1, 51.6, 53.1)]
+    increase, seconds = window_increase(cpu, 48.7, 51.2)
+    assert increase / seconds == pytest.approx(0.8) and seconds == pytest.approx(3.0)
+    assert window_increase(cpu, 48.0, 51.0) == counter_increase(cpu, 48.0, 51.0)  # inside first
+    # Samples more than a second away say nothing about the hold: no figure, not a wrong one.
+    assert window_increase([(40.0, 0.0), (60.0, 16.0)], 48.7, 51.2) is None
+    assert window_increase(cpu[:2], 48.7, 51.2) is None  # nothing after the hold

