@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loadlab import openmodel
 from loadlab.analysis import analyze_steps
 from loadlab.contract import thresholds
 from loadlab.contract.thresholds import Thresholds
 from loadlab.history import LocustHistory, Samples, read_samples, read_stats_history
+from loadlab.ratesteps import is_open_run
 from loadlab.report import write_report
 from loadlab.steps import resource_series, summarize_steps
 from loadlab.verdict import Source, Verdict
@@ -102,9 +104,14 @@ def analyze(path: Path | str, th: Thresholds | None = None, write: bool = True,
     samples: Samples = read_samples(inputs.samples_path) if inputs.samples_path else Samples()
     meta = analysis_meta(inputs.meta)
     resources = resource_series(samples, meta)  # once: the step summaries and the report's charts share it
-    steps = summarize_steps(history, samples, meta, transient_fraction=th.step_transient_fraction,
-                            resources=resources)
-    verdict = analyze_steps(steps, th)
+    open_model = is_open_run(samples)  # an arrival-rate run: its steps are plateaus of offered rate
+    if open_model:
+        verdict = openmodel.analyze_samples(samples, meta, th, resources, cut if isinstance(cut, (int, float)) else None)
+        steps = verdict.steps
+    else:
+        steps = summarize_steps(history, samples, meta, transient_fraction=th.step_transient_fraction,
+                                resources=resources)
+        verdict = analyze_steps(steps, th)
     verdict.source = Source(
         stats_history=str(inputs.history_csv),
         resource_samples=str(inputs.samples_path) if inputs.samples_path else None,
@@ -122,5 +129,6 @@ def analyze(path: Path | str, th: Thresholds | None = None, write: bool = True,
     if write:
         (inputs.out_dir / VERDICT).write_text(json.dumps(verdict.to_dict(), indent=2) + "\n")
         write_report(inputs.out_dir / REPORT, verdict, history, resources,
-                     title or f"loadlab report: {inputs.meta.get('scenario') or inputs.history_csv.name}")
+                     title or f"loadlab report: {inputs.meta.get('scenario') or inputs.history_csv.name}",
+                     open_series=openmodel.timeline(samples) if open_model else None)
     return verdict, inputs

@@ -10,6 +10,7 @@ It has the target API's two endpoints, so the Locust suite runs against it uncha
 once so that seeding does not eat the test's time. `/healthz` and `/metrics` as usual.
 
     python -m tests.loadlab.ground_truth_app --port P --workers W --service-ms S --mode sleep|burn
+    python -m tests.loadlab.ground_truth_app --port P --workers W --service-ms S --mode stall --stall-s 1 --period-s 5
 """
 
 from __future__ import annotations
@@ -32,9 +33,21 @@ def busy_for(seconds: float) -> None:
         pass
 
 
-def create_app(service_s: float, mode: str) -> Flask:
+def stall_then_sleep(service_s: float, stall_s: float, period_s: float) -> None:
+    """Wait out the stall this request arrived in (if any), then sleep the service time."""
+    into = time.time() % period_s
+    if into < stall_s:
+        time.sleep(stall_s - into)
+    time.sleep(service_s)
+
+
+def create_app(service_s: float, mode: str, stall_s: float = 1.0, period_s: float = 5.0) -> Flask:
     app = Flask("ground_truth")
-    work = time.sleep if mode == "sleep" else busy_for
+    if mode == "stall":
+        def work(seconds: float) -> None:
+            stall_then_sleep(seconds, stall_s, period_s)
+    else:
+        work = time.sleep if mode == "sleep" else busy_for
     ids = itertools.count(1)
 
     @app.post("/client_login")
@@ -64,9 +77,12 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, required=True)
     parser.add_argument("--service-ms", type=float, required=True)
-    parser.add_argument("--mode", choices=("sleep", "burn"), required=True)
+    parser.add_argument("--mode", choices=("sleep", "burn", "stall"), required=True)
+    parser.add_argument("--stall-s", type=float, default=1.0, help="--mode stall: length of each stall")
+    parser.add_argument("--period-s", type=float, default=5.0, help="--mode stall: a stall begins every this often")
     args = parser.parse_args()
-    serve(functools.partial(create_app, args.service_ms / 1000.0, args.mode), args.host, args.port, args.workers,
+    serve(functools.partial(create_app, args.service_ms / 1000.0, args.mode, args.stall_s, args.period_s),
+          args.host, args.port, args.workers,
           gunicorn_options={"timeout": 120, "backlog": 2048})
 
 
