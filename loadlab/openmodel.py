@@ -22,7 +22,7 @@ import re
 import statistics
 from dataclasses import replace
 
-from loadlab import analysis
+from loadlab import analysis, functional
 from loadlab.contract.histograms import rate_series
 from loadlab.contract.openmodel import (
     ARRIVAL_RATE,
@@ -38,7 +38,7 @@ from loadlab.contract.thresholds import DEFAULT_THRESHOLDS, Thresholds
 from loadlab.history import Samples, scrape_value, series
 from loadlab.ratesteps import RateStep, summarize_rate_steps
 from loadlab.steps import ResourceSeries, StepSummary, _resource_fields
-from loadlab.verdict import GENERATOR_CONCURRENCY, Break, Signal, StepPoint, Verdict
+from loadlab.verdict import GENERATOR_CONCURRENCY, Break, Signal, StepPoint, TopError, Verdict
 
 # The generator's slots were the limit when, at the break, Little's law puts at least this share
 # of them in use (X * R) while the API's own latency stayed within this factor of its light-load one.
@@ -112,11 +112,21 @@ def signals(rate_steps: list[RateStep], summaries: list[StepSummary], th: Thresh
 
 
 def analyze_rate_steps(rate_steps: list[RateStep], summaries: list[StepSummary],
-                       th: Thresholds = DEFAULT_THRESHOLDS) -> Verdict:
-    """The verdict for a run's rate steps (`summaries`: the same steps from `step_summaries`)."""
+                       th: Thresholds = DEFAULT_THRESHOLDS, errors: functional.ErrorEvidence | None = None) -> Verdict:
+    """The verdict for a run's rate steps (`summaries`: the same steps from `step_summaries`).
+    `errors`: the run's failure texts, to tell an API that fails functionally at light load (exit 3,
+    no break or capacity) from one that ran out of capacity, as for a closed run (`loadlab.functional`)."""
     brk = next((i for i, s in enumerate(rate_steps) if not s.sustained), None)
     verdict = Verdict(steps=summaries, thresholds=th, open_model=True, rate_steps=rate_steps)
     verdict.signals = signals(rate_steps, summaries, th)
+    if errors is not None:  # light load: the steps sustained before the break (and the first step)
+        failure, notes = functional.judge(summaries, brk, errors)
+        verdict.notes.extend(notes)
+        if failure is not None:
+            rate = next(r.offered_rps for r in rate_steps if r.start == failure.time)
+            verdict.functional_failure = replace(failure, rate=rate)
+            verdict.limiting_resource_basis = "the API failed functionally"
+            return verdict
     if brk is None:
         verdict.limiting_resource_basis = "no step failed to be sustained: nothing ran out"
         return verdict
@@ -135,10 +145,16 @@ def analyze_rate_steps(rate_steps: list[RateStep], summaries: list[StepSummary],
 
 
 def analyze_samples(samples: Samples, meta: dict, th: Thresholds, resources: ResourceSeries | None,
-                    until: float | None = None) -> Verdict:
-    """The open-model verdict of a run's samples (`until`: only what ran before it, for a partial run)."""
+                    until: float | None = None, run_errors: list[TopError] | None = None,
+                    failures_csv: str | None = None) -> Verdict:
+    """The open-model verdict of a run's samples (`until`: only what ran before it, for a partial run).
+    `run_errors`: Locust's failures CSV (`failures_csv`) rows, for a functional failure's top errors
+    when the exporter's samples lack them; None: the functional check is not made."""
     rate_steps = summarize_rate_steps(samples, th, until)
-    return analyze_rate_steps(rate_steps, step_summaries(rate_steps, resources, meta), th)
+    summaries = step_summaries(rate_steps, resources, meta)
+    evidence = None if run_errors is None else functional.ErrorEvidence(
+        by_step=[functional.step_errors(samples, s) for s in summaries], run=run_errors, failures_csv=failures_csv)
+    return analyze_rate_steps(rate_steps, summaries, th, evidence)
 
 
 Point = tuple[float, float]

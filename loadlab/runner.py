@@ -23,15 +23,18 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from loadlab import rundir
 from loadlab.contract import thresholds
 from loadlab.contract.cores import usable_cores
+from loadlab.contract.exits import EXIT_API_FAILED, EXIT_GATE, EXIT_USAGE
+from loadlab.contract.live import RUN_DIR_ENV
 from loadlab.contract.names import DEFAULT_BIND, DEFAULT_PORTS, GENERATOR_GROUP, LOCUST_JOB, SIDECAR_JOB, TARGET_GROUP, TARGET_JOB
 from loadlab.contract.scenarios import STOP_TIMEOUT_S, lab_scenarios
 from loadlab.contract.thresholds import DEFAULT_THRESHOLDS, Thresholds
 from loadlab.history import read_stats_history
+from loadlab.live import LiveView
 from loadlab.processes import (
     Component,
     ComponentDied,
@@ -46,7 +49,10 @@ from loadlab.processes import (
     port_owner,
     tail,
 )
+from loadlab.profiling import StepProfiler
 from loadlab.sampler import Sampler, parse_metrics, scrape
+from loadlab.stacks import DEFAULT_RATE as DEFAULT_PROFILE_RATE
+from loadlab.stacks import ProfilerUnavailable, check_attach
 from loadlab.verdict import Verdict
 from loadlab.watchdog import Watchdog
 
@@ -96,6 +102,13 @@ class LabOptions:
     env: dict[str, str] = field(default_factory=dict)
     slo_p95_ms: float | None = None  # flags; they beat the suite's SLO_* variables
     slo_error_ratio: float | None = None
+    profile: bool = False  # sample the target's stacks during each step's hold (loadlab.profiling)
+    profile_rate: int = DEFAULT_PROFILE_RATE
+
+    gates: list[Any] = field(default_factory=list)  # loadlab.gates.Gate, checked on the verdict (exit 4)
+    junit: Path | None = None  # JUnit XML of the gates and the baseline comparison
+    baseline: Path | None = None  # compare with this run directory after the run (a regression: exit 4)
+    min_change_pct: float = 5.0  # loadlab.compare.DEFAULT_MIN_CHANGE_PCT
 
 
 _LOG_PREFIX = re.compile(r"^\[[^]]*\] [^/]*/(ERROR|CRITICAL)/[^:]*: ")
@@ -114,9 +127,32 @@ def last_error(log_path: Path) -> str | None:
     return None
 
 
+class ApiFailed(LabError):
+    """The API answered the scenario's own requests wrongly before any load (the suite's preflight
+    said so, and exited with EXIT_API_FAILED): there is nothing to measure."""
+
+
+def out_dir_problem(out: Path) -> str | None:
+    """Why run directories cannot be made in `out` (None when they can). Creates `out` if missing."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        return f"--out {out} is a file, not a directory: give a directory (it is created if missing)"
+    except NotADirectoryError:
+        above = next((p for p in out.parents if p.is_file()), out.parent)
+        return f"--out {out} lies under {above}, which is a file, not a directory: give another --out"
+    except OSError as exc:
+        return f"--out {out} cannot be created ({exc.strerror or exc}): give another --out"
+    if not os.access(out, os.W_OK | os.X_OK):
+        return f"--out {out} is not writable by this user: give another --out"
+    return None
+
+
 def new_run_dir(out: Path, scenario: str) -> Path:
     """reports/<timestamp>-<scenario>/, never an existing directory."""
-    out.mkdir(parents=True, exist_ok=True)
+    problem = out_dir_problem(out)
+    if problem:
+        raise LabError(problem)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for n in range(1, 1000):
         path = out / (f"{stamp}-{scenario}" if n == 1 else f"{stamp}-{scenario}-{n}")
@@ -125,6 +161,8 @@ def new_run_dir(out: Path, scenario: str) -> Path:
             return path
         except FileExistsError:
             continue
+        except OSError as exc:
+            raise LabError(f"{path}: cannot create the run directory ({exc.strerror or exc})") from None
     raise LabError(f"{out}: cannot create a new run directory (1000 exist for {stamp}-{scenario})")
 
 
@@ -136,6 +174,8 @@ class Lab:
         self.out = stream
         self.sup = Supervisor()
         self.sampler: Sampler | None = None
+        self.profiler: StepProfiler | None = None
+        self.live: LiveView | None = None  # `up` only: live.json for Locust's Lab tab
         self._run_dir: Path | None = None
         self.ports: dict[str, int] = {}
         self._locust_master: Component | None = None
@@ -190,7 +230,32 @@ class Lab:
             raise LabError(f"--host {opts.host!r} is not a URL: give it like http://127.0.0.1:5000")
         if opts.host and not urllib.parse.urlsplit(opts.host).hostname:
             raise LabError(f"--host {opts.host!r} names no host: give it like http://127.0.0.1:5000")
+        self.check_port_flags()
+        self.check_baseline()
         self.allocate_ports()
+        self.check_ports_distinct()
+        problem = out_dir_problem(opts.out)  # last: nothing is created when an earlier check fails
+        if problem:
+            raise LabError(problem)
+
+    def check_port_flags(self) -> None:
+        """Two --*-port flags with the same port: refused, whether or not this run needs both."""
+        seen: dict[int, str] = {}
+        for name, port in self.opts.ports.items():
+            if port in seen:
+                raise LabError(f"{PORT_FLAGS[seen[port]]} and {PORT_FLAGS[name]} are both {port}: "
+                               f"give each component its own port")
+            seen[port] = name
+
+    def check_ports_distinct(self) -> None:
+        """A flag's port equal to another component's usual one (`up`: --web-port 5000)."""
+        seen: dict[int, str] = {}
+        for name, port in self.ports.items():
+            if port in seen:
+                first, second = sorted((seen[port], name), key=lambda n: n in self.opts.ports)
+                raise LabError(f"port {port} of {WHAT[second]} ({PORT_FLAGS[second]}) is also the usual port of "
+                               f"{WHAT[first]}: choose another, or move that one with {PORT_FLAGS[first]}")
+            seen[port] = name
 
     def needed_ports(self) -> list[str]:
         names = ["sidecar", "exporter"]
@@ -206,10 +271,14 @@ class Lab:
 
     def allocate_ports(self) -> None:
         """Explicit ports must be free; `up` uses the well-known defaults, `run` free ones."""
+        explicit_ports = set(self.opts.ports.values())
         for name in self.needed_ports():
             explicit = self.opts.ports.get(name)
             if explicit is None and (self.opts.mode == "run" or self.opts.free_ports):
-                self.ports[name] = free_port()
+                port = free_port()
+                while port in explicit_ports or port in self.ports.values():  # never one given to another
+                    port = free_port()
+                self.ports[name] = port
                 continue
             port = explicit if explicit is not None else DEFAULT_PORTS[name]
             if port_in_use(port):
@@ -227,6 +296,8 @@ class Lab:
         env = {**os.environ, **self.opts.env, **thresholds.to_env(self.thresholds)}
         env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env.setdefault("PYTHONUNBUFFERED", "1")
+        if self._run_dir is not None:  # where Locust's Lab tab finds live.json
+            env[RUN_DIR_ENV] = str(self._run_dir.resolve())
         return env
 
     def component(self, name: str, args: list[str], ready_url: str | None = None,
@@ -348,13 +419,21 @@ class Lab:
         self._locust_master = comp
         try:
             comp.wait_ready(timeout=120)  # preflight + seeding happen before the exporter serves
+            if self.opts.mode == "up":  # the web UI starts after the exporter: print its URL once it answers
+                comp.ready_url = f"http://{DEFAULT_BIND}:{self.ports['web']}/"
+                comp.wait_ready(timeout=120)
         except ComponentDied:
+            failed = api_failed(comp)
+            if failed:
+                raise failed from None
             raise LocustStoppedEarly(self.locust_stopped_early(comp.poll())) from None
         what = f"master + {self.opts.workers} workers" if self.opts.workers else "one process"
         self.say(f"locust     {SCENARIOS[self.opts.scenario][0]} --scenario {SCENARIOS[self.opts.scenario][1]} "
                  f"({what}, pid {comp.pid}); exporter http://{DEFAULT_BIND}:{self.ports['exporter']}/metrics")
         if self.opts.mode == "up":
             self.say(f"locust UI  http://{DEFAULT_BIND}:{self.ports['web']}")
+            self.say(f"lab tab    http://{DEFAULT_BIND}:{self.ports['web']}/lab  (target and Locust CPU, "
+                     f"memory, users, throughput and the live verdict)")
 
     def start_sampler(self) -> None:
         sources = {SIDECAR_JOB: f"http://{DEFAULT_BIND}:{self.ports['sidecar']}/metrics",
@@ -362,6 +441,38 @@ class Lab:
                    LOCUST_JOB: f"http://{DEFAULT_BIND}:{self.ports['exporter']}/metrics"}
         self.sampler = Sampler(self.run_dir / rundir.SAMPLES, sources)
         self.sampler.start()
+
+    def start_profiler(self, target_pid: int | None) -> None:
+        """--profile: py-spy on the target's process tree during each step's hold. When it cannot
+        attach, one line says why and the run goes on without profiles (the verdict says so)."""
+        if not self.opts.profile:
+            return
+        info: dict = {"requested": True, "rate": self.opts.profile_rate, "pid": target_pid}
+        try:
+            if not target_pid:
+                raise ProfilerUnavailable("no target PID to profile: with --host, give --target-pid PID of your "
+                                          "server's main process (on this machine)")
+            check_attach(target_pid)
+        except ProfilerUnavailable as exc:
+            info["error"] = str(exc)
+            self.say(f"profiler   off: {exc}; the run goes on without profiles")
+        else:
+            sampler = self.sampler
+            watchdog = self.sup.watchdog
+            self.profiler = StepProfiler(self.run_dir, target_pid, lambda: sampler.progress()["users"] if sampler else None,
+                                         self.thresholds.step_transient_fraction, self.opts.profile_rate, self.say,
+                                         on_spawn=watchdog.watch if watchdog else None)
+            self.profiler.start()
+            self.say(f"profiler   py-spy on pid {target_pid} and its children, {self.opts.profile_rate} samples/s, "
+                     f"each step's hold -> {self.run_dir / 'profiles'}")
+        self.meta["profiling"] = info
+
+    def start_live(self) -> None:
+        """`up`: analyse the run so far every few seconds into live.json, for Locust's Lab tab."""
+        if self.opts.mode != "up" or self.sampler is None:
+            return
+        self.live = LiveView(self.run_dir, self.sampler.sources, title=f"loadlab up: {self.opts.scenario}")
+        self.live.start()
 
     def write_meta(self, **extra) -> None:
         self.meta.update(extra)
@@ -387,6 +498,8 @@ class Lab:
         target_pid = self.start_target()
         self.start_sidecar(target_pid)
         self.start_sampler()
+        self.start_profiler(target_pid)
+        self.start_live()
         self.start_prometheus()
         self.write_meta()
         self.start_locust()
@@ -487,11 +600,14 @@ class Lab:
         history = self.run_dir / f"{rundir.LOCUST_PREFIX}{rundir.HISTORY_SUFFIX}"
         if not history.is_file():
             return None
-        verdict, _ = rundir.analyze(self.run_dir, title=f"loadlab {self.opts.mode}: {self.opts.scenario}")
+        verdict, _ = rundir.analyze(self.run_dir, title=f"loadlab {self.opts.mode}: {self.opts.scenario}",
+                                    gates=self.opts.gates)
         self.say("")
         self.say("verdict:")
         for line in verdict.summary():
             self.say(f"  {line}")
+        for result in verdict.gates or []:
+            self.say(f"  {result.line()}")
         self.say(f"report: {self.run_dir / rundir.REPORT}")
         self.say(f"verdict: {self.run_dir / rundir.VERDICT}")
         return verdict
@@ -524,7 +640,8 @@ class Lab:
                 if self.opts.mode == "run" and locust_code != 0:
                     incomplete = {"incomplete": f"Locust exited with {describe_exit(locust_code)}"}
             except Interrupted as exc:
-                incomplete = {"incomplete": f"interrupted by {exc}", "incomplete_at": time.time()}
+                if self.opts.mode == "run":  # `up` ends with Ctrl-C by design: its tests ran as the user chose
+                    incomplete = {"incomplete": f"interrupted by {exc}", "incomplete_at": time.time()}
                 self.say(f"\ninterrupted ({exc}): stopping every component this run started")
                 raise
             except ComponentDied as exc:
@@ -533,27 +650,43 @@ class Lab:
                 raise
             finally:
                 hold_signals()  # a second Ctrl-C must not cut the cleanup short
+                if self.profiler:  # before the target stops: py-spy writes the last step's stacks
+                    self.profiler.stop()
+                if self.live:
+                    self.live.stop()
                 if self.sampler:
                     self.sampler.stop()
                 self.sup.stop_all()
                 if self._run_dir:
-                    self.write_meta(ended_at=time.time(), pids=self.sup.all_pids(), **incomplete)
+                    self.write_meta(ended_at=time.time(),
+                                    pids=self.sup.all_pids() + (self.profiler.pids() if self.profiler else []),
+                                    **incomplete)
             if self.opts.mode == "run" and locust_code != 0:
+                failed = api_failed(self.locust_master)  # the preflight may end Locust after its exporter is up
+                if failed:
+                    raise failed
                 if not self.recorded_load():
                     raise LocustStoppedEarly(self.locust_stopped_early(locust_code))
                 self.say(f"error: {self.locust_master.name} exited with code {locust_code}; its log: "
                          f"{self.locust_master.log_path}\n{tail(self.locust_master.log_path)}")
                 self.finish_partial()
                 return 1
+            for line in suite_errors(self.locust_master.log_path).splitlines():  # e.g. seeding failed
+                self.say(f"locust: {line}")
             verdict = self.finish()
             if verdict is None:
                 self.say(f"error: Locust wrote no stats history; see {self.locust_master.log_path}")
                 return 1
-            return 0
+            if verdict.functional_failure is not None:
+                return EXIT_API_FAILED
+            return self.after_checks(verdict)
         except Interrupted:
             self.say("stopped every component this run started")
             self.finish_partial()
             code = 130
+        except ApiFailed as exc:
+            self.say(f"\nerror: {exc}\nno load was run; every component was stopped; run directory: {self._run_dir}")
+            code = EXIT_API_FAILED
         except LocustStoppedEarly as exc:
             self.say(f"\nerror: {exc}")
             code = 1
@@ -567,3 +700,65 @@ class Lab:
         finally:
             restore()
         return code
+
+    # ------------------------------------------------------------------ CI checks (gates, --baseline)
+
+    def check_baseline(self) -> None:
+        """A --baseline must be a run this one can be compared with: said before anything starts."""
+        if self.opts.baseline is None:
+            return
+        try:
+            inputs = rundir.locate(self.opts.baseline)
+        except FileNotFoundError as exc:
+            raise LabError(f"--baseline: {exc}") from None
+        scenario = inputs.meta.get("scenario")
+        if scenario and scenario != self.opts.scenario:
+            raise LabError(f"--baseline {self.opts.baseline} ran {scenario}, this run is {self.opts.scenario}: "
+                           "compare runs of the same scenario")
+
+    def after_checks(self, verdict: Verdict) -> int:
+        """Compare with --baseline, write --junit; 4 when a gate failed or the run regressed, 2 when
+        the baseline could not be compared, else 0."""
+        from loadlab import compare as comparing
+        from loadlab import gates as gating
+
+        code = EXIT_GATE if gating.failed(verdict.gates) else 0
+        suites: list[tuple[str, list[gating.Case]]] = [("loadlab gates", gating.gate_cases(verdict.gates or []))]
+        if self.opts.baseline is not None:
+            self.say("")
+            self.say(f"compared with the baseline {self.opts.baseline}:")
+            try:
+                base = comparing.load("BASE", self.opts.baseline, self.opts.slo_p95_ms, self.opts.slo_error_ratio)
+                new = comparing.load("NEW", self.run_dir, verdict=verdict)
+                result = comparing.compare(base, new, self.opts.min_change_pct)
+            except comparing.CompareError as exc:
+                self.say(f"  error: {exc}")
+                code = EXIT_USAGE
+            else:
+                for line in comparing.table(result):
+                    self.say(f"  {line}")
+                page, _ = comparing.write(result, self.run_dir)
+                self.say(f"compare: {page}")
+                suites.append(("loadlab compare", comparing.junit_cases(result)))
+                if result.regressions:
+                    code = EXIT_GATE
+        if self.opts.junit is not None:
+            self.say(f"junit: {gating.write_junit(self.opts.junit, suites)}")
+        return code
+
+
+def api_failed(locust: Component) -> ApiFailed | None:
+    """The preflight's word, when Locust ended because the API failed the scenario's own requests."""
+    message = suite_errors(locust.log_path, "preflight") if locust.poll() == EXIT_API_FAILED else ""
+    return ApiFailed(message) if message else None
+
+
+def suite_errors(log_path: Path, plugin: str | None = None) -> str:
+    """The Locust suite's own ERROR lines from a Locust log (e.g. "seeding: 3 of 100 test users could
+    not be created ..."), message only; of one plugin (`preflight`, `seeding`, ...) when given."""
+    marker = f"/ERROR/locust_tests.plugins.{plugin or ''}"
+    try:
+        lines = Path(log_path).read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(line.split(": ", 1)[1] for line in lines if marker in line and ": " in line)

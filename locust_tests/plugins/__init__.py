@@ -2,6 +2,8 @@
 so a locustfile enables exactly the plugins it imports:
 
 - exporter:  Prometheus metrics from Locust's own stats (`--exporter-port`, `/metrics` on the web UI)
+- labtab:    the Lab tab on the web UI (`/lab`): resources, load and the live verdict (drawn by `labview`)
+- webauth:   the account behind Locust's `--web-login` (LOCUST_WEB_PASSWORD, LOCUST_WEB_USERNAME)
 - preflight: refuse to start against a host that does not answer (`--skip-preflight`)
 - shapes:    named presets and the step hunt (`--scenario`, `--time-scale`, `--step-*`)
 - arrivals:  the open model: arrival rate, request slots, corrected latency, the rate hunt
@@ -10,6 +12,6 @@ so a locustfile enables exactly the plugins it imports:
 - seeding:   create the login scenario's users before the load starts
 - cleanup:   delete the users a run created (`--keep-users`; needs LAB_ADMIN_TOKEN)
 
-Modules without Locust listeners (presets, openmodel, collector, testdata, checks, and cleanup's
+Modules without Locust listeners (presets, openmodel, collector, testdata, checks, labview, and cleanup's
 `delete_users`) never import Locust, so other tools can use them without gevent's monkey patching.
 """

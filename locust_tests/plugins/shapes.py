@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import sys
 from typing import Any
 
@@ -139,8 +140,8 @@ def build_shape(name: str, options: Any) -> LoadTestShape:
     from locust_tests.config import test_config
 
     time_scale = float(getattr(options, "time_scale", 1.0))
-    if time_scale <= 0:
-        raise ValueError(f"--time-scale must be positive (got {time_scale})")
+    if not math.isfinite(time_scale) or time_scale <= 0:  # inf would hold the first step forever
+        raise ValueError(f"--time-scale must be a finite number above 0 (got {time_scale:g})")
     if name == STEP:
         try:
             step_time = parse_timespan(str(options.step_time))

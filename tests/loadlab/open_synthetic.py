@@ -38,9 +38,11 @@ class Histogram:
 
 def open_run(rates: list[float], capacity: float, service_s: float = 0.05, step_s: int = 10, slots: int = 100,
              queue_at: str = "server", target_cores: float = 0.1, generator_cores: float = 0.1,
-             drop_at: float | None = None) -> Samples:
+             drop_at: float | None = None, fail_ratio: float = 0.0, error: str = "got HTTP 401 (invalid_credentials)",
+             ) -> Samples:
     """Samples of a rate hunt over `rates` (one step each) against the fluid server above;
-    `drop_at`: from this offered rate on, a tenth of the arrivals are dropped."""
+    `drop_at`: from this offered rate on, a tenth of the arrivals are dropped; `fail_ratio` of the
+    requests fail with the text `error` (the exporter's `locust_errors_total`)."""
     corrected, uncorrected = Histogram(), Histogram()
     queue = scheduled = requests = late = dropped = cpu_t = cpu_g = busy = 0.0
     scrapes: list[Scrape] = []
@@ -70,7 +72,9 @@ def open_run(rates: list[float], capacity: float, service_s: float = 0.05, step_
                     (names.ARRIVAL_RATE, {}, rate), ("locust_users", {}, float(slots)),
                     (names.ARRIVALS_SCHEDULED, {}, scheduled), (names.ARRIVALS_LATE, {}, late),
                     (names.ARRIVALS_DROPPED, {"reason": names.DROPPED_WAITED_TOO_LONG}, dropped),
-                    ("locust_requests_total", dict(LOGIN), requests), ("locust_request_failures_total", dict(LOGIN), 0.0),
+                    ("locust_requests_total", dict(LOGIN), requests),
+                    ("locust_request_failures_total", dict(LOGIN), fail_ratio * requests),
+                    *([("locust_errors_total", {**LOGIN, "error": error}, fail_ratio * requests)] if fail_ratio else []),
                     *corrected.samples(names.CORRECTED_DURATION), *uncorrected.samples("locust_request_duration_seconds"),
                 ]))
                 sidecar.append(Scrape(t, "sidecar", [

@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from loadlab import rundir
+from loadlab import cli, rundir
+from loadlab.contract.exits import EXIT_API_FAILED
 from loadlab.contract.openmodel import ARRIVALS_WERE_DROPPED, LATENCY_GROWING, THROUGHPUT_BELOW_OFFERED
 from loadlab.contract.slo import LATENCY_P95
 from loadlab.contract.thresholds import DEFAULT_THRESHOLDS as TH
@@ -23,8 +24,8 @@ from tests.loadlab.synthetic import write_history
 META = {"host_cores": 2, "target_workers": 2, "generator_processes": 1}
 
 
-def verdict_of(samples: Samples, th=TH):
-    return analyze_samples(samples, META, th, resource_series(samples, META))
+def verdict_of(samples: Samples, th=TH, run_errors=None):
+    return analyze_samples(samples, META, th, resource_series(samples, META), run_errors=run_errors)
 
 
 def test_steps_are_plateaus_of_the_offered_rate_with_both_latencies():
@@ -116,6 +117,56 @@ def test_tolerances_come_from_the_thresholds():
     loose = dataclasses.replace(TH, throughput_shortfall_fraction=0.2, latency_growth_fraction=50.0,
                                 latency_p95_seconds=60.0)
     assert verdict_of(samples, loose).brk is None
+
+
+def test_an_api_failing_functionally_at_the_first_rate_is_no_break_and_no_capacity():
+    # Every login answered 401: the first step "breaks" on errors, but that is the API failing, not
+    # a capacity found (the closed model's rule, loadlab.functional, applied to the rate steps).
+    verdict = verdict_of(open_run([10, 20, 30], capacity=100, fail_ratio=1.0), run_errors=[])
+    failure = verdict.functional_failure
+    assert failure is not None and failure.rate == 10 and failure.error_ratio == pytest.approx(1.0)
+    assert failure.top_errors[0].status == 401 and "over this step" in failure.errors_source
+    assert verdict.brk is None and verdict.capacity_rps is None and verdict.max_sustained_rate is None
+    summary = "\n".join(verdict.summary())
+    assert "the API failed functionally: at 10 arrivals/s offered, 100% of requests failed" in summary
+    assert verdict.to_dict()["functional_failure"]["rate"] == 10
+
+
+def test_failures_from_overload_are_a_break_not_a_functional_failure():
+    # 3 % of requests fail with connection errors (no HTTP status): an SLO breach, judged as capacity.
+    verdict = verdict_of(open_run([10, 20], capacity=100, fail_ratio=0.03, error="ConnectionResetError(104)"),
+                         run_errors=[])
+    assert verdict.functional_failure is None and verdict.brk is not None and verdict.brk.rate == 10
+
+
+def write_run_dir(path, samples: Samples, scenario: str = "login-rate-step") -> None:
+    """A run directory (samples.jsonl, Locust's stats history, run.json) holding `samples`."""
+    with open(path / rundir.SAMPLES, "w") as fh:
+        for scrape in sorted((s for ss in samples.by_source.values() for s in ss), key=lambda s: s.t):
+            fh.write(json.dumps({"t": scrape.t, "source": scrape.source, "ok": True, "samples": scrape.samples}) + "\n")
+    seconds = [(100, 10.0, 0.0, 50.0)] * 45
+    write_history(path / f"{rundir.LOCUST_PREFIX}{rundir.HISTORY_SUFFIX}", seconds, t0=int(samples.scrapes("locust")[0].t))
+    (path / rundir.RUN_META).write_text(json.dumps({"scenario": scenario, **META}))
+
+
+def test_loadlab_analyze_exits_3_for_a_rate_run_whose_api_fails(tmp_path, capsys):
+    write_run_dir(tmp_path, open_run([10, 20, 30], capacity=100, fail_ratio=1.0))
+    assert cli.main(["analyze", str(tmp_path)]) == EXIT_API_FAILED
+    assert "the API failed functionally: at 10 arrivals/s offered" in capsys.readouterr().out
+    assert json.loads((tmp_path / rundir.VERDICT).read_text())["capacity_rps"] is None
+
+
+def test_a_partial_rate_run_is_judged_up_to_its_fault(tmp_path):
+    samples = open_run([10, 20, 30, 40], capacity=25)
+    write_run_dir(tmp_path, samples)
+    cut = samples.scrapes("locust")[0].t + 15  # died in the second step: only the first one is whole
+    meta = json.loads((tmp_path / rundir.RUN_META).read_text())
+    (tmp_path / rundir.RUN_META).write_text(json.dumps({**meta, "incomplete": "a Locust worker died",
+                                                        "incomplete_at": cut}))
+    verdict, _ = rundir.analyze(tmp_path, write=False)
+    assert not verdict.complete and verdict.summary()[0].startswith("PARTIAL verdict")
+    assert all(s.end <= cut for s in verdict.rate_steps) and verdict.brk is None
+    assert [s.offered_rps for s in verdict.rate_steps] == [10, 20]
 
 
 def test_loadlab_analyze_writes_the_open_model_verdict_and_report(tmp_path):
