@@ -12,6 +12,6 @@ so a locustfile enables exactly the plugins it imports:
 - seeding:   create the login scenario's users before the load starts
 - cleanup:   delete the users a run created (`--keep-users`; needs LAB_ADMIN_TOKEN)
 
-Modules without Locust listeners (presets, openmodel, collector, testdata, checks, labview, and cleanup's
-`delete_users`) never import Locust, so other tools can use them without gevent's monkey patching.
+Modules without Locust listeners (presets, openmodel, collector, exposition, metrics_server, testdata,
+checks, labview, and cleanup's `delete_users`) never import Locust, so other tools can use them without gevent's monkey patching.
 """
