@@ -85,7 +85,9 @@ class _Charts:
             if point:
                 x = point.time - self.t0
                 ax.axvline(x, color=color, ls="--", lw=1.5)
-                ax.annotate(f"{key} {point.users:g} users", (x, 1.0), xycoords=("data", "axes fraction"),
+                rate = getattr(point, "rate", None)  # an open-model break is a rate, not users
+                label = f"{key} {rate:g} arrivals/s" if rate is not None else f"{key} {point.users:g} users"
+                ax.annotate(label, (x, 1.0), xycoords=("data", "axes fraction"),
                             xytext=(3, -12), textcoords="offset points", color=color, fontsize=8)
 
     def cpu(self, title: str, timeline: dict[str, list[tuple[float, float]]], role: str, color: str, label: str,
@@ -171,6 +173,69 @@ def render_charts(verdict: Verdict, history: LocustHistory, resources: ResourceS
     return out
 
 
+def render_open_charts(verdict: Verdict, history: LocustHistory, series: dict[str, list[tuple[float, float]]]
+                       ) -> list[tuple[str, str]]:
+    """The open model's two charts: offered rate vs achieved throughput with late and dropped
+    arrivals, and per step the corrected latency quantiles beside the uncorrected ones."""
+    times = [r.t for r in history.rows]
+    t0 = times[0] if times else time.time()
+    charts = _Charts(t0, (times[-1] - t0) if times else 1.0, verdict)
+    out = []
+    fig, ax = charts.figure("Offered rate vs achieved throughput (open model)", "per second")
+    charts.line(ax, series.get("offered", []), color="tab:blue", label="offered (target rate)")
+    charts.line(ax, series.get("scheduled", []), color="tab:cyan", lw=1, label="arrivals scheduled")
+    charts.line(ax, series.get("achieved", []), color="tab:green", lw=1, label="achieved (completed)")
+    if verdict.capacity_rps is not None:
+        ax.axhline(verdict.capacity_rps, color="tab:green", ls=":", lw=1, label=f"capacity {verdict.capacity_rps:g}")
+    ax2 = ax.twinx()
+    charts.line(ax2, series.get("late", []), color="tab:orange", lw=1, label="late/s")
+    charts.line(ax2, series.get("dropped", []), color="tab:red", lw=1, label="dropped/s")
+    ax2.set_ylabel("late, dropped per s")
+    ax.set_ylim(bottom=0)
+    ax2.set_ylim(bottom=0)
+    ax.legend(handles=ax.get_lines() + ax2.get_lines(), loc="upper left", fontsize=8)
+    charts.mark(ax)
+    out.append(("Offered vs achieved", _png(fig)))
+
+    fig, ax = charts.figure("Latency per step: corrected (from the scheduled start) vs uncorrected", "ms")
+    steps = verdict.rate_steps
+    for attr, color, label in (("corrected_p50_ms", "tab:blue", "corrected p50"),
+                               ("corrected_p95_ms", "tab:purple", "corrected p95"),
+                               ("corrected_p99_ms", "tab:red", "corrected p99"),
+                               ("p95_ms", "tab:gray", "uncorrected p95 (as Locust measures)")):
+        points = [(s.hold_start, getattr(s, attr)) for s in steps if getattr(s, attr) is not None]
+        charts.line(ax, points, color=color, marker="o", ms=3, lw=1, label=label,
+                    ls="--" if attr == "p95_ms" else "-")
+    slo_ms = verdict.thresholds.latency_p95_ms
+    ax.axhline(slo_ms, color="tab:red", ls=":", label=f"SLO p95 {slo_ms:g} ms")
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="upper left", fontsize=8)
+    charts.mark(ax)
+    out.append(("Corrected vs uncorrected latency", _png(fig)))
+    return out
+
+
+def _rate_step_table(verdict: Verdict) -> str:
+    esc = html.escape
+    head = ("<tr><th>step</th><th>offered /s</th><th>scheduled /s</th><th>achieved req/s</th><th>late</th>"
+            "<th>dropped</th><th>p50 ms corr. (uncorr.)</th><th>p95 ms corr. (uncorr.)</th>"
+            "<th>p99 ms corr. (uncorr.)</th><th>errors</th><th>target CPU</th><th>Locust CPU</th>"
+            "<th>sustained</th></tr>")
+    rows = []
+    break_time = verdict.brk.time if verdict.brk else None
+    for step, summary in zip(verdict.rate_steps, verdict.steps):
+        mark = " break" if step.start == break_time else ""
+        quantiles = "".join(f"<td>{_fmt(getattr(step, 'corrected_' + q), 0)} ({_fmt(getattr(step, q), 0)})</td>"
+                            for q in ("p50_ms", "p95_ms", "p99_ms"))
+        sustained = "yes" if step.sustained else f"no: {esc(step.detail)}"
+        rows.append(f'<tr class="{mark.strip()}"><td>{step.index}{esc(mark)}</td><td>{step.offered_rps:g}</td>'
+                    f"<td>{step.scheduled_rps:.1f}</td><td>{step.achieved_rps:.1f}</td><td>{step.late}</td>"
+                    f"<td>{step.dropped}</td>{quantiles}<td>{step.error_ratio:.2%}</td>"
+                    f"<td>{_fmt(summary.target_cpu_cores, 2)}</td><td>{_fmt(summary.generator_cpu_cores, 2)}</td>"
+                    f'<td style="text-align:left">{sustained}</td></tr>')
+    return f'<table id="rate-steps">{head}{"".join(rows)}</table>'
+
+
 def _fmt(value: Any, digits: int = 1) -> str:
     if value is None:
         return "–"
@@ -179,10 +244,13 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
-def render_html(verdict: Verdict, history: LocustHistory, resources: ResourceSeries | None, title: str) -> str:
+def render_html(verdict: Verdict, history: LocustHistory, resources: ResourceSeries | None, title: str,
+                open_series: dict[str, list[tuple[float, float]]] | None = None) -> str:
     th = verdict.thresholds
     slo_ms = th.latency_p95_ms
     charts = render_charts(verdict, history, resources)
+    if verdict.open_model:  # offered vs achieved first: in an open model that is the headline
+        charts = render_open_charts(verdict, history, open_series or {}) + charts
     esc = html.escape
     t0 = history.rows[0].t if history.rows else 0.0
     summary = "".join(f"<li>{esc(line)}</li>" for line in verdict.summary())
@@ -195,6 +263,13 @@ def render_html(verdict: Verdict, history: LocustHistory, resources: ResourceSer
         ("capacity (req/s)", ("≥ " if verdict.capacity_is_lower_bound else "") + _fmt(verdict.capacity_rps)),
         ("limiting resource", verdict.limiting_resource or "unknown"),
     ]
+    if verdict.open_model:
+        cards = [
+            ("break (arrivals/s offered)", _fmt(verdict.brk.rate) if verdict.brk and verdict.brk.rate else "none"),
+            ("capacity (req/s)", _fmt(verdict.capacity_rps)),
+            ("max sustained rate (/s)", _fmt(verdict.max_sustained_rate)),
+            ("limiting resource", verdict.limiting_resource or "unknown"),
+        ]
     card_html = "".join(f'<div class="card"><div class="k">{esc(k)}</div><div class="v">{esc(v)}</div></div>'
                         for k, v in cards)
     images = "".join(
@@ -241,7 +316,7 @@ measures (the hold, after the transient). Dots: the per-step values the verdict 
 {images}
 {report_section(verdict)}
 <h2>Steps</h2>
-<table id="steps">{head}{''.join(rows)}</table>
+{_rate_step_table(verdict) if verdict.open_model else f'<table id="steps">{head}{"".join(rows)}</table>'}
 <p class="muted">SLO: p95 &le; {slo_ms:g} ms and errors &le; {th.error_ratio:.0%}
 (the thresholds this run was judged by). p95 per step: {esc(', '.join(sorted({s.p95_source for s in verdict.steps})) or '–')}.
 Generated {esc(time.strftime('%Y-%m-%d %H:%M:%S'))} by loadlab.</p>
@@ -258,7 +333,8 @@ window.addEventListener("load", () => {{
 
 
 def write_report(path: Path, verdict: Verdict, history: LocustHistory, resources: ResourceSeries | None,
-                 title: str) -> Path:
+                 title: str, open_series: dict[str, list[tuple[float, float]]] | None = None) -> Path:
+    """`open_series`: an open-model run's `openmodel.timeline` (offered, scheduled, achieved, late, dropped)."""
     path = Path(path)
-    path.write_text(render_html(verdict, history, resources, title))
+    path.write_text(render_html(verdict, history, resources, title, open_series))
     return path

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from loadlab import gates as gating
-from loadlab import profiling, uncertainty
+from loadlab import openmodel, profiling, uncertainty
 from loadlab.analysis import analyze_steps
 from loadlab.contract import thresholds
 from loadlab.contract.thresholds import Thresholds
 from loadlab.functional import ErrorEvidence, read_failures_csv, step_errors
 from loadlab.history import Damage, DamagedInput, LocustHistory, Samples, read_samples, read_stats_history
+from loadlab.ratesteps import is_open_run
 from loadlab.report import write_report
 from loadlab.steps import ResourceSeries, resource_series, summarize_steps
 from loadlab.verdict import Source, Verdict
@@ -118,12 +119,18 @@ def judge(inputs: RunInputs, history: LocustHistory, samples: Samples, th: Thres
     `run_errors`: the rows of Locust's failures CSV (`failures_path`), for a functional failure's top errors."""
     meta = analysis_meta(inputs.meta)
     resources = resource_series(samples, meta)  # once: the step summaries and the report's charts share it
-    steps = summarize_steps(history, samples, meta, transient_fraction=th.step_transient_fraction,
-                            resources=resources)
-    has_failures_csv = failures_path is not None and failures_path.is_file()
-    evidence = ErrorEvidence(by_step=[step_errors(samples, s) for s in steps], run=run_errors or [],
-                             failures_csv=str(failures_path) if has_failures_csv else None)
-    verdict = analyze_steps(steps, th, evidence)
+    failures_csv_name = str(failures_path) if failures_path is not None and failures_path.is_file() else None
+    if is_open_run(samples):  # an arrival-rate run: its steps are plateaus of offered rate
+        cut = inputs.meta.get("incomplete_at") if inputs.meta.get("incomplete") else None
+        verdict = openmodel.analyze_samples(samples, meta, th, resources, cut if isinstance(cut, (int, float)) else None,
+                                            run_errors=run_errors or [], failures_csv=failures_csv_name)
+        steps = verdict.steps
+    else:
+        steps = summarize_steps(history, samples, meta, transient_fraction=th.step_transient_fraction,
+                                resources=resources)
+        evidence = ErrorEvidence(by_step=[step_errors(samples, s) for s in steps], run=run_errors or [],
+                                 failures_csv=failures_csv_name)
+        verdict = analyze_steps(steps, th, evidence)
     verdict.source = Source(
         stats_history=str(inputs.history_csv),
         resource_samples=str(inputs.samples_path) if inputs.samples_path else None,
@@ -145,6 +152,11 @@ def add_intervals(verdict: Verdict, history: LocustHistory, samples: Samples, th
     """95% intervals on the verdict's figures (loadlab.uncertainty), unless it has none (a functional
     failure). The final analysis, and the live view once a test has stopped, add them."""
     if verdict.functional_failure is not None:
+        return
+    if verdict.open_model:  # the bootstrap resamples the closed model's steps (knee, break by users)
+        if verdict.rate_steps:
+            verdict.notes.append("note: no confidence intervals on an open-model verdict: the bootstrap "
+                                 "recomputes the closed model's knee and break, not a rate hunt's")
         return
     boot = uncertainty.attach(verdict, history, samples, th)
     if verdict.steps and not boot.complete:
@@ -186,5 +198,6 @@ def analyze(path: Path | str, th: Thresholds | None = None, write: bool = True,
     if write:
         (inputs.out_dir / VERDICT).write_text(json.dumps(verdict.to_dict(), indent=2) + "\n")
         write_report(inputs.out_dir / REPORT, verdict, history, resources,
-                     title or f"loadlab report: {inputs.meta.get('scenario') or inputs.history_csv.name}")
+                     title or f"loadlab report: {inputs.meta.get('scenario') or inputs.history_csv.name}",
+                     open_series=openmodel.timeline(samples) if verdict.open_model else None)
     return verdict, inputs

@@ -518,7 +518,8 @@ class Lab:
 
         elapsed = time.monotonic() - started
         step = p.get("step") if p.get("step") is not None else len(levels)
-        return (f"[{int(elapsed) // 60:02d}:{int(elapsed) % 60:02d}] step {step:.0f}  users {f(users, '.0f')}  "
+        offered = f"offered {p['offered']:g}/s  " if p.get("offered") is not None else ""  # open-model runs
+        return (f"[{int(elapsed) // 60:02d}:{int(elapsed) % 60:02d}] step {step:.0f}  {offered}users {f(users, '.0f')}  "
                 f"{f(p.get('rps'), '.1f')} req/s  p95 {f(p.get('p95_ms'), '.0f')} ms  "
                 f"failures {f(p.get('fail_per_s'), '.1f')}/s  target CPU {f(p.get('target_cpu_cores'), '.2f')} cores  "
                 f"Locust CPU {f(p.get('generator_cpu_cores'), '.2f')}")

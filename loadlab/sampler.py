@@ -19,6 +19,7 @@ from typing import IO
 from prometheus_client.parser import text_string_to_metric_families
 
 from loadlab.contract.names import GENERATOR_GROUP, LOCUST_JOB, SIDECAR_JOB, TARGET_GROUP
+from loadlab.contract.openmodel import ARRIVAL_RATE
 from loadlab.history import Scrape, quantile_between, scrape_value
 
 # Metric name prefixes worth keeping (process-exporter / node_exporter names from the
@@ -123,6 +124,7 @@ class Sampler(threading.Thread):
             dt = last.t - first.t
             out["users"] = scrape_value(last, "locust_users")
             out["step"] = scrape_value(last, "locust_step")  # only while the step hunt runs
+            out["offered"] = scrape_value(last, ARRIVAL_RATE)  # only in open-model (arrival-rate) runs
             for key, name in (("rps", "locust_requests_total"), ("fail_per_s", "locust_request_failures_total")):
                 a, b = scrape_value(first, name), scrape_value(last, name)
                 if a is not None and b is not None and dt > 0 and b >= a:

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from loadlab.contract.thresholds import Thresholds, as_dict
+from loadlab.ratesteps import RateStep
 from loadlab.steps import StepSummary
 
 if TYPE_CHECKING:
@@ -18,6 +19,9 @@ if TYPE_CHECKING:
 TARGET_CPU = "target_cpu"
 GENERATOR_CPU = "generator_cpu"
 CONCURRENCY = "concurrency"
+# Open model: every request slot of the generator (--max-concurrency) was busy while the API
+# still answered at its light-load speed, so the generator's cap, not the API, set the throughput.
+GENERATOR_CONCURRENCY = "generator_concurrency"
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ class Knee(StepPoint):
 class Break(StepPoint):
     reasons: tuple[str, ...] = ()  # the SLO signals breached (loadlab.contract.slo)
     users_ci: tuple[float, float | None] | None = None  # 95%: the break lies above low and at or below high users
+    rate: float | None = None  # open model: the step's offered arrival rate (its users are the request slots)
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,7 @@ class Signal:
     time: float
     users: int
     value: float | None
+    rate: float | None = None  # open model: the offered arrival rate of the step (users: its request slots)
 
 
 @dataclass(frozen=True)
@@ -131,6 +137,7 @@ class FunctionalFailure:
     time: float  # when that step started
     reason: str  # why the failures are functional rather than overload
     errors_source: str  # where the error texts came from
+    rate: float | None = None  # open model: that step's offered arrival rate (its users are the request slots)
 
 
 @dataclass
@@ -157,11 +164,18 @@ class Verdict:
     uncertainty: dict[str, Any] | None = None  # how the intervals were computed (verdict.json "uncertainty")
     bootstrap: Bootstrap | None = field(default=None, repr=False, compare=False)  # replicates, for compare
     gates: list[GateResult] | None = None  # loadlab.gates, when the run was given --gate
+    # Open model (arrival rate, `loadlab.openmodel`): the steps are plateaus of offered rate, each
+    # summarized in `rate_steps` (with `steps` the same steps as StepSummary, for the resources),
+    # `break` is the first step not sustained, `capacity_rps` the throughput while overloaded.
+    open_model: bool = False
+    rate_steps: list[RateStep] = field(default_factory=list)
+    max_sustained_rate: float | None = None
 
     @property
     def capacity_is_lower_bound(self) -> bool:
-        """Without a knee, throughput never flattened: the capacity is the best rate seen, a lower bound."""
-        return self.capacity_rps is not None and self.knee is None
+        """Without a knee, throughput never flattened: the capacity is the best rate seen, a lower bound.
+        (The open model's capacity is the throughput measured while overloaded: never a lower bound.)"""
+        return self.capacity_rps is not None and self.knee is None and not self.open_model
 
     @property
     def breaking_point_reached(self) -> bool:
@@ -169,7 +183,7 @@ class Verdict:
 
     @property
     def measurement_valid(self) -> bool:
-        return self.limiting_resource != GENERATOR_CPU
+        return self.limiting_resource not in (GENERATOR_CPU, GENERATOR_CONCURRENCY)
 
     @property
     def first_signal(self) -> Signal | None:
@@ -178,10 +192,12 @@ class Verdict:
     def summary(self) -> list[str]:
         """The verdict in a few human lines (console and report)."""
         head = [] if self.complete else [self.partial_line()]
-        if not self.steps:
-            return [*head, "no steps found: the run held no user level for 3 seconds or more", *self.notes]
         if self.functional_failure is not None:
             return head + self._functional_summary(self.functional_failure) + self.notes
+        if self.open_model:
+            return head + self.open_model_summary() + self.profile_lines() + self.notes
+        if not self.steps:
+            return [*head, "no steps found: the run held no user level for 3 seconds or more", *self.notes]
         lines = []
         knee, brk, cap = self.knee, self.brk, self.capacity_rps
         if not self.breaking_point_reached:
@@ -213,6 +229,46 @@ class Verdict:
             lines.append(f"first signal: {first.signal} at {first.users} users")
         return head + lines + self.profile_lines() + self.notes
 
+    def open_model_summary(self) -> list[str]:
+        """summary() of an open-model run: steps of offered rate instead of users."""
+        steps = self.rate_steps
+        if not steps:
+            return ["no steps found: the run held no offered arrival rate for 3 seconds or more"]
+        slots = steps[-1].slots
+        lines = [f"open model: {len(steps)} step{'s' if len(steps) > 1 else ''} of offered arrival rate "
+                 f"({steps[0].offered_rps:g} to {steps[-1].offered_rps:g}/s), at most {slots} requests in flight"]
+        brk = self.brk
+        if brk is None:
+            top = max(steps, key=lambda s: s.offered_rps)
+            lines.append(f"break not reached: every step was sustained up to {top.offered_rps:g} arrivals/s "
+                         f"(achieved {top.achieved_rps:.1f} req/s); the capacity lies above: raise --max-rate")
+        else:
+            step = next(s for s in steps if s.offered_rps == brk.rate and s.start == brk.time)
+
+            def ms(value: float | None) -> str:
+                return "-" if value is None else f"{value:.0f} ms"
+
+            lines.append(f"break: {brk.rate:g} arrivals/s offered (achieved {step.achieved_rps:.1f} req/s, "
+                         f"late {step.late}, dropped {step.dropped}, corrected p95 {ms(step.corrected_p95_ms)}, "
+                         f"uncorrected {ms(step.p95_ms)}): not sustained: {step.detail}")
+            cap = self.capacity_rps
+            lines.append(f"capacity: {cap} req/s (the throughput while overloaded)" if cap is not None else
+                         "capacity: unknown (no step was short of throughput or dropped arrivals: the API kept up "
+                         "with every rate, though not within the SLO)")
+            lines.append("max sustained rate: " + ("none (the first step was not sustained)"
+                                                   if self.max_sustained_rate is None
+                                                   else f"{self.max_sustained_rate:g} arrivals/s"))
+            lines.append(f"limiting resource: {self.limiting_resource or 'unknown'} ({self.limiting_resource_basis})")
+        if self.limiting_resource == GENERATOR_CPU:
+            lines.append("MEASUREMENT NOT VALID: the load generator ran out of CPU before the target did")
+        elif self.limiting_resource == GENERATOR_CONCURRENCY:
+            lines.append("MEASUREMENT NOT VALID: the generator's request slots (--max-concurrency), not the API, "
+                         "limited the throughput")
+        first = self.first_signal
+        if first:
+            lines.append(f"first signal: {first.signal} at {first.rate:g} arrivals/s offered")
+        return lines
+
     def partial_line(self) -> str:
         return (f"PARTIAL verdict (complete: false): the run did not finish ({self.incomplete_reason or 'stopped early'}); "
                 f"the figures below cover only the part that ran")
@@ -227,7 +283,8 @@ class Verdict:
         return [f"profiles missing: {p.reason}"] if p.status != "ok" else ([f"profiles: {p.reason}"] if p.reason else [])
 
     def _functional_summary(self, failure: FunctionalFailure) -> list[str]:
-        lines = [f"the API failed functionally: at {failure.users} users, {failure.error_ratio:.0%} of requests failed "
+        where = f"{failure.rate:g} arrivals/s offered" if failure.rate is not None else f"{failure.users} users"
+        lines = [f"the API failed functionally: at {where}, {failure.error_ratio:.0%} of requests failed "
                  f"with {failure.reason}; this is not a capacity result, so there is no knee, break or capacity",
                  f"top errors ({failure.errors_source}):"]
         lines += [f"  {e.count} x {e.request}: {e.error}" for e in failure.top_errors]
@@ -266,6 +323,10 @@ class Verdict:
             out["uncertainty"] = self.uncertainty
         if self.gates is not None:
             out["gates"] = [g.to_dict() for g in self.gates]
+        if self.open_model:
+            out["open_model"] = True
+            out["max_sustained_rate"] = self.max_sustained_rate
+            out["rate_steps"] = [s.to_dict() for s in self.rate_steps]
         return out
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from loadlab.contract.openmodel import ARRIVALS_DROPPED
 from loadlab.contract.thresholds import DEFAULT_THRESHOLDS, Thresholds
 from monitoring import rules as r
 
@@ -24,6 +25,8 @@ DATASOURCE_NAME = "Prometheus"
 # placeholder (`${DS_...}` breaks file provisioning).
 DS = {"type": "prometheus", "uid": "${datasource}"}
 SCHEMA_VERSION = 39
+# The row whose panels only have data in arrival-rate (open-model) runs.
+OPEN_MODEL_ROW = "Open model (arrival rate): offered vs achieved"
 CORES = "suffix: cores"
 
 
@@ -251,6 +254,32 @@ def load_vs_resources(t: Thresholds = DEFAULT_THRESHOLDS) -> dict[str, Any]:
         [q(r.PER_USER, "per user"), q(r.PER_USER_BEST, "best of run"),
          q(f"{t.plateau_fraction:g} * {r.PER_USER_BEST}", "plateau alert level")],
         "reqps", overrides=[_dashed("plateau alert level")]), w=12, h=9)
+
+    g.row(OPEN_MODEL_ROW)
+    g.add(timeseries(
+        "Offered rate vs achieved throughput",
+        "Arrival-rate runs only (--arrival-rate, --scenario rate-step). The rate offered, the arrivals actually "
+        "scheduled per second, and the requests the API completed. While it keeps up they coincide; past its "
+        f"capacity the throughput stays flat below them. Dashed: the alert level ({1 - t.throughput_shortfall_fraction:g}"
+        " x the arrivals), below which LoadTestThroughputBelowOffered fires.",
+        [q(r.OFFERED, "offered"), q(r.SCHEDULED_RPS, "arrivals scheduled"), q(r.LOCUST_RPS, "achieved"),
+         q(f"{1 - t.throughput_shortfall_fraction:g} * {r.SCHEDULED_RPS}", "alert level")],
+        "reqps", overrides=[_dashed("alert level")]), w=8, h=9)
+    g.add(timeseries(
+        "Late and dropped arrivals",
+        "Arrivals per second that found every request slot (--max-concurrency) busy and waited (late), and that "
+        "were never sent (dropped: waited longer than --arrival-timeout, or still waiting when the test ended).",
+        [q(r.LATE_RPS, "late"),
+         q(f"sum by (reason) (rate({ARRIVALS_DROPPED}{{{r.LOCUST}}}[$__rate_interval]))", "dropped ({{reason}})")],
+        "reqps"), w=8, h=9)
+    g.add(timeseries(
+        "Latency from the scheduled start (corrected) vs from the send",
+        "Corrected p50/p95/p99: from each arrival's scheduled start, what traffic that keeps arriving sees; the "
+        "uncorrected p95 is Locust's own, from when the request was sent (it leaves out the wait for a slot: "
+        f"coordinated omission). Dashed line: the {t.latency_p95_ms:g} ms p95 SLO, judged on the corrected p95.",
+        [*(q(r.corrected_latency(name), f"{name} corrected") for name in r.QUANTILES),
+         q(r.latency("locust", "p95"), "p95 uncorrected")],
+        "s", line=t.latency_p95_seconds), w=8, h=9)
 
     g.row("Failures")
     g.add(timeseries(

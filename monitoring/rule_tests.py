@@ -19,6 +19,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from loadlab.contract.openmodel import (
+    ARRIVAL_RATE,
+    ARRIVALS_DROPPED,
+    ARRIVALS_LATE,
+    ARRIVALS_SCHEDULED,
+    CORRECTED_DURATION,
+    DROPPED_TEST_ENDED,
+    DROPPED_WAITED_TOO_LONG,
+)
 from loadlab.contract.thresholds import DEFAULT_THRESHOLDS, Thresholds
 from monitoring import rules as r
 from monitoring.prometheus_config import NATIVE_TARGETS, RELATIVE_RULE_FILES
@@ -57,6 +66,10 @@ class World:
     scrape_seconds: dict[str, Fn] = field(default_factory=dict)
     # Jobs with no series at all (never scraped).
     absent_jobs: tuple[str, ...] = ()
+    # Open model (arrival-rate runs): the offered rate (arrivals scheduled at it), and the latency
+    # from the scheduled start. None: a closed-model run, which exports no such series.
+    offered: Fn | None = None
+    corrected_latency: Fn | None = None
 
     def rps(self, t: float) -> float:
         rate = self.users(t) * self.per_user_rps(t)
@@ -133,6 +146,14 @@ def _world_series(world: World, interval: int) -> list[dict[str, str]]:
         add("locust", "locust_request_failures_total", req,
             _counter(world, interval, lambda t: world.rps(t) * world.fail_fraction(t)))
         series += _buckets(world, interval, "locust", "locust_request_duration_seconds", req, LOCUST_BUCKETS, world.rps, world.latency)
+        if world.offered is not None:
+            add("locust", ARRIVAL_RATE, "", _gauge(world, interval, world.offered))
+            add("locust", ARRIVALS_SCHEDULED, "", _counter(world, interval, world.offered))
+            add("locust", ARRIVALS_LATE, "", _counter(world, interval, _const(0)))
+            for reason in (DROPPED_WAITED_TOO_LONG, DROPPED_TEST_ENDED):
+                add("locust", ARRIVALS_DROPPED, f'reason="{reason}"', _counter(world, interval, _const(0)))
+            series += _buckets(world, interval, "locust", CORRECTED_DURATION, req, LOCUST_BUCKETS, world.rps,
+                               world.corrected_latency or world.latency)
     if "target" not in world.absent_jobs:
         ep = 'method="POST", endpoint="/client_login"'
         ok = lambda t: world.rps(t) * (1 - world.fail_fraction(t))  # noqa: E731
@@ -419,8 +440,29 @@ def rule_test_files(t: Thresholds = DEFAULT_THRESHOLDS) -> dict[str, dict[str, A
             duration=300, users=_const(30), per_user_rps=_step(150, best, best * (t.plateau_fraction - 0.2))),
             {}, {300: ("LoadTestThroughputPlateau",)}),
     ]
+    # Open model: 20 request slots, 20 arrivals/s offered. From 60 s the API completes only
+    # 75 % of them (15 req/s: past its capacity), and the arrivals wait 4 x the SLO from their
+    # scheduled start; a run that keeps up (20 of 20 req/s) fires nothing.
+    slots, offered = 20.0, 20.0
+    done = offered * max(0.5, 1 - 5 * t.throughput_shortfall_fraction)
+    behind = World(duration=at, users=_const(slots), per_user_rps=_step(60, offered / slots, done / slots),
+                   offered=_const(offered), corrected_latency=_step(60, 0.05, bad_latency))
+    open_model = [
+        b.case("open model: throughput below the offered rate", behind,
+               {at: [Expect("LoadTestThroughputBelowOffered", done,
+                            queries={**_load_queries(slots, done), r.OFFERED: offered, r.LATE_RPS: 0.0,
+                                     r.DROPPED_RPS: 0.0,
+                                     f'sum(rate({ARRIVALS_SCHEDULED}{{{r.LOCUST}}}[{t.plateau_window_seconds}s]))': offered})]},
+               {50: ("LoadTestThroughputBelowOffered",)},
+               exprs=[{"expr": r.corrected_latency("p95"), "eval_time": f"{at}s",
+                       "exp_samples": [{"labels": r.corrected_latency("p95"), "value": p95_bad}]},
+                      {"expr": r.OFFERED, "eval_time": f"{at}s", "exp_samples": [{"labels": r.OFFERED, "value": offered}]}]),
+        b.case("open model keeping up: no alert",
+               World(duration=at, users=_const(slots), per_user_rps=_const(offered / slots), offered=_const(offered)),
+               {}, {at: names}),
+    ]
     return {
         "healthy_test.yml": {**header, "tests": healthy},
-        "breaches_test.yml": {**header, "tests": breaches + plateau},
+        "breaches_test.yml": {**header, "tests": breaches + plateau + open_model},
         "cpu_test.yml": {**header, "tests": cpu_cases},
     }

@@ -14,6 +14,13 @@ from typing import Any
 
 from loadlab.contract.cores import GENERATOR_IDLE_PROCESSES_DISTRIBUTED, TARGET_IDLE_PROCESSES
 from loadlab.contract.names import GENERATOR_GROUP, LOCUST_JOB, SIDECAR_JOB, TARGET_GROUP, TARGET_JOB
+from loadlab.contract.openmodel import (
+    ARRIVAL_RATE,
+    ARRIVALS_DROPPED,
+    ARRIVALS_LATE,
+    ARRIVALS_SCHEDULED,
+    CORRECTED_DURATION,
+)
 from loadlab.contract.thresholds import DEFAULT_THRESHOLDS, Thresholds
 
 # Selectors, in one place like a mixin's config. Job names are the scrape jobs of
@@ -41,6 +48,12 @@ GROUP_CPU_CORES = "loadlab:namegroup_cpu:cores"
 GROUP_CORES_AVAILABLE = "loadlab:namegroup_cpu:cores_available"
 GROUP_CPU_SATURATION = "loadlab:namegroup_cpu:saturation"
 GROUP_RESIDENT_BYTES = "loadlab:namegroup_memory_resident:bytes"
+# Open model (arrival-rate runs only; loadlab.contract.openmodel): the rate offered, arrivals
+# scheduled/late/dropped per second, and latency from the scheduled start (corrected).
+OFFERED = "loadlab:locust_arrival_rate"
+SCHEDULED_RPS = "loadlab:locust_arrivals_scheduled:rate"
+LATE_RPS = "loadlab:locust_arrivals_late:rate"
+DROPPED_RPS = "loadlab:locust_arrivals_dropped:rate"
 # Latency quantile name -> the quantile histogram_quantile() takes.
 QUANTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
 
@@ -48,6 +61,11 @@ QUANTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
 def latency(side: str, quantile: str) -> str:
     """Recording-rule name of a latency quantile: side is "locust" (client) or "http" (server)."""
     return f"loadlab:{side}_request_duration_seconds:{quantile}"
+
+
+def corrected_latency(quantile: str) -> str:
+    """Recording-rule name of a quantile of the open model's corrected latency."""
+    return f"loadlab:{CORRECTED_DURATION}:{quantile}"
 
 
 def by_group(metric: str, group: str, selector: str = "") -> str:
@@ -95,6 +113,14 @@ def recording_groups(t: Thresholds = DEFAULT_THRESHOLDS) -> list[dict[str, Any]]
     for name, q in QUANTILES.items():
         load.append({"record": latency("http", name),
                      "expr": _quantile_expr("http_request_duration_seconds", TARGET_API, q, w)})
+    load += [
+        {"record": OFFERED, "expr": f"sum({ARRIVAL_RATE}{{{LOCUST}}})"},
+        {"record": SCHEDULED_RPS, "expr": f"sum(rate({ARRIVALS_SCHEDULED}{{{LOCUST}}}[{w}]))"},
+        {"record": LATE_RPS, "expr": f"sum(rate({ARRIVALS_LATE}{{{LOCUST}}}[{w}]))"},
+        {"record": DROPPED_RPS, "expr": f"sum(rate({ARRIVALS_DROPPED}{{{LOCUST}}}[{w}]))"},
+    ]
+    for name, q in QUANTILES.items():
+        load.append({"record": corrected_latency(name), "expr": _quantile_expr(CORRECTED_DURATION, LOCUST, q, w)})
 
     cores = f"scalar({HOST_CORES})"
 
@@ -152,6 +178,7 @@ def _stalled(window: str) -> str:
 
 def alert_rules(t: Thresholds = DEFAULT_THRESHOLDS) -> list[dict[str, Any]]:
     w = _s(t.rate_window_seconds)
+    pw = _s(t.plateau_window_seconds)
     stalled = _stalled(w)
     fors = t.alert_for_seconds
     ctx = _load_context()
@@ -232,6 +259,23 @@ def alert_rules(t: Thresholds = DEFAULT_THRESHOLDS) -> list[dict[str, Any]]:
                       "Locust is out of CPU ({{ $value | humanizePercentage }}): the measured breaking point is not valid",
                       "Latency and throughput now measure Locust, not the target: add Locust workers "
                       "(--processes N or --worker)."),
+        # The open model's break: completions fall short of the arrivals. Averaged over the plateau
+        # window (20 s) rather than the rate window, because the requests in flight at a window's
+        # edges are a few percent of an 8 s window at light load, and that is no shortfall; judged
+        # only once arrivals have been offered for that whole window (at the start Locust's request
+        # counter appears with the first answer, after the arrivals'); no answer at all counts as 0.
+        alert("LoadTestThroughputBelowOffered",
+              f"(sum(rate(locust_requests_total{{{LOCUST}}}[{pw}])) or on() vector(0))\n"
+              f"< {1 - t.throughput_shortfall_fraction:g} * sum(rate({ARRIVALS_SCHEDULED}{{{LOCUST}}}[{pw}]))\n"
+              f"and on() (min_over_time({OFFERED}[{pw}]) > 0)",
+              "critical", "target",
+              "Throughput {{ $value | printf \"%.1f\" }} req/s is below the offered arrival rate",
+              "The API completed {{ $value | printf \"%.1f\" }} req/s over the last " + pw + " while "
+              + _q(f"sum(rate({ARRIVALS_SCHEDULED}{{{LOCUST}}}[{pw}]))", 'printf "%.1f"') + " arrivals/s were "
+              "scheduled (offered rate " + _q(OFFERED, 'printf "%.1f"') + "/s), " + ctx + ": below "
+              + f"{(1 - t.throughput_shortfall_fraction) * 100:g}%" + " of the arrivals, the API no longer keeps up"
+              ". Late arrivals " + _q(LATE_RPS, 'printf "%.1f"') + "/s, dropped " + _q(DROPPED_RPS, 'printf "%.1f"')
+              + "/s. Past its capacity: the backlog grows, and so does the latency from the scheduled start."),
         # Not a breaking-point alert: without the sidecar the CPU and memory alerts above would
         # resolve silently, because their series disappear.
         alert("LoadLabSidecarDown",

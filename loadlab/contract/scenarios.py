@@ -2,7 +2,8 @@
 scenario names `loadlab run`/`up` accept, all derived from one table.
 
 A preset is a constant load: ramp to `users` at `spawn_rate`/s, hold until `duration_s`, stop.
-"step" (the step hunt) is offered by every kind.
+"step" (the step hunt of users) and "rate-step" (the step hunt of arrival rate, an open model:
+see `loadlab.contract.openmodel`) are offered by every kind.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ KINDS: dict[str, dict[str, Preset]] = {
 # Each kind's locustfile in locust_tests/scenarios/.
 LOCUSTFILES: dict[str, str] = {"registration": "registration_test.py", "login": "login_test.py"}
 STEP = "step"
+RATE_STEP = "rate-step"
 
 # Step hunt defaults. +10 users per step resolves a knee that the bundled target (2 workers,
 # ~50 ms password hash, 1-3 s think time) shows at roughly 50-120 users into 5-12 steps; 150 s per
@@ -54,6 +56,19 @@ STEP = "step"
 DEFAULT_STEP_USERS = 10
 DEFAULT_STEP_TIME_S = 150.0
 DEFAULT_MAX_USERS = 1000
+
+# Rate hunt (open model) defaults. +5 arrivals/s per step resolves the bundled target's login
+# capacity (~45 req/s on 2 cores with the default hash) into ~9 steps; the step time is the user
+# hunt's, so `--time-scale 0.1` takes about as long as the demo.
+DEFAULT_STEP_RATE = 5.0
+DEFAULT_MAX_RATE = 500.0
+# Requests in flight at most (--max-concurrency), over all load processes. By Little's law 100
+# slots carry 100 req/s at 1 s of latency, far past the bundled target's capacity; an arrival
+# that finds them all busy waits (late), and one still waiting after DEFAULT_ARRIVAL_TIMEOUT_S is
+# dropped (counted, never silently lost). 10 s is twenty times the default p95 SLO.
+DEFAULT_MAX_CONCURRENCY = 100
+DEFAULT_ARRIVAL_TIMEOUT_S = 10.0
+ARRIVALS = ("poisson", "uniform")
 
 # Locust's --stop-timeout for every run of the suite (and the lab): when a run ends, or a step
 # goes down, each user finishes the request it is in before it stops, so a request the target
@@ -64,4 +79,4 @@ STOP_TIMEOUT_S = 10.0
 def lab_scenarios() -> dict[str, tuple[str, str]]:
     """`loadlab run` scenario name ("login-step") -> (locustfile, the suite's --scenario value)."""
     return {f"{kind}-{name}": (LOCUSTFILES[kind], name) for kind, presets in KINDS.items()
-            for name in [*presets, STEP]}
+            for name in [*presets, STEP, RATE_STEP]}

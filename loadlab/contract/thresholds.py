@@ -46,6 +46,15 @@ class Thresholds:
     # Marginal throughput per added user below this fraction of the initial
     # per-user throughput means adding users stopped adding throughput (the knee).
     marginal_gain_fraction: float = 0.25
+    # Open model (arrival rate): a step is not sustained when the requests it completed fall
+    # short of the arrivals it scheduled by more than this fraction. Arrivals and completions are
+    # counted over the same window, so Poisson noise cancels out; what is left is the requests
+    # in flight at the window's edges, a few percent at most while the API keeps up.
+    throughput_shortfall_fraction: float = 0.05
+    # Open model: a step is not sustained when its mean corrected latency in the second half of
+    # the hold exceeds the first half's by this fraction (and by at least a tenth of the p95 SLO):
+    # a queue that keeps growing instead of draining.
+    latency_growth_fraction: float = 0.5
     # Prometheus scrape interval for load tests: short, so a minute-long run has
     # enough points; rate windows are always at least 4 intervals.
     scrape_interval_seconds: int = 2
@@ -74,6 +83,7 @@ class Thresholds:
             "TargetCPUSaturated": 10,
             "TargetMemoryHigh": 30,
             "LoadGeneratorSaturated": 10,
+            "LoadTestThroughputBelowOffered": 10,
             # Not a breaking-point alert: the sidecar being gone would silence the CPU
             # and memory alerts, so its absence is an alert of its own.
             "LoadLabSidecarDown": 10,
@@ -110,6 +120,8 @@ _RECORDED: dict[str, tuple[str, float]] = {
     "marginal_gain_fraction": ("marginal_gain_fraction", 1.0),
     "plateau_fraction": ("plateau_fraction", 1.0),
     "step_transient_fraction": ("step_transient_fraction", 1.0),
+    "throughput_shortfall_fraction": ("throughput_shortfall_fraction", 1.0),
+    "latency_growth_fraction": ("latency_growth_fraction", 1.0),
 }
 
 

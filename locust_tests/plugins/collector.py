@@ -13,6 +13,14 @@ reports. Metric names (a contract read by dashboards, recording rules and alerts
     locust_request_duration_seconds{method,name}    histogram of response times
     locust_errors_total{method,name,error}          counter  failures by (shortened) error text
 
+and in open-model (arrival-rate) runs only (`arrivals.py`; names in `loadlab.contract.openmodel`):
+
+    locust_arrival_rate                             gauge    arrivals per second offered now
+    locust_arrivals_scheduled_total                 counter  arrivals issued at their scheduled time
+    locust_arrivals_late_total                      counter  arrivals that found every request slot busy
+    locust_arrivals_dropped_total{reason}           counter  arrivals never sent (waited_too_long, test_ended)
+    locust_request_corrected_duration_seconds{method,name}  histogram of latency from the scheduled start
+
 Labels carry Locust's request *name* (which a locustfile sets to the route, e.g. name="login"),
 never a raw URL or a user. A new test start clears Locust's stats, so the counters restart from
 zero: Prometheus' rate()/increase() treat that as an ordinary counter reset.
@@ -23,6 +31,7 @@ without gevent's monkey patching.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -32,6 +41,13 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from loadlab.contract.histograms import LATENCY_BUCKETS_SECONDS, cumulative_buckets
+from loadlab.contract.openmodel import (
+    ARRIVAL_RATE,
+    ARRIVALS_DROPPED,
+    ARRIVALS_LATE,
+    ARRIVALS_SCHEDULED,
+    CORRECTED_DURATION,
+)
 
 # Error texts can carry anything (exception reprs, server messages). Shorten them, and cap how
 # many distinct ones become label values: beyond the cap they are counted as error="other".
@@ -134,3 +150,29 @@ class LocustCollector(Collector):
         for error_labels, value in by_label.items():
             family.add_metric(list(error_labels), value)
         yield family
+        yield from self.open_model()
+
+    def open_model(self) -> Iterator[Metric]:
+        """The open model's families, from the coordinator's `arrivals.OpenLoad` (duck-typed: `active`,
+        `offered`, `stats`), in runs that used it; a closed-model run exports none of them."""
+        model = getattr(self.environment, "open_model", None)
+        if model is None or not model.active:
+            return
+        stats = model.stats  # one reference: a new test swaps in a fresh one
+        yield GaugeMetricFamily(ARRIVAL_RATE, "Arrivals per second offered now (open model; 0 when not offering).",
+                                value=model.offered)
+        yield CounterMetricFamily(ARRIVALS_SCHEDULED, "Arrivals issued at their scheduled time.", value=stats.scheduled)
+        yield CounterMetricFamily(ARRIVALS_LATE, "Arrivals that found every request slot busy and waited for one.",
+                                  value=stats.late)
+        dropped = CounterMetricFamily(ARRIVALS_DROPPED, "Arrivals never sent: they waited longer than "
+                                      "--arrival-timeout, or were still waiting when the test ended.", labels=["reason"])
+        for reason, count in sorted(dict(stats.dropped).items()):
+            dropped.add_metric([reason], count)
+        yield dropped
+        corrected = HistogramMetricFamily(CORRECTED_DURATION, "Latency from each arrival's scheduled start "
+                                          "(corrected for coordinated omission).", labels=["method", "name"])
+        bounds = [floatToGoString(b) for b in LATENCY_BUCKETS_SECONDS] + ["+Inf"]
+        for (method, name), histogram in list(stats.latency.items()):
+            counts = list(itertools.accumulate(list(histogram.counts)))
+            corrected.add_metric([method, name], buckets=list(zip(bounds, counts)), sum_value=histogram.total)
+        yield corrected

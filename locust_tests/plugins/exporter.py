@@ -12,29 +12,99 @@ Workers (also `--processes` children) never bind: the master's stats already inc
 `--exporter-linger SECONDS` (env LOCUST_EXPORTER_LINGER, default 0) keeps the process, and so the
 exporter, alive that long after the test has ended, so a scraper gets the final totals of a
 --headless run (the same totals Locust writes to its CSV files).
+
+A scrape of the own port never waits for Locust's gevent loop, which a saturating load keeps busy.
+The loop renders the exposition every 0.1-1 s (as often as 0.3 % of its time allows), and at test
+start, test stop and quitting (so the final totals are exact), and hands the bytes over a pipe to
+a small server process (metrics_server.py), which answers each scrape with the latest ones. A
+process rather than a thread: a thread here would still wait for the GIL the busy loop holds.
+Only the loop reads Locust's stats (they change without locks). The web UI's /metrics runs in the
+loop anyway, so it renders fresh at each request.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
+import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
+import gevent
+import gevent.lock
 from flask import Response
 from locust import events
 from locust.env import Environment
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
 from loadlab.contract.names import DEFAULT_BIND, DEFAULT_PORTS
 
+from . import exposition
 from .collector import LocustCollector
+from .metrics_server import encode_frame
 from .roles import is_coordinator
 
 DEFAULT_PORT = DEFAULT_PORTS["exporter"]
 DEFAULT_HOST = DEFAULT_BIND  # nothing beyond this machine unless asked for
+# How often the loop renders the exposition for the own port, so how old a scrape's values can be
+# (plus however late a busy loop gets to it): as often as RENDER_BUDGET of the loop's time allows,
+# within these bounds. A few request names render in well under a ms (every 0.1 s); 50 names in
+# ~6 ms (every second, as one scrape a second rendered before).
+REFRESH_MIN_SECONDS = 0.1
+REFRESH_MAX_SECONDS = 1.0
+RENDER_BUDGET = 0.003
 
 logger = logging.getLogger(__name__)
+
+SERVER_SCRIPT = Path(__file__).with_name("metrics_server.py")
+
+
+class MetricsServer:
+    """The process of metrics_server.py, serving the listening socket bound here, and the pipe
+    that hands it each rendered exposition."""
+
+    def __init__(self, host: str, port: int) -> None:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                      flags=socket.AI_PASSIVE)[0]
+        listening = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as prometheus-client's server
+            listening.bind(address)  # OSError when the port is taken
+            listening.listen(64)
+            self.process = subprocess.Popen([sys.executable, str(SERVER_SCRIPT), str(listening.fileno())],
+                                            stdin=subprocess.PIPE, pass_fds=(listening.fileno(),))
+        finally:
+            listening.close()  # the server process has its own copy
+        assert self.process.stdin is not None
+        self.pipe = self.process.stdin
+        self._writing = gevent.lock.Semaphore()  # one frame at a time on the pipe
+        self._gone_logged = False
+
+    def send(self, body: bytes) -> None:
+        """Hand `body` over; cooperative, so a slow reader stalls only the calling greenlet."""
+        with self._writing:
+            if self.pipe.closed:  # closed at quit
+                return
+            try:
+                self.pipe.write(encode_frame(body))
+                self.pipe.flush()
+            except OSError:
+                if not self._gone_logged:
+                    self._gone_logged = True
+                    logger.error("exporter: the metrics server process has exited (code %s): the exporter port "
+                                 "no longer answers; the web UI's /metrics still does", self.process.poll())
+
+    def close(self) -> None:
+        """End the server process (the end of its stdin) and reap it, so it never outlives Locust
+        and its CPU time counts in Locust's own (the resource usage of a reaped child)."""
+        with self._writing:
+            try:
+                self.pipe.close()
+                self.process.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                self.process.kill()
 
 
 class Exporter:
@@ -46,14 +116,41 @@ class Exporter:
         self.registry = CollectorRegistry(auto_describe=False)
         self.collector = LocustCollector(environment)
         self.registry.register(self.collector)
-        self.server: Any = None
+        self.server: MetricsServer | None = None
+        self.renders = 0
+        self.render_seconds = 0.0  # CPU time the loop spent rendering for the own port
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return exposition.text(self.registry)  # generate_latest's bytes, faster
+
+    def refresh(self) -> float:
+        """Render the exposition and hand it to the server process; returns the CPU seconds the
+        render took. In the loop only: it reads Locust's stats, which the loop changes."""
+        if self.server is None:
+            return 0.0
+        started = time.thread_time()
+        try:
+            body = self.render()
+        except Exception:
+            body = b""  # scrapes get 503 until a render works, rather than stale values
+            logger.exception("exporter: could not render the metrics")
+        took = time.thread_time() - started
+        self.renders += 1
+        self.render_seconds += took
+        self.server.send(body)
+        return took
+
+    def _refresh_forever(self) -> None:
+        took = 0.0
+        while True:
+            gevent.sleep(min(REFRESH_MAX_SECONDS, max(REFRESH_MIN_SECONDS, took / RENDER_BUDGET)))
+            took = self.refresh()
 
     def serve(self, host: str, port: int) -> None:
         """Serve on host:port (raises OSError when the port cannot be bound)."""
-        self.server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        self.server = MetricsServer(host, port)
+        self.refresh()
+        gevent.spawn(self._refresh_forever)
 
     def add_web_ui_route(self, web_ui: Any) -> None:
         @web_ui.app.route("/metrics")
@@ -109,16 +206,37 @@ def _on_init(environment: Environment, web_ui: Any = None, **_: Any) -> None:
     _exporter = exporter
 
 
+def _refresh_own_port() -> None:
+    if _exporter is not None:
+        _exporter.refresh()
+
+
 @events.test_start.add_listener
 def _on_test_start(**_: Any) -> None:
     # Locust has just cleared its stats, errors included: let new errors take the label slots.
     if _exporter is not None:
         _exporter.collector.errors.reset()
+    _refresh_own_port()
+
+
+@events.test_stop.add_listener
+def _on_test_stop(**_: Any) -> None:
+    _refresh_own_port()  # the final totals now, not at the next periodic render
 
 
 @events.quitting.add_listener
 def _on_quitting(environment: Environment, **_: Any) -> None:
     linger = _option(environment, "exporter_linger", 0.0)
+    _refresh_own_port()  # and the periodic renders go on while lingering, for late worker reports
     if _exporter is not None and _exporter.server is not None and linger > 0:
         logger.info("exporter: serving the final metrics for %g s before exiting (--exporter-linger)", linger)
         time.sleep(linger)  # gevent-patched in Locust: the exporter keeps serving meanwhile
+
+
+@events.quit.add_listener
+def _on_quit(**_: Any) -> None:
+    # After quitting (and its linger): Locust is about to exit.
+    if _exporter is not None and _exporter.server is not None:
+        _exporter.server.close()
+        logger.info("exporter: %d renders took %.3f s of CPU in all (%.2f ms each)", _exporter.renders,
+                    _exporter.render_seconds, 1000 * _exporter.render_seconds / max(1, _exporter.renders))

@@ -9,7 +9,10 @@ Options (each also an env var, or a key in locust.conf):
     --step-users N      LOCUST_STEP_USERS   users added per step (default 10)
     --step-time T       LOCUST_STEP_TIME    hold per step, e.g. 150s or 2m30s (default 150s)
     --max-users N       LOCUST_MAX_USERS    last step's users (default 1000)
-    --no-stop-on-break  LOCUST_NO_STOP_ON_BREAK=true   run every step up to --max-users
+    --no-stop-on-break  LOCUST_NO_STOP_ON_BREAK=true   run every step up to --max-users (or --max-rate)
+
+"rate-step" is the open model's rate hunt (steps of arrival rate, `arrivals.py`), which shares
+--step-time, --time-scale and --no-stop-on-break; its own options are in arrivals.py.
 
 Locust's own --stop-timeout defaults to STOP_TIMEOUT_S (10 s) in the suite instead of 0, in
 every run, with or without --scenario: when a run ends or a step goes down, each user finishes
@@ -34,9 +37,10 @@ from locust import LoadTestShape, events
 from locust.env import Environment
 from locust.util.timespan import parse_timespan
 
-from loadlab.contract.scenarios import STOP_TIMEOUT_S
+from loadlab.contract.scenarios import RATE_STEP, STOP_TIMEOUT_S
 from loadlab.contract.thresholds import Thresholds
 
+from .arrivals import RateStepShape, build_rate_step_shape, describe
 from .presets import (
     DEFAULT_MAX_USERS,
     DEFAULT_STEP_TIME_S,
@@ -65,7 +69,7 @@ def use_presets(kind: str) -> None:
 
 
 def scenario_names() -> list[str]:
-    return [*_offered, STEP]
+    return [*_offered, STEP, RATE_STEP]
 
 
 class PresetShape(LoadTestShape):
@@ -145,6 +149,8 @@ def build_shape(name: str, options: Any) -> LoadTestShape:
             raise ValueError(f"--step-time {options.step_time!r} is not a duration: use e.g. 150, 150s or 2m30s") from None
         plan = StepPlan(int(options.step_users), float(step_time) * time_scale, int(options.max_users))
         return StepShape(plan, test_config.THRESHOLDS, not options.no_stop_on_break)
+    if name == RATE_STEP:
+        return build_rate_step_shape(options, time_scale)
     if name not in _offered:
         raise ValueError(f"unknown --scenario {name!r}: this locustfile offers {', '.join(scenario_names())}")
     return PresetShape(_offered[name], time_scale)
@@ -157,7 +163,7 @@ def _add_arguments(parser: Any) -> None:
     add = parser.add_argument
     add("--scenario", default="", env_var="LOCUST_SCENARIO", include_in_web_ui=False,
         help="Run a named preset (registration: normal, heavy, spike; login: baseline, stress, breaking-point; "
-             "either: step). Without it, -u/-r/-t work as usual")
+             "either: step, or rate-step for the open model's rate hunt). Without it, -u/-r/-t work as usual")
     add("--time-scale", type=float, default=1.0, env_var="LOCUST_TIME_SCALE", include_in_web_ui=False,
         help="Multiply a preset's duration and the step hold by this (e.g. 0.05 for a smoke run)")
     add("--step-users", type=int, default=DEFAULT_STEP_USERS, env_var="LOCUST_STEP_USERS", include_in_web_ui=False,
@@ -195,6 +201,8 @@ def _on_init(environment: Environment, runner: Any = None, **_: Any) -> None:
         logger.info("scenario step: +%d users every %g s up to %d users; SLO p95 <= %g ms, errors <= %.1f%%",
                     plan.step_users, plan.step_time_s, plan.max_users, shape.hunt.thresholds.latency_p95_ms,
                     100 * shape.hunt.thresholds.error_ratio)
+    elif isinstance(shape, RateStepShape):
+        describe(shape, options)
     elif isinstance(shape, PresetShape):
         preset = shape.preset
         logger.info("scenario %s: %d users at %g/s for %g s", preset.name, preset.users, preset.spawn_rate,

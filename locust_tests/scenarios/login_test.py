@@ -1,7 +1,8 @@
 """Login load: simulated users log in with test accounts seeded before the load starts.
 
     locust -f locust_tests/scenarios/login_test.py --users 500 --spawn-rate 50 --run-time 10m
-    locust -f locust_tests/scenarios/login_test.py --headless --scenario baseline   # stress, breaking-point, step
+    locust -f locust_tests/scenarios/login_test.py --headless --scenario baseline   # stress, breaking-point, step, rate-step
+    locust -f locust_tests/scenarios/login_test.py --headless --arrival-rate 30 --run-time 1m   # open model
 """
 
 import itertools
@@ -13,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a check
 from locust import FastHttpUser, between, task  # noqa: E402
 
 from locust_tests.config import test_config as cfg  # noqa: E402
-from locust_tests.plugins import cleanup, exporter, labtab, preflight, seeding, shapes, testdata, webauth  # noqa: E402,F401
+from locust_tests.plugins import arrivals, cleanup, exporter, labtab, preflight, seeding, shapes, testdata, webauth  # noqa: E402,F401
 from locust_tests.plugins.checks import expect_token  # noqa: E402
 
 ACCOUNTS = testdata.load_users(cfg.TEST_USERS_FILE, limit=cfg.LOGIN_USERS)

@@ -1,7 +1,8 @@
 """Registration load: every simulated user signs up fresh, unique accounts.
 
     locust -f locust_tests/scenarios/registration_test.py --users 50 --spawn-rate 10 --run-time 5m
-    locust -f locust_tests/scenarios/registration_test.py --headless --scenario normal   # heavy, spike, step
+    locust -f locust_tests/scenarios/registration_test.py --headless --scenario normal   # heavy, spike, step, rate-step
+    locust -f locust_tests/scenarios/registration_test.py --headless --arrival-rate 10 --run-time 1m   # open model
 """
 
 import sys
@@ -13,7 +14,7 @@ from faker import Faker  # noqa: E402
 from locust import FastHttpUser, between, task  # noqa: E402
 
 from locust_tests.config import test_config as cfg  # noqa: E402
-from locust_tests.plugins import cleanup, exporter, labtab, preflight, runid, shapes, webauth  # noqa: E402,F401 (listeners)
+from locust_tests.plugins import arrivals, cleanup, exporter, labtab, preflight, runid, shapes, webauth  # noqa: E402,F401 (listeners)
 from locust_tests.plugins.checks import expect_registered  # noqa: E402
 from locust_tests.plugins.testdata import registration_user  # noqa: E402
 

@@ -50,12 +50,12 @@ def prioritize(pid: int) -> None:
 
 @pytest.fixture
 def ground_truth(spawn):
-    """Start a ground-truth server: ground_truth(workers, service_ms, mode) -> GroundTruth."""
+    """Start a ground-truth server: ground_truth(workers, service_ms, mode, *extra args) -> GroundTruth."""
 
-    def start(workers: int, service_ms: float, mode: str) -> GroundTruth:
+    def start(workers: int, service_ms: float, mode: str, *extra: str) -> GroundTruth:
         port = free_port()
         proc = spawn([sys.executable, "-m", "tests.loadlab.ground_truth_app", "--port", str(port), "--workers",
-                      str(workers), "--service-ms", str(service_ms), "--mode", mode], name=f"ground-truth-{mode}")
+                      str(workers), "--service-ms", str(service_ms), "--mode", mode, *extra], name=f"ground-truth-{mode}")
         url = f"http://127.0.0.1:{port}"
         wait_for_http(f"{url}/healthz", timeout=30, proc=proc)
         prioritize(proc.pid)

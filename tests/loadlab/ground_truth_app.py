@@ -10,11 +10,13 @@ It has the target API's two endpoints, so the Locust suite runs against it uncha
 once so that seeding does not eat the test's time. `/healthz` and `/metrics` as usual.
 
     python -m tests.loadlab.ground_truth_app --port P --workers W --service-ms S --mode sleep|burn|lock
+    python -m tests.loadlab.ground_truth_app --port P --workers W --service-ms S --mode stall --stall-s 1 --period-s 5
 
 The service time is spent in `ground_truth_wait_hotspot` (sleep) or `ground_truth_cpu_hotspot` (burn).
 `lock`: gthread workers with `LOCK_THREADS` threads each, whose requests take one semaphore per
 process and burn S of CPU holding it: still one request at a time per worker (X = W/S), but the
-others wait on the semaphore, a lock-contention hot spot.
+others wait on the semaphore, a lock-contention hot spot. `stall`: every request arriving during a
+stall (the first `--stall-s` of every `--period-s`) waits for it to end, then sleeps S.
 """
 
 from __future__ import annotations
@@ -49,12 +51,24 @@ def ground_truth_wait_hotspot(seconds: float) -> None:
     time.sleep(seconds)
 
 
+def stall_then_sleep(service_s: float, stall_s: float, period_s: float) -> None:
+    """Wait out the stall this request arrived in (if any), then sleep the service time."""
+    into = time.time() % period_s
+    if into < stall_s:
+        time.sleep(stall_s - into)
+    time.sleep(service_s)
+
+
 LOCK_THREADS = 8
 
 
-def create_app(service_s: float, mode: str) -> Flask:
+def create_app(service_s: float, mode: str, stall_s: float = 1.0, period_s: float = 5.0) -> Flask:
     app = Flask("ground_truth")
-    work = ground_truth_wait_hotspot if mode == "sleep" else ground_truth_cpu_hotspot
+    if mode == "stall":
+        def work(seconds: float) -> None:
+            stall_then_sleep(seconds, stall_s, period_s)
+    else:
+        work = ground_truth_wait_hotspot if mode == "sleep" else ground_truth_cpu_hotspot
     ids = itertools.count(1)
     one_at_a_time = threading.Semaphore(1)
 
@@ -89,15 +103,17 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, required=True)
     parser.add_argument("--service-ms", type=float, required=True)
-    parser.add_argument("--mode", choices=("sleep", "burn", "lock"), required=True)
+    parser.add_argument("--mode", choices=("sleep", "burn", "lock", "stall"), required=True)
+    parser.add_argument("--stall-s", type=float, default=1.0, help="--mode stall: length of each stall")
+    parser.add_argument("--period-s", type=float, default=5.0, help="--mode stall: a stall begins every this often")
     args = parser.parse_args()
     # sync workers: one request at a time per worker is the model (a sleeping request would yield
     # to others in the target's gevent workers).
     options: dict[str, object] = {"timeout": 120, "backlog": 2048, "worker_class": "sync"}
     if args.mode == "lock":
         options.update(worker_class="gthread", threads=LOCK_THREADS)
-    serve(functools.partial(create_app, args.service_ms / 1000.0, args.mode), args.host, args.port, args.workers,
-          gunicorn_options=options)
+    serve(functools.partial(create_app, args.service_ms / 1000.0, args.mode, args.stall_s, args.period_s),
+          args.host, args.port, args.workers, gunicorn_options=options)
 
 
 if __name__ == "__main__":

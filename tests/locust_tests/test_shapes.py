@@ -109,4 +109,4 @@ def test_shapes_are_never_picked_up_without_scenario(probe):
 
 def test_a_preset_of_the_other_scenario_is_refused(probe):
     assert probe("login", "normal", 1, [0])["error"] == (
-        "unknown --scenario 'normal': this locustfile offers baseline, stress, breaking-point, step")
+        "unknown --scenario 'normal': this locustfile offers baseline, stress, breaking-point, step, rate-step")

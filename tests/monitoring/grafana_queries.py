@@ -16,6 +16,16 @@ def panel_targets(board: dict[str, Any]) -> Iterator[tuple[dict[str, Any], dict[
                 yield inner, target
 
 
+def rows(board: dict[str, Any]) -> dict[int, str]:
+    """Panel id -> the title of the row it sits under ("" above the first row)."""
+    out, current = {}, ""
+    for panel in board["panels"]:
+        if panel["type"] == "row":
+            current = panel["title"]
+        out[panel["id"]] = current
+    return out
+
+
 def rate_interval(interval_s: float, scrape_interval_s: float) -> float:
     """Grafana's $__rate_interval: max($__interval + scrape interval, 4 x scrape interval)."""
     return max(interval_s + scrape_interval_s, 4 * scrape_interval_s)

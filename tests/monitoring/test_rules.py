@@ -61,6 +61,7 @@ def test_promtool_rule_unit_tests_pass(promtool):
     {"error_ratio": 0.9},               # nor the error ratio
     {"cpu_saturation_fraction": 0.99},  # the CPU breach sits below this
     {"plateau_fraction": 0.5},          # the knee's 60% no longer counts
+    {"throughput_shortfall_fraction": 0.5},  # 75% of the arrivals completed is then within tolerance
 ])
 def test_rule_unit_tests_fail_when_the_rules_are_wrong(promtool, tmp_path, change):
     """The promtool tests pin the committed rules: rules built from other thresholds fail them."""

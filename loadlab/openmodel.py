@@ -1,0 +1,175 @@
+"""The verdict of an open-model (arrival-rate) run: where the API stopped keeping up with the
+arrivals, the throughput it reached while overloaded, and what ran out first.
+
+In an open model the offered rate is the input and the achieved throughput the output. While the
+API keeps up, every step completes what it was offered (within a small tolerance), drops nothing,
+its latency from the scheduled start (corrected for coordinated omission) stays level across the
+hold, and that corrected p95 meets the SLO: the step is *sustained*
+(`loadlab.contract.openmodel.judge_step`, the live hunt's judge too). Past the capacity, arrivals
+outpace completions, a queue grows without draining, and the throughput stays at the ceiling:
+
+- `break`: the first step that was not sustained, with its offered `rate` and `reasons`;
+- `capacity_rps`: the median throughput achieved by the steps that fell short of their arrivals
+  (or dropped some): the ceiling, measured while overloaded. None when no step was overloaded;
+- `max_sustained_rate`: the highest offered rate sustained before the break;
+- `limiting_resource`: judged at the break by `analysis.limiting_resource` as for a closed run,
+  except `generator_concurrency` when the generator's own request slots were the limit.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from dataclasses import replace
+
+from loadlab import analysis, functional
+from loadlab.contract.histograms import rate_series
+from loadlab.contract.openmodel import (
+    ARRIVAL_RATE,
+    ARRIVALS_DROPPED,
+    ARRIVALS_LATE,
+    ARRIVALS_SCHEDULED,
+    ARRIVALS_WERE_DROPPED,
+    LATENCY_GROWING,
+    THROUGHPUT_BELOW_OFFERED,
+)
+from loadlab.contract.slo import LATENCY_P95
+from loadlab.contract.thresholds import DEFAULT_THRESHOLDS, Thresholds
+from loadlab.history import Samples, scrape_value, series
+from loadlab.ratesteps import RateStep, summarize_rate_steps
+from loadlab.steps import ResourceSeries, StepSummary, _resource_fields
+from loadlab.verdict import GENERATOR_CONCURRENCY, Break, Signal, StepPoint, TopError, Verdict
+
+# The generator's slots were the limit when, at the break, Little's law puts at least this share
+# of them in use (X * R) while the API's own latency stayed within this factor of its light-load one.
+SLOTS_IN_USE_FRACTION = 0.9
+LIGHT_LOAD_FACTOR = 1.5
+
+
+def step_summaries(rate_steps: list[RateStep], resources: ResourceSeries | None, meta: dict) -> list[StepSummary]:
+    """The rate steps as the closed model's StepSummary (users = the request slots), resources filled,
+    so the limiting-resource judgement and the report's charts work on them unchanged."""
+    out = []
+    for step in rate_steps:
+        summary = StepSummary(
+            index=step.index, users=step.slots or 0, start=step.start, hold_start=step.hold_start, end=step.end,
+            rps=step.achieved_rps, rps_median=step.achieved_rps, requests=step.requests, failures=step.failures,
+            error_ratio=step.error_ratio, p50_ms=step.corrected_p50_ms, p95_ms=step.corrected_p95_ms,
+            p95_source="corrected_histogram", mean_response_ms=step.mean_response_ms)
+        if resources is not None:
+            for key, value in _resource_fields(resources, step.hold_start, step.end, meta).items():
+                setattr(summary, key, value)
+        out.append(summary)
+    return out
+
+
+def overloaded(step: RateStep) -> bool:
+    """The step completed fewer requests than it was offered (or dropped arrivals): throughput-bound."""
+    return THROUGHPUT_BELOW_OFFERED in step.reasons or ARRIVALS_WERE_DROPPED in step.reasons
+
+
+def generator_slots_limited(rate_steps: list[RateStep], brk: int) -> str | None:
+    """Why the generator's request slots, not the API, limited the break step's throughput (or None)."""
+    step = rate_steps[brk]
+    light = min((s.mean_response_ms for s in rate_steps if s.mean_response_ms), default=None)
+    if not overloaded(step) or not step.slots or not step.mean_response_ms or not light:
+        return None
+    in_use = step.achieved_rps * step.mean_response_ms / 1000.0  # Little's law: requests in flight
+    if in_use >= SLOTS_IN_USE_FRACTION * step.slots and step.mean_response_ms <= LIGHT_LOAD_FACTOR * light:
+        return (f"all {step.slots} request slots were in use (Little's law: {step.achieved_rps:.1f} req/s x "
+                f"{step.mean_response_ms:.0f} ms = {in_use:.1f} in flight) while the API answered in "
+                f"{step.mean_response_ms:.0f} ms, near its light-load {light:.0f} ms: the generator's "
+                f"--max-concurrency capped the throughput, not the API; raise it")
+    return None
+
+
+def limiting_resource(summaries: list[StepSummary], rate_steps: list[RateStep], brk: int,
+                      th: Thresholds) -> tuple[str | None, str]:
+    """`analysis.limiting_resource` at the break, worded by offered rate: every step has the same
+    users (the request slots), so each is named by its index, then by its rate."""
+    by_index = [replace(s, users=i) for i, s in enumerate(summaries)]
+    resource, basis = analysis.limiting_resource(by_index, brk, brk, th)
+    return resource, re.sub(r" at (\d+) users", lambda m: f" at the {rate_steps[int(m[1])].offered_rps:g} arrivals/s step",
+                            basis)
+
+
+def signals(rate_steps: list[RateStep], summaries: list[StepSummary], th: Thresholds) -> list[Signal]:
+    """The first step at which each reason (and each CPU saturation) appeared, in time order."""
+    crossings: dict[str, Signal] = {}
+    for step, summary in zip(rate_steps, summaries):
+        values = {THROUGHPUT_BELOW_OFFERED: step.achieved_rps, ARRIVALS_WERE_DROPPED: float(step.dropped),
+                  LATENCY_P95: step.corrected_p95_ms}
+        for reason in step.reasons:
+            if reason not in crossings:
+                value = values.get(reason, step.second_half_mean_ms if reason == LATENCY_GROWING else step.error_ratio)
+                crossings[reason] = Signal(reason, step.start, summary.users,
+                                           None if value is None else round(value, 4), step.offered_rps)
+    for signal in analysis.signals(summaries, None, th):
+        if signal.signal not in crossings and signal.signal not in (LATENCY_P95, "error_ratio"):
+            rate = next(r.offered_rps for r, s in zip(rate_steps, summaries) if s.start == signal.time)
+            crossings[signal.signal] = replace(signal, rate=rate)
+    return sorted(crossings.values(), key=lambda c: c.time)
+
+
+def analyze_rate_steps(rate_steps: list[RateStep], summaries: list[StepSummary],
+                       th: Thresholds = DEFAULT_THRESHOLDS, errors: functional.ErrorEvidence | None = None) -> Verdict:
+    """The verdict for a run's rate steps (`summaries`: the same steps from `step_summaries`).
+    `errors`: the run's failure texts, to tell an API that fails functionally at light load (exit 3,
+    no break or capacity) from one that ran out of capacity, as for a closed run (`loadlab.functional`)."""
+    brk = next((i for i, s in enumerate(rate_steps) if not s.sustained), None)
+    verdict = Verdict(steps=summaries, thresholds=th, open_model=True, rate_steps=rate_steps)
+    verdict.signals = signals(rate_steps, summaries, th)
+    if errors is not None:  # light load: the steps sustained before the break (and the first step)
+        failure, notes = functional.judge(summaries, brk, errors)
+        verdict.notes.extend(notes)
+        if failure is not None:
+            rate = next(r.offered_rps for r in rate_steps if r.start == failure.time)
+            verdict.functional_failure = replace(failure, rate=rate)
+            verdict.limiting_resource_basis = "the API failed functionally"
+            return verdict
+    if brk is None:
+        verdict.limiting_resource_basis = "no step failed to be sustained: nothing ran out"
+        return verdict
+    step = rate_steps[brk]
+    verdict.brk = Break(**StepPoint.fields_of(summaries[brk]), reasons=tuple(step.reasons), rate=step.offered_rps)
+    ceiling = [s.achieved_rps for s in rate_steps[brk:] if overloaded(s)]
+    verdict.capacity_rps = round(statistics.median(ceiling), 2) if ceiling else None
+    sustained = [s.offered_rps for s in rate_steps[:brk]]
+    verdict.max_sustained_rate = max(sustained) if sustained else None
+    slots_basis = generator_slots_limited(rate_steps, brk)
+    if slots_basis is not None:
+        verdict.limiting_resource, verdict.limiting_resource_basis = GENERATOR_CONCURRENCY, slots_basis
+    else:
+        verdict.limiting_resource, verdict.limiting_resource_basis = limiting_resource(summaries, rate_steps, brk, th)
+    return verdict
+
+
+def analyze_samples(samples: Samples, meta: dict, th: Thresholds, resources: ResourceSeries | None,
+                    until: float | None = None, run_errors: list[TopError] | None = None,
+                    failures_csv: str | None = None) -> Verdict:
+    """The open-model verdict of a run's samples (`until`: only what ran before it, for a partial run).
+    `run_errors`: Locust's failures CSV (`failures_csv`) rows, for a functional failure's top errors
+    when the exporter's samples lack them; None: the functional check is not made."""
+    rate_steps = summarize_rate_steps(samples, th, until)
+    summaries = step_summaries(rate_steps, resources, meta)
+    evidence = None if run_errors is None else functional.ErrorEvidence(
+        by_step=[functional.step_errors(samples, s) for s in summaries], run=run_errors, failures_csv=failures_csv)
+    return analyze_rate_steps(rate_steps, summaries, th, evidence)
+
+
+Point = tuple[float, float]
+
+
+def timeline(samples: Samples) -> dict[str, list[Point]]:
+    """Per-second series for the report: offered rate, arrivals scheduled/s, throughput, late/s, dropped/s."""
+    scrapes = samples.scrapes("locust")
+    return {
+        "offered": [(s.t, v) for s in scrapes if (v := scrape_value(s, ARRIVAL_RATE)) is not None],
+        "scheduled": rate_series(series(scrapes, ARRIVALS_SCHEDULED)),
+        "achieved": rate_series(series(scrapes, "locust_requests_total")),
+        "late": rate_series(series(scrapes, ARRIVALS_LATE)),
+        "dropped": rate_series(series(scrapes, ARRIVALS_DROPPED)),
+    }
+
+
+__all__ = ["analyze_rate_steps", "analyze_samples", "generator_slots_limited", "step_summaries", "timeline"]
