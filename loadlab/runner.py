@@ -350,7 +350,7 @@ class Lab:
     def progress_line(self, started: float, levels: list[float]) -> str:
         p = self.sampler.progress() if self.sampler else {}
         users = p.get("users")
-        if users and (not levels or users != levels[-1]):
+        if isinstance(users, float) and users and (not levels or users != levels[-1]):
             levels.append(users)
 
         def f(value, fmt):
@@ -358,7 +358,8 @@ class Lab:
 
         elapsed = time.monotonic() - started
         step = p.get("step") if p.get("step") is not None else len(levels)
-        return (f"[{int(elapsed) // 60:02d}:{int(elapsed) % 60:02d}] step {step:.0f}  users {f(users, '.0f')}  "
+        phase = f" ({p['hunt_phase']})" if p.get("hunt_phase") else ""  # the step hunt's, e.g. "refine"
+        return (f"[{int(elapsed) // 60:02d}:{int(elapsed) % 60:02d}] step {step:.0f}{phase}  users {f(users, '.0f')}  "
                 f"{f(p.get('rps'), '.1f')} req/s  p95 {f(p.get('p95_ms'), '.0f')} ms  "
                 f"failures {f(p.get('fail_per_s'), '.1f')}/s  target CPU {f(p.get('target_cpu_cores'), '.2f')} cores  "
                 f"Locust CPU {f(p.get('generator_cpu_cores'), '.2f')}")

@@ -7,28 +7,75 @@ CLI, the lab's sampler), and compares the verdict with X = W/S and N* = W(S+Z)/S
 
 from __future__ import annotations
 
+import json
 import statistics
+import time
+from dataclasses import dataclass
 
 import pytest
 
-from tests.loadlab.conftest import assert_all_gone, run_loadlab, step_table
+from loadlab.history import read_stats_history
+from tests.loadlab.conftest import LabRun, assert_all_gone, run_loadlab, step_table
 
 # Think time Z: uniform between 0.4 and 0.6 s, so 0.5 s on average.
 THINK = {"MIN_WAIT_TIME": "400", "MAX_WAIT_TIME": "600", "LOGIN_USERS": "20"}
 Z = 0.5
+STEP_S = 5  # every hunt here holds each step 5 s
 
 
-def hunt(gt, tmp_path, step_users: int, max_users: int, *extra: str):
+@dataclass
+class Hunted:
+    verdict: dict
+    run: LabRun
+    wall_s: float  # the whole `loadlab run`, start-up and analysis included
+
+    @property
+    def hunt_s(self) -> float:
+        """The hunt itself: from Locust's first row with users to its last row."""
+        rows = read_stats_history(self.run.run_dir / "locust_stats_history.csv").rows
+        first = next(r.t for r in rows if r.users > 0)
+        return rows[-1].t - first
+
+    @property
+    def drain_s(self) -> float:
+        """Seconds the hunt held 0 users between steps (the adaptive hunt's back-off)."""
+        rows = read_stats_history(self.run.run_dir / "locust_stats_history.csv").rows
+        loaded = [i for i, r in enumerate(rows) if r.users > 0]
+        return float(sum(1 for r in rows[loaded[0]: loaded[-1]] if r.users == 0)) if loaded else 0.0
+
+    @property
+    def users(self) -> list[int]:
+        return [s["users"] for s in self.verdict["steps"]]
+
+    def bracket(self) -> tuple[int, int]:
+        """The measured steps next to the verdict's knee: (highest below it, lowest at or above it)."""
+        knee = self.verdict["knee"]["users"]
+        return max(u for u in self.users if u < knee), min(u for u in self.users if u >= knee)
+
+
+def think(z: float) -> dict[str, str]:
+    """The suite's think time, uniform within 0.1 s of `z` (so `z` on average)."""
+    return {**THINK, "MIN_WAIT_TIME": str(round(1000 * z) - 100), "MAX_WAIT_TIME": str(round(1000 * z) + 100)}
+
+
+def hunt_run(gt, tmp_path, *locust_args: str, think_s: float = Z, timeout: float = 240,
+             env: dict[str, str] | None = None) -> Hunted:
+    started = time.monotonic()
     run = run_loadlab(["run", "login-step", "--host", gt.url, "--target-pid", str(gt.pid), "--target-workers",
-                       str(gt.workers), "--prometheus", "off", "--",
-                       "--step-users", str(step_users), "--step-time", "5s", "--max-users", str(max_users), *extra],
-                      tmp_path / "reports", env=THINK, timeout=180)
+                       str(gt.workers), "--prometheus", "off", "--", "--step-time", f"{STEP_S}s", *locust_args],
+                      tmp_path / "reports", env={**think(think_s), **(env or {})}, timeout=timeout)
+    wall = time.monotonic() - started
     assert run.returncode == 0, run.output
     assert_all_gone(run.started_pids())
     verdict = run.verdict()
-    print(f"\nW={gt.workers} S={gt.service_s * 1000:g} ms: X={gt.capacity_rps:g} req/s, N*={gt.knee_users(Z):g}\n"
-          + step_table(verdict))
-    return verdict
+    print(f"\nW={gt.workers} S={gt.service_s * 1000:g} ms Z={think_s:g} s: X={gt.capacity_rps:g} req/s, "
+          f"N*={gt.knee_users(think_s):g}; "
+          f"{' '.join(locust_args)}\n" + step_table(verdict))
+    return Hunted(verdict, run, wall)
+
+
+def hunt(gt, tmp_path, step_users: int, max_users: int, *extra: str):
+    return hunt_run(gt, tmp_path, "--step-users", str(step_users), "--max-users", str(max_users), *extra).verdict
 
 
 @pytest.mark.timeout(240)
@@ -80,3 +127,96 @@ def test_run_capped_below_the_knee_reports_no_breaking_point(ground_truth, tmp_p
     assert max(s["users"] for s in verdict["steps"]) == cap, detail
     assert verdict["breaking_point_reached"] is False, detail
     assert verdict["knee"] is None and verdict["break"] is None, detail
+
+
+def assert_ground_truth_verdict(verdict: dict, gt, knee_tolerance: float, capacity_tolerance: float,
+                                think_s: float = Z) -> None:
+    detail = step_table(verdict)
+    assert verdict["breaking_point_reached"] is True, detail
+    assert verdict["measurement_valid"] is True, detail
+    assert verdict["capacity_rps"] == pytest.approx(gt.capacity_rps, rel=capacity_tolerance), detail
+    assert verdict["knee"]["users"] == pytest.approx(gt.knee_users(think_s), rel=knee_tolerance), detail
+    assert verdict["limiting_resource"] == "concurrency", detail
+
+
+def scheduled_s(hunted: Hunted) -> float:
+    """The hunt's length as scheduled: its steps' holds plus its back-offs (Locust's own clock, not
+    how busy this machine was; the measured times are printed beside it)."""
+    return len(hunted.verdict["steps"]) * STEP_S + hunted.drain_s
+
+
+@pytest.mark.timeout(420)
+def test_adaptive_hunt_reaches_the_fixed_hunts_verdict_at_a_small_knee_and_is_no_slower(ground_truth, tmp_path):
+    # The sleeping server above (X = 40 req/s, N* = 24 users), hunted both ways on the same server.
+    gt = ground_truth(workers=4, service_ms=100, mode="sleep")
+    fixed = hunt_run(gt, tmp_path / "fixed", "--step-users", "4", "--max-users", "44")
+    adaptive = hunt_run(gt, tmp_path / "adaptive", "--max-users", "44")  # no --step-users: the adaptive hunt
+    print(f"small knee: fixed +4 users: {fixed.users}, hunt {fixed.hunt_s:.0f} s, run {fixed.wall_s:.0f} s | "
+          f"adaptive: {adaptive.users}, hunt {adaptive.hunt_s:.0f} s (drained {adaptive.drain_s:.0f} s), "
+          f"run {adaptive.wall_s:.0f} s")
+    for hunted in (fixed, adaptive):
+        assert_ground_truth_verdict(hunted.verdict, gt, knee_tolerance=0.15, capacity_tolerance=0.10)
+    assert adaptive.users[:2] == [10, 20]  # it grew geometrically, not by +4
+    assert scheduled_s(adaptive) <= scheduled_s(fixed), (adaptive.users, fixed.users)
+
+
+@pytest.mark.timeout(600)
+def test_adaptive_hunt_finds_a_large_knee_in_a_third_of_the_fixed_hunts_time(ground_truth, tmp_path):
+    # The issue's example is W=16, S=80 ms, Z=0.5 s (X = 200 req/s, N* = 116). This 2-core machine,
+    # shared with other test suites, does not serve 200 logins/s to the lab's own Locust without the
+    # host's CPUs deciding the plateau (measured: 140-160 req/s, target 0.26 cores, host 2.0 busy).
+    # The same knee at half the rate: W=16, S=160 ms, Z=1.0 s: X = 100 req/s, N* = 116 users.
+    think_s = 1.0
+    gt = ground_truth(workers=16, service_ms=160, mode="sleep")
+    adaptive = hunt_run(gt, tmp_path / "adaptive", "--max-users", "400", think_s=think_s)
+    verdict = adaptive.verdict
+    detail = step_table(verdict)
+    assert verdict["breaking_point_reached"] is True and verdict["measurement_valid"] is True, detail
+    assert verdict["limiting_resource"] == "concurrency", detail
+    # Truth: X = W/S and N* = W(S+Z)/S when a login at light load takes S. On a busy host it takes
+    # longer: gunicorn, Flask and the client wait for a core (measured: 170-177 ms for S = 160 ms at a
+    # load average of 9 on 2 cores), and a worker is held that long, so X = W/R0 and N* = W(R0+Z)/R0,
+    # with R0 the light-load response measured on the steps well below the knee (as the CPU test
+    # compares with U/S). Printed either way.
+    light = [s["mean_response_ms"] for s in verdict["steps"]
+             if s["users"] <= 0.7 * gt.knee_users(think_s) and s["mean_response_ms"]]
+    r0 = statistics.median(light) / 1000
+    busy = r0 if r0 > 1.03 * gt.service_s else gt.service_s
+    x_true, n_true = gt.workers / busy, gt.workers * (busy + think_s) / busy
+    print(f"light-load response R0 = {r0 * 1000:.0f} ms (S = {gt.service_s * 1000:g} ms): truth X = {x_true:.1f} req/s, "
+          f"N* = {n_true:.1f} users" + (" (W/R0: a busy host)" if busy > gt.service_s else " (W/S)"))
+    assert verdict["capacity_rps"] == pytest.approx(x_true, rel=0.05), detail
+    assert verdict["knee"]["users"] == pytest.approx(n_true, rel=0.10), detail
+    # The fixed hunt that resolves the knee as finely: steps as far apart as the adaptive hunt's
+    # two steps around its knee.
+    below, above = adaptive.bracket()
+    step = above - below
+    assert step <= 0.06 * n_true, f"the knee is bracketed by {below} and {above} users only"
+    fixed = hunt_run(gt, tmp_path / "fixed", "--step-users", str(step), "--max-users", "400", think_s=think_s,
+                     timeout=540)
+    print(f"large knee: adaptive {len(adaptive.users)} steps {adaptive.users}, knee between {below} and {above} "
+          f"users; hunt {adaptive.hunt_s:.0f} s (drained {adaptive.drain_s:.0f} s), run {adaptive.wall_s:.0f} s | "
+          f"fixed +{step} users: {len(fixed.users)} steps, hunt {fixed.hunt_s:.0f} s, run {fixed.wall_s:.0f} s | "
+          f"hunt time {adaptive.hunt_s / fixed.hunt_s:.2f} of the fixed hunt's, run time "
+          f"{adaptive.wall_s / fixed.wall_s:.2f}")
+    assert scheduled_s(adaptive) <= scheduled_s(fixed) / 3, (adaptive.users, fixed.users)
+
+
+@pytest.mark.timeout(300)
+def test_a_bad_breach_backs_off_and_lets_the_target_drain(ground_truth, tmp_path):
+    # W=2, S=100 ms: X = 20 req/s, N* = 12 users. From 5 users the hunt doubles to 20, where the
+    # response time is N/X - Z = 0.5 s: p95 past twice a 300 ms SLO, a bad breach. It must back off
+    # (0 users for a while) before it refines below, and never load 20 users again.
+    gt = ground_truth(workers=2, service_ms=100, mode="sleep")
+    hunted = hunt_run(gt, tmp_path, "--start-users", "5", "--max-users", "100", env={"SLO_P95_MS": "300"})
+    users = hunted.users
+    log = (hunted.run.run_dir / "logs" / "locust.log").read_text()
+    assert users[:3] == [5, 10, 20], users
+    assert "step 3 (20 users) breached badly" in log and "backing off to 0 users for" in log, log[-3000:]
+    assert all(u < 20 for u in users[3:]) and len(users) > 3, users  # refined below, nothing as high again
+    assert hunted.drain_s >= 1, "no second at 0 users between the steps"
+    # The live phase went through the exporter to the sampler: "drain" while it drained.
+    phases = {labels["phase"] for line in (hunted.run.run_dir / "samples.jsonl").read_text().splitlines()
+              for name, labels, value in json.loads(line).get("samples", []) if name == "locust_hunt_phase" and value == 1}
+    assert {"grow", "drain", "refine"} <= phases, phases
+    assert hunted.verdict["knee"] is not None, step_table(hunted.verdict)
