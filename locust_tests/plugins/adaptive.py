@@ -7,10 +7,14 @@ steady part with the contract's one SLO judge. What differs is how it picks the 
    `loadlab.contract.knee.is_linear`) and meets the SLO;
 2. refine: once a step flattened or breached, settle the plateau (two counted steps, 15 % or more
    apart, between which the knee rule `collapse` fires: adding users stopped adding throughput),
-   then bracket the knee estimate N* = X / g0 (`knee_users`, the analysis' own formula) with two
-   steps within a few percent of each other;
-3. confirm: enough steps on the plateau within the SLO for the capacity, then the break: the
-   lowest breaching level, confirmed by a second breaching step above it (or by a bad breach).
+   take up to `plateau_steps` steps on it within the SLO (the capacity, and so the estimate, is
+   their median), then bracket the knee estimate N* = X / g0 (`knee_users`, the analysis' own
+   formula) with two steps within a few percent of each other;
+3. confirm: the break, the lowest breaching level, confirmed by a second breaching step above it
+   (or by a bad breach).
+
+Steps the others contradict (a closed loop's throughput does not drop, nor its latency fall, as
+users are added) are hiccups of the host or the target and do not steer the hunt.
 
 A bad breach (requests failing beyond the SLO, none completing, or p95 past twice the SLO) makes
 the hunt back off: 0 users for about one cycle N / X (every request still queued at the target
@@ -52,6 +56,8 @@ from loadlab.contract.thresholds import Thresholds
 from .presets import CONFIRM, DONE, DRAIN, GROW, REFINE, Snapshot, StepResult, judge
 
 SPAWN_RATE_CAP = 100.0  # users/s; Locust warns above it, so larger jumps ramp within the transient
+# Plateau steps aim below this fraction of the SLO's p95, so that noise does not push them over it.
+PLATEAU_P95_HEADROOM = 0.9
 
 
 @dataclass(frozen=True)
@@ -260,29 +266,36 @@ def _refine(s: _State, lowest_breach: float) -> tuple[int, str] | None:
     if n is None:
         return None
     if not s.settled():
-        # The throughput may still rise: a counted step well above the last (x1.15), or, when a
-        # bad breach above bounds the hunt, the geometric middle between the top counted step and it.
+        # The throughput may still rise: a counted step well above the highest (x1.15), or, when a
+        # bad breach above bounds the hunt, the geometric middle up to it; when the highest counted
+        # step is itself that bound, the geometric middle between it and the last linear step below.
         top_counted = s.counted[-1].users
-        cands = [_up(top_counted, plan.confirm_growth)]
+        last_good = max((r.users for r in s.results if r.users < top_counted and r not in s.past), default=0)
+        cands = [_up(top_counted, plan.confirm_growth), round(math.sqrt(last_good * top_counted))]
         if s.ceiling < math.inf:
             cands.insert(0, round(math.sqrt(top_counted * s.ceiling)))
         for cand in cands:
-            if top_counted < cand and s.allowed(cand):
+            if cand > last_good and s.allowed(cand):
                 return cand, f"throughput may still rise above {top_counted} users (knee >= {n:.0f}): finding the plateau"
         return None
     # Plateau steps: past the bracket (a tolerance above the knee), so their throughput is the
     # capacity's and not the bend's.
-    # At most `plateau_steps` tries: the SLO may break soon after the knee, leaving no room.
+    # At most `plateau_steps` tries: the SLO may break soon after the knee, leaving little room. Past
+    # the knee every added user adds 1/X to the response time (N = X (R + Z)), so p95 is predicted
+    # to grow by 1000/X ms per user from the highest step within the SLO; a try goes no higher than
+    # where that reaches PLATEAU_P95_HEADROOM of the SLO, else between the knee and that step.
     plateau_start = n + s.tolerance(n)
-    healthy = [r.users for r in s.results if not r.breached]
+    healthy = [r for r in s.results if not r.breached]
     tries = sum(1 for r, phase in zip(s.results, s.phases) if phase == REFINE and r.users >= plateau_start)
-    if len([u for u in healthy if u >= plateau_start]) < plan.plateau_steps and tries < plan.plateau_steps:
-        top_healthy = max(healthy, default=0)
-        cand = _up(max(top_healthy, n), plan.confirm_growth)
-        if cand >= lowest_breach:  # the middle of what is left below the break
-            cand = round(math.sqrt(max(top_healthy, plateau_start) * lowest_breach))
-        if plateau_start <= cand < lowest_breach and s.allowed(cand):
-            return cand, f"a step on the plateau (knee ~{n:.0f} users) within the SLO, for the capacity"
+    if len([r for r in healthy if r.users >= plateau_start]) < plan.plateau_steps and tries < plan.plateau_steps \
+            and healthy:
+        top = max(healthy, key=lambda r: r.users)
+        base = max(top.users, n)
+        room = base + (PLATEAU_P95_HEADROOM * s.th.latency_p95_ms - (top.p95_ms or 0.0)) * n * s.g0 / 1000
+        for cand in (min(_up(base, plan.confirm_growth), math.floor(room)),
+                     round(math.sqrt(plateau_start * top.users))):
+            if plateau_start <= cand < lowest_breach and s.allowed(cand):
+                return cand, f"a step on the plateau (knee ~{n:.0f} users) within the SLO, for the capacity"
     if s.bracketed(n):
         return None
     # Keep a measured side that is near enough and probe the far end of the tolerance from it, so

@@ -19,7 +19,7 @@ from loadlab.contract.scenarios import BAD_BREACH_P95_FACTOR, HUNT_BRACKET
 from loadlab.contract.slo import judge
 from loadlab.contract.thresholds import DEFAULT_THRESHOLDS as TH
 from loadlab.contract.thresholds import Thresholds
-from locust_tests.plugins.adaptive import AdaptiveHunt, AdaptivePlan, Move, hunt_kind, next_move
+from locust_tests.plugins.adaptive import AdaptiveHunt, AdaptivePlan, Move, bad_breach, hunt_kind, next_move
 from locust_tests.plugins.presets import CONFIRM, DONE, DRAIN, GROW, REFINE, Snapshot, StepResult
 from tests.loadlab.synthetic import model_step
 
@@ -88,7 +88,8 @@ def verdict_of(moves, server: Server):
     return analyze_steps(steps, TH)
 
 
-@pytest.mark.parametrize("server", [Server(4, 0.1), Server(8, 0.1), Server(16, 0.08), Server(64, 0.1), Server(2, 0.041, 2.0)],
+@pytest.mark.parametrize("server", [Server(4, 0.1), Server(8, 0.1), Server(16, 0.08), Server(16, 0.16, 1.0), Server(64, 0.1),
+                                    Server(2, 0.041, 2.0)],
                          ids=lambda s: f"W{s.workers}-knee{s.knee:.0f}")
 def test_the_hunt_grows_by_doubling_then_brackets_the_knee_and_confirms_the_break(server):
     moves = run(server)
@@ -105,7 +106,7 @@ def test_the_hunt_grows_by_doubling_then_brackets_the_knee_and_confirms_the_brea
     assert above - below <= max(HUNT_BRACKET * server.knee, 2) + 1, users
     # The break is confirmed: a second breaching step above the first, or a bad one.
     breached = sorted(r.users for r, _ in moves if r.breached)
-    assert len(breached) >= 2, users
+    assert len(breached) >= 2 or any(bad_breach(r, TH) for r, _ in moves), users
     # The cost grows with the logarithm of the knee, not with the knee.
     assert len(users) <= math.log2(server.knee / 10) + 9, users
     # And the verdict of those steps, in the order they ran, is the operational laws' answer.
