@@ -111,11 +111,20 @@ class StepShape(LoadTestShape):
         self.hunt = dataclasses.replace(self.hunt)
 
     def tick(self) -> Tick:
+        if self._before_any_user():
+            # The first step's clock starts with its users: the login scenario seeds its accounts
+            # in test_start, after the first tick, and on a busy host that can outlast a short step
+            # (which would then be judged, and end the hunt, with nothing completed).
+            self.reset_time()
         ended_before = self.hunt.done
         result = self.hunt.tick(self.get_run_time(), self._snapshot)
         if result is None and not ended_before and isinstance(self.hunt, StepHunt):
             self._log_end()
         return result
+
+    def _before_any_user(self) -> bool:
+        return (self.runner is not None and not self.hunt.results and not self.hunt.done
+                and getattr(self.runner, "user_count", 1) == 0)
 
     def _snapshot(self) -> Snapshot:
         assert self.runner is not None  # set by Locust (or _on_init) before the first tick
