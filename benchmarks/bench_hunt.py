@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,6 +51,7 @@ class Hunt:
     knee: float | None
     capacity: float | None
     brk: int | None
+    light_ms: list[float]  # mean response times of the steps with at most 0.7 N* users
 
     def bracket(self) -> int | None:
         """Users between the measured steps on either side of the verdict's knee."""
@@ -72,7 +74,7 @@ def start_server(workers: int, tmp: Path) -> tuple[subprocess.Popen, str]:
 
 
 def hunt(label: str, server: subprocess.Popen, url: str, workers: int, out: Path, step_time: float,
-         locust_args: list[str]) -> Hunt:
+         locust_args: list[str], n_star: float) -> Hunt:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "LOGIN_USERS": "20",
            "MIN_WAIT_TIME": str(round(1000 * THINK_S) - 100), "MAX_WAIT_TIME": str(round(1000 * THINK_S) + 100)}
     args = [sys.executable, "-m", "loadlab.cli", "run", "login-step", "--host", url, "--target-pid", str(server.pid),
@@ -93,11 +95,13 @@ def hunt(label: str, server: subprocess.Popen, url: str, workers: int, out: Path
     first = next(r.t for r in rows if r.users > 0)
     knee = verdict["knee"]["users"] if verdict["knee"] else None
     brk = verdict["break"]["users"] if verdict["break"] else None
+    light = [s["mean_response_ms"] for s in verdict["steps"] if s["users"] <= 0.7 * n_star and s["mean_response_ms"]]
     return Hunt(label, [s["users"] for s in verdict["steps"]], rows[-1].t - first, wall, knee, verdict["capacity_rps"],
-                brk)
+                brk, light)
 
 
 def show(h: Hunt, x: float, n: float) -> None:
+    """One hunt's line; knee and capacity against the truth (x, n) of the host as it ran."""
     knee = "-" if h.knee is None else f"{h.knee:.1f} ({h.knee / n - 1:+.0%})"
     cap = "-" if h.capacity is None else f"{h.capacity:.1f} ({h.capacity / x - 1:+.0%})"
     print(f"  {h.label:<11} {len(h.users):3d} steps  hunt {h.hunt_s:5.0f} s  run {h.wall_s:5.0f} s  knee {knee:<14} "
@@ -126,16 +130,24 @@ def main() -> None:
             server, url = start_server(workers, Path(tmp))
             try:
                 out = Path(tmp) / f"reports-{knee}"
-                hunts = [hunt("adaptive", server, url, workers, out, args.step_time, []),
-                         hunt("fixed +10", server, url, workers, out, args.step_time, ["--step-users", "10"])]
+                hunts = [hunt("adaptive", server, url, workers, out, args.step_time, [], n),
+                         hunt("fixed +10", server, url, workers, out, args.step_time, ["--step-users", "10"], n)]
                 fine = hunts[0].bracket()
                 if fine and not args.no_fine:
                     hunts.append(hunt(f"fixed +{fine}", server, url, workers, out, args.step_time,
-                                      ["--step-users", str(fine)]))
+                                      ["--step-users", str(fine)], n))
             finally:
                 stop(server)
+            # On a busy host a login takes longer than S even at light load (gunicorn, Flask and the
+            # client wait for a core), and a worker is held that long: the truth there is W/R0.
+            r0 = statistics.median([ms for h in hunts for ms in h.light_ms]) / 1000
+            s = SERVICE_MS / 1000
+            busy = r0 if r0 > 1.03 * s else s
+            x_host, n_host = workers / busy, workers * (busy + THINK_S) / busy
+            print(f"  light-load response R0 = {r0 * 1000:.0f} ms: truth on this host X = {x_host:.1f} req/s, "
+                  f"N* = {n_host:.1f} users ({'W/R0, a busy host' if busy > s else 'W/S'}); figures in () against it")
             for h in hunts:
-                show(h, x, n)
+                show(h, x_host, n_host)
             ratios = "  ".join(f"{h.label}: {hunts[0].hunt_s / h.hunt_s:.2f}" for h in hunts[1:])
             print(f"  adaptive hunt time / fixed hunt time: {ratios}")
             summary.append((knee, n, hunts))

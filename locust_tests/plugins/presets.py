@@ -21,6 +21,7 @@ from loadlab.contract.scenarios import (
     Tick,
 )
 from loadlab.contract.slo import judge as judge_slo
+from loadlab.contract.slo import refuted
 from loadlab.contract.thresholds import Thresholds
 
 # The phases a step hunt reports (locust_hunt_phase): the fixed hunt steps, the adaptive one
@@ -130,7 +131,9 @@ class StepHunt:
 
     At each tick it returns the users for the current step. When a step ends it judges that
     step's steady part; once a whole step breaches the SLO (the break), it runs one more step
-    (users beyond the break, for the analysis) and then returns None, which stops the test.
+    (users beyond the break, for the analysis) and then returns None, which stops the test. When
+    that step meets the SLO after a breach on latency alone, the breach was a hiccup and the hunt
+    goes on.
     """
 
     plan: StepPlan
@@ -184,5 +187,12 @@ class StepHunt:
         self.results.append(result)
         if result.breached and self.break_step is None:
             self.break_step = self.step
+        elif not result.breached and self.break_step is not None and self.step > self.break_step:
+            # More users met the SLO: a latency-only breach below was a hiccup, not the break, as
+            # the verdict judges it (loadlab.contract.slo.refuted); the hunt goes on.
+            broke = next(r for r in self.results if r.step == self.break_step + 1)
+            if refuted(judge_slo(broke.requests, broke.failures, broke.p95_ms, self.thresholds).reasons, broke.users,
+                       [result.users]):
+                self.break_step = None
         if self.on_result is not None:
             self.on_result(result)

@@ -2,7 +2,9 @@
 
 Each test starts a ground-truth server (W workers, service time S), runs the real
 `loadlab run login-step --host ... --target-pid ...` against it (Locust, the sidecar via its
-CLI, the lab's sampler), and compares the verdict with X = W/S and N* = W(S+Z)/S.
+CLI, the lab's sampler), and compares the verdict with X = W/S and N* = W(S+Z)/S. The hunt is the
+adaptive one unless the test gives --step-users (the fixed hunt); the adaptive tests run both
+on one server and compare their verdicts and their steps.
 """
 
 from __future__ import annotations
