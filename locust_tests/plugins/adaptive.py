@@ -132,7 +132,7 @@ class _State:
     flattened: list[StepResult] = field(init=False)  # throughput per user no longer holds
     breached: list[StepResult] = field(init=False)  # over the SLO
     past: list[StepResult] = field(init=False)  # flattened or breached
-    counted: list[StepResult] = field(init=False)  # by users; their throughput counts (no failures)
+    counted: list[StepResult] = field(init=False)  # by users; their throughput counts (no failures, no stall)
     plateau_from: int | None = field(init=False)  # users of the first step seen on the plateau
     n_est: float | None = field(init=False)  # the knee estimate N* = X / g0
 
@@ -146,11 +146,12 @@ class _State:
         # (a warming target, a stalled host), and the hunt goes on as if it had not happened.
         linear = [r for r in rs if is_linear(r, self.g0, th)]
         met_at = [r.users for r in rs if not r.breached]
-        self.flattened = [r for r in rs if r not in linear and not any(q.users > r.users for q in linear)
-                          and not any(q.users < r.users and r.rps < th.linear_fraction * q.rps for q in rs)]
+        stalled = [r for r in rs if any(q.users < r.users and r.rps < th.linear_fraction * q.rps for q in rs)]
+        self.flattened = [r for r in rs if r not in linear and r not in stalled
+                          and not any(q.users > r.users for q in linear)]
         self.breached = [r for r in rs if r.breached and not refuted(_reasons(r, th), r.users, met_at)]
         self.past = [r for r in rs if r in self.flattened or r in self.breached]
-        self.counted = sorted((r for r in rs if not failed(r, th)), key=lambda r: r.users)
+        self.counted = sorted((r for r in rs if not failed(r, th) and r not in stalled), key=lambda r: r.users)
         self.plateau_from = self._plateau_from()
         if self.plateau_from is not None:
             # The median throughput from the plateau's first step on. Unlike the verdict's capacity
@@ -228,7 +229,9 @@ def next_move(results: Sequence[StepResult], phases: Sequence[str], plan: Adapti
     # 2. refine: find the plateau, measure it, then bracket the knee.
     breaches = sorted(r.users for r in s.breached)
     lowest_breach = breaches[0] if breaches else math.inf
-    if s.flattened and phases.count(REFINE) < plan.max_refine:
+    # (With nothing flattened but a bad breach above the linear steps, the knee may still lie
+    # between them: the bad step may have been a stall, or the knee sharp; refine finds out.)
+    if (s.flattened or s.ceiling < math.inf) and phases.count(REFINE) < plan.max_refine:
         move = _refine(s, lowest_breach)
         if move is not None:
             return go(REFINE, move[0], move[1])

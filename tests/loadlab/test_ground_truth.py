@@ -10,6 +10,7 @@ on one server and compare their verdicts and their steps.
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import time
 from dataclasses import dataclass
@@ -208,14 +209,16 @@ def test_adaptive_hunt_finds_a_large_knee_in_a_third_of_the_fixed_hunts_time(gro
 def test_a_bad_breach_backs_off_and_lets_the_target_drain(ground_truth, tmp_path):
     # W=2, S=100 ms: X = 20 req/s, N* = 12 users. From 5 users the hunt doubles to 20, where the
     # response time is N/X - Z = 0.5 s: p95 past twice a 300 ms SLO, a bad breach. It must back off
-    # (0 users for a while) before it refines below, and never load 20 users again.
+    # (0 users for a while) before it refines below, and never load that many users again.
     gt = ground_truth(workers=2, service_ms=100, mode="sleep")
     hunted = hunt_run(gt, tmp_path, "--start-users", "5", "--max-users", "100", env={"SLO_P95_MS": "300"})
     users = hunted.users
     log = (hunted.run.run_dir / "logs" / "locust.log").read_text()
-    assert users[:3] == [5, 10, 20], users
-    assert "step 3 (20 users) breached badly" in log and "backing off to 0 users for" in log, log[-3000:]
-    assert all(u < 20 for u in users[3:]) and len(users) > 3, users  # refined below, nothing as high again
+    bad = re.search(r"step (\d+) \((\d+) users\) breached badly .* backing off to 0 users for", log)
+    assert bad, log[-3000:]
+    step, level = int(bad.group(1)), int(bad.group(2))
+    assert users[0] == 5 and 12 < level <= 24, users  # doubled past the knee (a stalled step may shift it)
+    assert len(users) > step and all(u < level for u in users[step:]), users  # refined below, never as high
     assert hunted.drain_s >= 1, "no second at 0 users between the steps"
     # The live phase went through the exporter to the sampler: "drain" while it drained.
     phases = {labels["phase"] for line in (hunted.run.run_dir / "samples.jsonl").read_text().splitlines()

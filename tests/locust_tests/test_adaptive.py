@@ -32,7 +32,8 @@ class Server:
     service_s: float
     think_s: float = 0.5
     error_from: int | None = None  # users from which every request fails (a server that melts down)
-    stalled_at: int | None = None  # the host stalled while this level ran: p95 900 ms, 60 % of the throughput
+    stalled_at: int | None = None  # the host stalled while this level ran: 60 % of the throughput...
+    stalled_p95_ms: float = 900.0  # ...and this p95
 
     @property
     def capacity(self) -> float:
@@ -55,7 +56,7 @@ class Server:
         """One step's steady part as the hunt judges it, by the contract's SLO judge."""
         requests = round(self.rps(users) * HOLD * (0.6 if users == self.stalled_at else 1.0))
         failures = requests if self.error_from is not None and users >= self.error_from else 0
-        p95 = 900.0 if users == self.stalled_at else self.p95_ms(users)
+        p95 = self.stalled_p95_ms if users == self.stalled_at else self.p95_ms(users)
         slo = judge(requests, failures, p95, th)
         return StepResult(index + 1, users, HOLD, requests, failures, p95, slo.breached, slo.detail,
                           1000 * self.response_s(users))
@@ -148,6 +149,22 @@ def test_a_stalled_step_that_more_users_contradict_does_not_end_the_growth():
     above = min(u for u in users if u >= server.knee)
     assert above - below <= max(HUNT_BRACKET * server.knee, 2) + 1, users
     verdict = verdict_of(moves, server)  # the model's steps (without the stall): the same knee
+    assert verdict.knee is not None and verdict.knee.users == pytest.approx(server.knee, rel=0.05), users
+
+
+def test_a_stalled_bad_step_past_the_knee_still_leaves_the_knee_to_find_below_it():
+    # Measured on the busy 2-core box: 160 users (past the knee at 116) stalled, 68 req/s and p95
+    # 2.3 s, a bad breach; 98 users then drove more (linear), so the stall explains nothing of the
+    # knee. The hunt must not stop there: it refines between 98 and 160.
+    server = Server(16, 0.16, 1.0, stalled_at=160, stalled_p95_ms=2300.0)
+    moves = run(server)
+    users = users_of(moves)
+    assert users[:5] == [10, 20, 40, 80, 160] and moves[4][1].drain_s > 0, users
+    assert all(u < 160 for u in users[5:]) and len(users) >= 8, users
+    below = max(u for u in users if u <= server.knee)
+    above = min(u for u in users if u >= server.knee)
+    assert above - below <= max(HUNT_BRACKET * server.knee, 2) + 1, users
+    verdict = verdict_of(moves, server)
     assert verdict.knee is not None and verdict.knee.users == pytest.approx(server.knee, rel=0.05), users
 
 
