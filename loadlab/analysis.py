@@ -12,7 +12,6 @@ threshold comes from `loadlab.contract.thresholds`.
 
 from __future__ import annotations
 
-import dataclasses
 import statistics
 from dataclasses import dataclass
 
@@ -84,7 +83,8 @@ light_load_per_user = knee_rule.light_load_per_user
 
 def find_knee(steps: list[StepSummary], th: Thresholds = DEFAULT_THRESHOLDS) -> KneeResult | None:
     """First step (in order of users) where adding users stopped adding throughput, confirmed by the
-    steps after it. Indices in the result are positions in `steps`, whatever order they ran in.
+    steps after it (`loadlab.contract.knee.find_knee`, the rule the live hunt brackets). Indices in
+    the result are positions in `steps`, whatever order they ran in.
 
     Collapse (`loadlab.contract.knee.collapse`): the marginal throughput per added user falls
     below `marginal_gain_fraction` x the light-load per-user throughput, or the per-user
@@ -92,54 +92,16 @@ def find_knee(steps: list[StepSummary], th: Thresholds = DEFAULT_THRESHOLDS) -> 
     later step shows throughput rising again at a healthy slope (noise).
     """
     ordered, order = _ordered(steps)
-    found = _find_knee_ordered(ordered, th)
+    found = knee_rule.find_knee(ordered, lambda s: bool(breaches_slo(s, th)), th)
     if found is None:
         return None
-    return dataclasses.replace(found, step=order[found.step], detected_at=order[found.detected_at])
-
-
-def _find_knee_ordered(steps: list[StepSummary], th: Thresholds) -> KneeResult | None:
-    if len(steps) < 3:
-        return None  # a knee needs a linear part and a flat part to be told apart
-    for i in range(1, len(steps)):
-        prev, cur = steps[i - 1], steps[i]
-        if cur.users <= prev.users:
-            continue  # the same level measured twice: nothing was added
-        g0 = light_load_per_user(steps, i)
-        if not g0:
-            continue
-        best_per_user = max(s.rps / s.users for s in steps[: i + 1] if s.users > 0)
-        rule = knee_rule.collapse(prev, cur, g0, best_per_user, th)
-        if rule is None:
-            continue
-        best_so_far = max(s.rps for s in steps[: i + 1])
-        resumed = any(
-            later.rps - best_so_far > th.marginal_gain_fraction * g0 * (later.users - prev.users) * 2
-            for later in steps[i + 1:]
-            if later.users > prev.users
-        )
-        if resumed:
-            continue
-        if rule == knee_rule.MARGINAL_GAIN and i == len(steps) - 1:
-            # A flat last step alone may be noise: a knee needs a later step to confirm it, unless
-            # its throughput per user has also fallen well below its best (the second rule).
-            if cur.rps / cur.users >= th.plateau_fraction * best_per_user:
-                break
-            rule = knee_rule.PLATEAU_FRACTION
-        # Where the linear asymptote (g0 x N) meets the plateau: the knee in users.
-        plateau_rps = plateau_throughput(steps, i, th)
-        estimate = min(max(knee_rule.knee_users(plateau_rps, g0), steps[0].users), cur.users)
-        first_flat = next(j for j in range(i + 1) if steps[j].users >= estimate)
-        return KneeResult(step=first_flat, users=estimate, detected_at=i, per_user_rps=g0, rule=rule)
-    return None
+    return KneeResult(step=order[found.step], users=found.users, detected_at=order[found.detected_at],
+                      per_user_rps=found.per_user_rps, rule=found.rule)
 
 
 def plateau_throughput(steps: list[StepSummary], knee_step: int, th: Thresholds = DEFAULT_THRESHOLDS) -> float:
     """Median throughput of the steps from the knee on that still meet the SLO (else the knee step)."""
-    healthy = [s.rps for s in steps[knee_step:] if not breaches_slo(s, th)]
-    if not healthy:
-        healthy = [steps[knee_step].rps, steps[knee_step - 1].rps]
-    return statistics.median(healthy)
+    return knee_rule.plateau_throughput(steps, knee_step, lambda s: bool(breaches_slo(s, th)))
 
 
 def capacity(steps: list[StepSummary], knee: KneeResult | None, brk: int | None,

@@ -14,8 +14,9 @@ log and in `verdict.json`. A *level* is any object with `users`, `rps` and `mean
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 from .thresholds import DEFAULT_THRESHOLDS, Thresholds
 
@@ -34,6 +35,9 @@ class Level(Protocol):
 
     @property
     def mean_response_ms(self) -> float | None: ...
+
+
+L = TypeVar("L", bound=Level)
 
 
 def think_time_s(levels: Sequence[Level]) -> float | None:
@@ -97,5 +101,64 @@ def knee_users(plateau_rps: float, g0: float) -> float:
     return plateau_rps / g0 if g0 > 0 else 0.0
 
 
-__all__ = ["Level", "MARGINAL_GAIN", "PLATEAU_FRACTION", "collapse", "is_linear", "knee_users", "light_load_per_user",
-           "linear_share", "think_time_s"]
+@dataclass(frozen=True)
+class KneeFound:
+    step: int  # index of the first level at or past the knee (the first on the plateau)
+    users: float  # where the linear and the flat asymptotes meet
+    detected_at: int  # index of the level whose marginal gain collapsed (confirms the knee)
+    per_user_rps: float  # light-load throughput per user (the linear asymptote's slope)
+    rule: str  # marginal_gain | plateau_fraction
+
+
+def plateau_throughput(levels: Sequence[L], knee_step: int, breached: Callable[[L], bool]) -> float:
+    """Median throughput of the levels from the knee on that still meet the SLO (else the knee's two)."""
+    healthy = [s.rps for s in levels[knee_step:] if not breached(s)]
+    if not healthy:
+        healthy = [levels[knee_step].rps, levels[knee_step - 1].rps]
+    return statistics.median(healthy)
+
+
+def find_knee(levels: Sequence[L], breached: Callable[[L], bool],
+              th: Thresholds = DEFAULT_THRESHOLDS) -> KneeFound | None:
+    """The knee of `levels` ordered by users: the first level where adding users stopped adding
+    throughput (`collapse`), confirmed by the levels after it; `breached` says which levels
+    breach the SLO (the capacity is taken from the others).
+
+    A candidate is rejected when a later level shows throughput rising again at a healthy slope
+    (noise), and a flat last level alone is not a knee unless its throughput per user has also
+    fallen below `plateau_fraction` of its best (a knee needs a later level to confirm it).
+    `users` is where the linear asymptote meets the plateau, within the levels measured.
+    """
+    if len(levels) < 3:
+        return None  # a knee needs a linear part and a flat part to be told apart
+    for i in range(1, len(levels)):
+        prev, cur = levels[i - 1], levels[i]
+        if cur.users <= prev.users:
+            continue  # the same level measured twice: nothing was added
+        g0 = light_load_per_user(levels, i)
+        if not g0:
+            continue
+        best_per_user = max(s.rps / s.users for s in levels[: i + 1] if s.users > 0)
+        rule = collapse(prev, cur, g0, best_per_user, th)
+        if rule is None:
+            continue
+        best_so_far = max(s.rps for s in levels[: i + 1])
+        resumed = any(
+            later.rps - best_so_far > th.marginal_gain_fraction * g0 * (later.users - prev.users) * 2
+            for later in levels[i + 1:]
+            if later.users > prev.users
+        )
+        if resumed:
+            continue
+        if rule == MARGINAL_GAIN and i == len(levels) - 1:
+            if cur.rps / cur.users >= th.plateau_fraction * best_per_user:
+                break
+            rule = PLATEAU_FRACTION
+        estimate = min(max(knee_users(plateau_throughput(levels, i, breached), g0), levels[0].users), cur.users)
+        first_flat = next(j for j in range(i + 1) if levels[j].users >= estimate)
+        return KneeFound(step=first_flat, users=estimate, detected_at=i, per_user_rps=g0, rule=rule)
+    return None
+
+
+__all__ = ["KneeFound", "Level", "MARGINAL_GAIN", "PLATEAU_FRACTION", "collapse", "find_knee", "is_linear", "knee_users",
+           "light_load_per_user", "linear_share", "plateau_throughput", "think_time_s"]

@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from loadlab.contract.knee import collapse, is_linear, knee_users, light_load_per_user, linear_share
+from loadlab.contract.knee import collapse, find_knee, is_linear, knee_users, light_load_per_user, linear_share
 from loadlab.contract.scenarios import (
     ADAPTIVE,
     BAD_BREACH_P95_FACTOR,
@@ -159,6 +159,11 @@ class _State:
             # plateau's, and with a handful of steps every one of them steadies the estimate.
             on = [r.rps for r in self.counted if r.users >= self.plateau_from]
             self.n_est = knee_users(statistics.median(on), self.g0)
+            # Once the knee rule finds a knee in these steps, bracket the very estimate the verdict
+            # will make of them (the same rule, on every step in order of users, as the analysis).
+            found = find_knee(sorted(rs, key=lambda r: (r.users, r.step)), lambda r: r.breached, th)
+            if found is not None:
+                self.n_est = found.users
         else:  # not yet settled: the best throughput so far, a lower bound of the capacity
             self.n_est = knee_users(max(r.rps for r in self.counted), self.g0) if self.counted else None
 
