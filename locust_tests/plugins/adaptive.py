@@ -254,7 +254,9 @@ def next_move(results: Sequence[StepResult], phases: Sequence[str], plan: Adapti
             return go(CONFIRM, nxt, f"confirming the break at {lowest_breach} users")
         return stop(f"the SLO broke at {lowest_breach} users (unconfirmed: --max-users reached)")
     if stop_on_break:
-        how = f"a bad breach at {min(bad)} users" if bad else "a second breaching step"
+        bad_above = [u for u in bad if u >= lowest_breach]
+        how = (f"a bad breach at {min(bad_above)} users" if bad_above
+               else "a bad breach below it" if bad else "a second breaching step")
         return stop(f"the SLO broke at {lowest_breach} users, confirmed by {how}")
     if bad:
         return stop(f"--no-stop-on-break, but {min(bad)} users breached badly: the hunt loads the target no further")
