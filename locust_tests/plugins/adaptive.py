@@ -10,8 +10,8 @@ steady part with the contract's one SLO judge. What differs is how it picks the 
    take up to `plateau_steps` steps on it within the SLO (the capacity, and so the estimate, is
    their median), then bracket the knee estimate N* = X / g0 (`knee_users`, the analysis' own
    formula) with two steps within a few percent of each other;
-3. confirm: the break, the lowest breaching level, confirmed by a second breaching step above it
-   (or by a bad breach).
+3. confirm: the break, the lowest breaching level, confirmed by a second breaching step up to 15 %
+   above it (or by a bad breach).
 
 Steps the others contradict (a closed loop's throughput does not drop, nor its latency fall, as
 users are added) are hiccups of the host or the target and do not steer the hunt.
@@ -190,8 +190,10 @@ class _State:
         return max(self.plan.bracket * n, 2.0)
 
     def bracket(self, n: float) -> tuple[int | None, int | None]:
-        """The measured levels next to n: (highest at or below, lowest at or above)."""
-        return (max((u for u in self.measured if u <= n), default=None),
+        """The measured levels next to n: (highest below, lowest at or above). Strictly below: the
+        knee rule clamps its estimate to the step that confirmed it, so an estimate on a measured
+        level is no bracket by itself."""
+        return (max((u for u in self.measured if u < n), default=None),
                 min((u for u in self.measured if u >= n), default=None))
 
     def bracketed(self, n: float) -> bool:
@@ -246,17 +248,19 @@ def next_move(results: Sequence[StepResult], phases: Sequence[str], plan: Adapti
         if top >= plan.max_users:
             return stop(f"--max-users ({plan.max_users}) reached without breaching the SLO")
         return go(CONFIRM, min(plan.max_users, _up(top, plan.confirm_growth)), "climbing to the break")
+    # Confirmed: the break itself breached badly, or so did a step up to 15 % above it (as the fixed
+    # hunt runs one step more), or one more step could only go where a bad breach already went.
     bad = [r.users for r in results if bad_breach(r, th)]
-    confirmed = bool(bad) or sum(1 for u in breaches if u >= lowest_breach) >= 2
-    if not confirmed:
-        nxt = min(plan.max_users, _up(top, plan.confirm_growth))
-        if top < plan.max_users and s.allowed(nxt):
-            return go(CONFIRM, nxt, f"confirming the break at {lowest_breach} users")
-        return stop(f"the SLO broke at {lowest_breach} users (unconfirmed: --max-users reached)")
+    confirm_at = min(plan.max_users, _up(lowest_breach, plan.confirm_growth))
+    confirming = [u for u in breaches if lowest_breach < u <= confirm_at]
+    if lowest_breach not in bad and not confirming:
+        if s.allowed(confirm_at) and confirm_at > lowest_breach:
+            return go(CONFIRM, confirm_at, f"confirming the break at {lowest_breach} users")
+        if not bad:
+            return stop(f"the SLO broke at {lowest_breach} users (unconfirmed: --max-users reached)")
     if stop_on_break:
-        bad_above = [u for u in bad if u >= lowest_breach]
-        how = (f"a bad breach at {min(bad_above)} users" if bad_above
-               else "a bad breach below it" if bad else "a second breaching step")
+        how = ("breaching badly" if lowest_breach in bad else f"{min(confirming)} users breaching too" if confirming
+               else f"a bad breach at {min(bad)} users")
         return stop(f"the SLO broke at {lowest_breach} users, confirmed by {how}")
     if bad:
         return stop(f"--no-stop-on-break, but {min(bad)} users breached badly: the hunt loads the target no further")

@@ -102,7 +102,7 @@ def test_the_hunt_grows_by_doubling_then_brackets_the_knee_and_confirms_the_brea
     assert server.knee < users[len(grown)] <= 2 * server.knee
     assert phases[-1] == DONE and REFINE in phases
     # Bracketed: two measured steps around N*, within 4 % of it (at least 2 users).
-    below = max(u for u in users if u <= round(server.knee, 6))
+    below = max(u for u in users if u < round(server.knee, 6))
     above = min(u for u in users if u >= round(server.knee, 6))
     assert above - below <= max(HUNT_BRACKET * server.knee, 2) + 1, users
     # The break is confirmed: a second breaching step above the first, or a bad one.
@@ -145,7 +145,7 @@ def test_a_stalled_step_that_more_users_contradict_does_not_end_the_growth():
     users = users_of(moves)
     assert users[:3] == [10, 20, 40] and max(users) > server.knee, users
     assert GROW in [m.phase for _, m in moves[3:]] and 92 in users, users  # x2 again after the stall
-    below = max(u for u in users if u <= round(server.knee, 6))
+    below = max(u for u in users if u < round(server.knee, 6))
     above = min(u for u in users if u >= round(server.knee, 6))
     assert above - below <= max(HUNT_BRACKET * server.knee, 2) + 1, users
     verdict = verdict_of(moves, server)  # the model's steps (without the stall): the same knee
@@ -161,7 +161,7 @@ def test_a_stalled_bad_step_past_the_knee_still_leaves_the_knee_to_find_below_it
     users = users_of(moves)
     assert users[:5] == [10, 20, 40, 80, 160] and moves[4][1].drain_s > 0, users
     assert all(u < 160 for u in users[5:]) and len(users) >= 8, users
-    below = max(u for u in users if u <= round(server.knee, 6))
+    below = max(u for u in users if u < round(server.knee, 6))
     above = min(u for u in users if u >= round(server.knee, 6))
     assert above - below <= max(HUNT_BRACKET * server.knee, 2) + 1, users
     verdict = verdict_of(moves, server)
@@ -185,7 +185,7 @@ def test_an_slo_that_breaks_before_the_knee_needs_no_refinement():
     moves = run(Server(16, 0.08), th=strict)
     assert [m.phase for _, m in moves].count(REFINE) == 0, users_of(moves)
     assert users_of(moves) == [10, 12]  # breached at 10 users; the next step (+15 %) confirms it
-    assert "the SLO broke at 10 users, confirmed by a second breaching step" in moves[-1][1].why
+    assert "the SLO broke at 10 users, confirmed by 12 users breaching too" in moves[-1][1].why
 
 
 def test_no_stop_on_break_runs_on_to_max_users_but_never_past_a_bad_breach():
