@@ -196,6 +196,15 @@ class _State:
         return (max((u for u in self.measured if u < n), default=None),
                 min((u for u in self.measured if u >= n), default=None))
 
+    def knee_said(self) -> str:
+        """The knee as the hunt leaves it, for its last log line ("" before the plateau is seen)."""
+        n = self.n_est
+        if n is None or not self.settled():
+            return ""
+        lo, hi = self.bracket(n)
+        where = f", between {lo} and {hi} users" if lo is not None and hi is not None else ""
+        return f"; knee ~{n:.1f} users{where}"
+
     def bracketed(self, n: float) -> bool:
         lo, hi = self.bracket(n)
         return lo is not None and hi is not None and hi - lo <= self.tolerance(n)
@@ -214,15 +223,16 @@ def next_move(results: Sequence[StepResult], phases: Sequence[str], plan: Adapti
     def go(phase: str, users: int, why: str) -> Move:
         return Move(phase, users, why, drain)
 
+    g0 = light_load_per_user(results)
+    if not g0:
+        return Move(DONE, None, f"no request completed at {last.users} users: nothing to measure")
+    s = _State(results, phases, plan, th, g0)
+
     def stop(why: str) -> Move:
-        return Move(DONE, None, why)
+        return Move(DONE, None, why + s.knee_said())
 
     if len(results) >= plan.max_steps:
         return stop(f"the hunt's step limit ({plan.max_steps}) is reached")
-    g0 = light_load_per_user(results)
-    if not g0:
-        return stop(f"no request completed at {last.users} users: nothing to measure")
-    s = _State(results, phases, plan, th, g0)
     top = max(s.measured)
 
     # 1. grow: every step so far linear and within the SLO.
