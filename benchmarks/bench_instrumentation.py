@@ -24,19 +24,18 @@ import tempfile
 from pathlib import Path
 
 import psutil
-from _processes import free_port, stop, wait_http  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
+from loadlab.processes import Component, LabError, Supervisor, free_port
 
 
-def start_server(name: str, workers: int, workdir: Path, extra: list[str]) -> tuple[subprocess.Popen, int]:
+def start_server(sup: Supervisor, name: str, workers: int, workdir: Path, extra: list[str]) -> tuple[Component, int]:
     port = free_port()
-    log = open(workdir / f"{name}.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "target_app", "--port", str(port), "--workers", str(workers),
-         "--db", str(workdir / f"{name}.db"), "--hash-profile", "lab", *extra],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    wait_http(f"http://127.0.0.1:{port}/healthz", proc, workdir / f"{name}.log")
-    return proc, port
+    server = sup.start(Component(
+        name, [sys.executable, "-m", "target_app", "--port", str(port), "--workers", str(workers),
+               "--db", str(workdir / f"{name}.db"), "--hash-profile", "lab", *extra],
+        workdir / f"{name}.log", ready_url=f"http://127.0.0.1:{port}/healthz"))
+    server.wait_ready()
+    return server, port
 
 
 def wrk_command(wrk_path: str, port: int, duration: int, connections: int) -> list[str]:
@@ -66,10 +65,10 @@ def requests_per_second(out: str, port: int) -> float:
     return float(match.group(1))
 
 
-def server_cpu_seconds(proc: subprocess.Popen) -> float:
+def server_cpu_seconds(server: Component) -> float:
     """User + system CPU seconds used so far by the server's worker processes."""
     total = 0.0
-    for child in psutil.Process(proc.pid).children():
+    for child in psutil.Process(server.pid).children():
         times = child.cpu_times()
         total += times.user + times.system
     return total
@@ -87,10 +86,11 @@ def main() -> None:
         raise SystemExit("wrk not found on PATH: install it with `apt-get install wrk`")
 
     workdir = Path(tempfile.mkdtemp(prefix="bench_instrumentation-"))
-    servers: dict[str, tuple[subprocess.Popen, int]] = {}
+    sup = Supervisor()  # stops every server started, by PID group, however main() ends
+    servers: dict[str, tuple[Component, int]] = {}
     try:
-        servers["bare"] = start_server("bare", args.workers, workdir, ["--no-metrics"])
-        servers["instrumented"] = start_server("instrumented", args.workers, workdir, [])
+        servers["bare"] = start_server(sup, "bare", args.workers, workdir, ["--no-metrics"])
+        servers["instrumented"] = start_server(sup, "instrumented", args.workers, workdir, [])
         for _, port in servers.values():  # warm up: imports, first connections, page cache
             wrk(wrk_path, port, 2, args.connections)
         print(f"cpus={os.cpu_count()} workers={args.workers} rounds={args.rounds} x {args.duration}s "
@@ -101,10 +101,10 @@ def main() -> None:
         for round_no in range(args.rounds):
             order = ["bare", "instrumented"] if round_no % 2 == 0 else ["instrumented", "bare"]
             for name in order:
-                proc, port = servers[name]
-                cpu_before = server_cpu_seconds(proc)
+                server, port = servers[name]
+                cpu_before = server_cpu_seconds(server)
                 rate, requests = wrk(wrk_path, port, args.duration, args.connections)
-                cpu[name] += server_cpu_seconds(proc) - cpu_before
+                cpu[name] += server_cpu_seconds(server) - cpu_before
                 served[name] += requests
                 results[name].append(rate)
             print(f"round {round_no + 1}: bare {results['bare'][-1]:8.1f} req/s   "
@@ -133,10 +133,12 @@ def main() -> None:
               f"(the throughput ratio a CPU-bound server would show, little disturbed by other load)")
         print(f"loadavg(1m) at end={os.getloadavg()[0]:.2f}")
     finally:
-        for proc, _ in servers.values():
-            stop(proc)
+        sup.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except LabError as exc:  # a server that did not start: its log's last lines are in the message
+        raise SystemExit(str(exc)) from None

@@ -21,14 +21,13 @@ import argparse
 import csv
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
-from _processes import free_port, stop, wait_http  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from loadlab.processes import Component, LabError, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -56,9 +55,11 @@ class FiftyNames(FastHttpUser):
 '''
 
 
-def start(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    return subprocess.Popen(args, stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=REPO,
-                            env={**os.environ, **(env or {})}, start_new_session=True)
+def start(name: str, args: list[str], workdir: Path, env: dict[str, str] | None = None,
+          ready_url: str | None = None) -> Component:
+    """A process in its own session, its output in `workdir/<name>.log`; the caller stops it."""
+    return Component(name, args, workdir / f"{name}.log", env={**os.environ, **(env or {})}, cwd=REPO,
+                     ready_url=ready_url).start()
 
 
 def scrape_ms(url: str) -> float | None:
@@ -72,14 +73,15 @@ def scrape_ms(url: str) -> float | None:
 
 
 def locust(host: str, workdir: Path, name: str, seconds: float, users: int, exporter_port: int,
-           think_time: float = 0.0) -> subprocess.Popen:
+           think_time: float = 0.0) -> Component:
     locustfile = workdir / "fifty_names.py"
     if not locustfile.exists():
         locustfile.write_text(NAMES_LOCUSTFILE)
-    return start([sys.executable, "-m", "locust", "-f", str(locustfile), "--headless", "--only-summary",
-                  "-u", str(users), "-r", str(users), "-t", f"{seconds:g}s", "--host", host,
-                  "--csv", str(workdir / name), "--exporter-port", str(exporter_port)],
-                 workdir / f"{name}.log", env={"PYTHONPATH": str(REPO), "BENCH_THINK_TIME": str(think_time)})
+    return start(name, [sys.executable, "-m", "locust", "-f", str(locustfile), "--headless", "--only-summary",
+                        "-u", str(users), "-r", str(users), "-t", f"{seconds:g}s", "--host", host,
+                        "--csv", str(workdir / name), "--exporter-port", str(exporter_port)],
+                 workdir, env={"PYTHONPATH": str(REPO), "BENCH_THINK_TIME": str(think_time)},
+                 ready_url=f"http://127.0.0.1:{exporter_port}/metrics" if exporter_port else None)
 
 
 def aggregated(workdir: Path, name: str) -> dict[str, str]:
@@ -90,7 +92,8 @@ def aggregated(workdir: Path, name: str) -> dict[str, str]:
 def run_round(host: str, workdir: Path, name: str, seconds: float, users: int, exporter: bool) -> tuple[float, float]:
     """(requests/s, requests per CPU-second of the Locust process) of one run."""
     port = free_port() if exporter else 0
-    proc = locust(host, workdir, name, seconds, users, port)
+    run = locust(host, workdir, name, seconds, users, port)
+    proc = run.proc
     scrapes = 0
     try:
         while True:
@@ -104,7 +107,7 @@ def run_round(host: str, workdir: Path, name: str, seconds: float, users: int, e
                 scrapes += 1
             time.sleep(1)
     finally:
-        stop(proc)
+        run.stop()
     if proc.returncode != 0:
         raise SystemExit(f"locust run {name} exited with {proc.returncode}; see {workdir / (name + '.log')}")
     row = aggregated(workdir, name)
@@ -117,19 +120,19 @@ def run_round(host: str, workdir: Path, name: str, seconds: float, users: int, e
 
 def scrape_timing(host: str, workdir: Path, name: str, seconds: float, users: int, think_time: float) -> list[float]:
     port = free_port()
-    proc = locust(host, workdir, name, seconds, users, port, think_time)
+    run = locust(host, workdir, name, seconds, users, port, think_time)
     url = f"http://127.0.0.1:{port}/metrics"
     times: list[float] = []
     try:
-        wait_http(url, proc, workdir / f"{name}.log")
+        run.wait_ready()
         time.sleep(min(5.0, seconds / 3))  # let all 50 names appear with a spread of latencies
-        while proc.poll() is None:
+        while run.poll() is None:
             ms = scrape_ms(url)
             if ms is not None:
                 times.append(ms)
             time.sleep(0.05)
     finally:
-        stop(proc)
+        run.stop()
     if len(times) < 20:
         raise SystemExit(f"only {len(times)} scrapes succeeded; see {workdir / (name + '.log')}")
     return times
@@ -145,12 +148,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench_locust_exporter-") as tmp:
         workdir = Path(tmp)
         port = free_port()
-        target_log = workdir / "target.log"
-        target = start([sys.executable, "-m", "target_app", "--port", str(port), "--workers", "2",
-                        "--db", str(workdir / "users.db"), "--hash-profile", "lab"], target_log)
         host = f"http://127.0.0.1:{port}"
+        target = start("target", [sys.executable, "-m", "target_app", "--port", str(port), "--workers", "2",
+                                  "--db", str(workdir / "users.db"), "--hash-profile", "lab"],
+                       workdir, ready_url=host + "/healthz")
         try:
-            wait_http(host + "/healthz", target, target_log)
+            target.wait_ready()
             print(f"throughput, 50 request names, {args.users} users without think time, {args.seconds:g} s per run:")
             on: list[tuple[float, float]] = []
             off: list[tuple[float, float]] = []
@@ -176,9 +179,12 @@ def main() -> int:
                 print(f"/metrics with 50 request names, {label}: {len(times)} scrapes, p50 {q[49]:.1f} ms, "
                       f"p99 {q[98]:.1f} ms (goal p99 <= 20 ms)", flush=True)
         finally:
-            stop(target)
+            target.stop()
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except LabError as exc:  # a process that did not start: its log's last lines are in the message
+        raise SystemExit(str(exc)) from None

@@ -21,7 +21,6 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
-from _processes import free_port, stop, wait_http  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
+from loadlab.processes import Component, LabError, Supervisor, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 PROCESS_EXPORTER = "/usr/bin/prometheus-process-exporter"
@@ -51,7 +51,7 @@ GOALS = {"cpu_percent": 1.0, "rss_mb": 40.0, "p99_ms": 20.0, "cpu_ratio": 1.5}
 @dataclass
 class Exporter:
     name: str
-    proc: subprocess.Popen
+    proc: Component
     url: str
     times_ms: list[float] = field(default_factory=list)
     peak_rss: int = 0
@@ -82,7 +82,7 @@ def main() -> int:
     parser.add_argument("--procs", type=int, default=20, help="size of the tracked group (default: %(default)s)")
     args = parser.parse_args()
     if not Path(PROCESS_EXPORTER).exists():
-        sys.exit(f"{PROCESS_EXPORTER} not found: `apt-get install prometheus-process-exporter` (make system-deps)")
+        sys.exit(f"{PROCESS_EXPORTER} not found: install it with `apt-get install prometheus-process-exporter` (a benchmark-only package)")
 
     token = uuid.uuid4().hex[:8]
     tag = f"bench-group-{token}"
@@ -90,34 +90,33 @@ def main() -> int:
     # other's command line (which carries the regex), only the tree's.
     regex = f"bench[-]group[-]{token}"
     workdir = Path(tempfile.mkdtemp(prefix="bench-sidecar-"))
-    started: list[subprocess.Popen] = []
+    sup = Supervisor()  # stops, in reverse order, the exporters and then the group they track
     exporters: list[Exporter] = []
+
+    def start_exporter(name: str, port: int, cmd: list[str]) -> None:
+        url = f"http://127.0.0.1:{port}/metrics"
+        exporters.append(Exporter(name, sup.start(Component(name, cmd, workdir / f"{name}.log", cwd=REPO,
+                                                            ready_url=url)), url))
+
     try:
-        tree = subprocess.Popen([sys.executable, "-c", TREE, str(args.procs), tag], start_new_session=True)
-        started.append(tree)
+        tree = sup.start(Component("tree", [sys.executable, "-c", TREE, str(args.procs), tag], workdir / "tree.log"))
         deadline = time.monotonic() + 10
         while len(psutil.Process(tree.pid).children()) < args.procs - 1 and time.monotonic() < deadline:
             time.sleep(0.05)
 
         port = free_port()
-        sidecar = subprocess.Popen([sys.executable, "-m", "monitoring.sidecar", "--port", str(port),
-                                    "--group", f"bench={regex}"], cwd=REPO, start_new_session=True,
-                                   stderr=subprocess.DEVNULL)
-        started.append(sidecar)
-        exporters.append(Exporter("sidecar", sidecar, f"http://127.0.0.1:{port}/metrics"))
-
+        start_exporter("sidecar", port, [sys.executable, "-m", "monitoring.sidecar", "--port", str(port),
+                                         "--group", f"bench={regex}"])
         config = workdir / "process-exporter.yml"
         config.write_text(f"process_names:\n  - name: bench\n    cmdline:\n      - '{regex}'\n")
         port = free_port()
-        pe = subprocess.Popen([PROCESS_EXPORTER, "-config.path", str(config), "-web.listen-address",
-                               f"127.0.0.1:{port}", "-threads=false", "-gather-smaps=false"],
-                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        started.append(pe)
-        exporters.append(Exporter("process-exporter", pe, f"http://127.0.0.1:{port}/metrics"))
+        start_exporter("process-exporter", port, [PROCESS_EXPORTER, "-config.path", str(config),
+                                                  "-web.listen-address", f"127.0.0.1:{port}", "-threads=false",
+                                                  "-gather-smaps=false"])
 
         expect = f'namedprocess_namegroup_num_procs{{groupname="bench"}} {args.procs}'
         for exporter in exporters:
-            wait_http(exporter.url, exporter.proc, timeout=20)
+            exporter.proc.wait_ready(timeout=20)
             body = urllib.request.urlopen(exporter.url, timeout=10).read().decode()  # warm-up scrape
             if not any(line.startswith(expect) for line in body.splitlines()):
                 sys.exit(f"{exporter.name} does not report {args.procs} processes in the group:\n"
@@ -134,8 +133,7 @@ def main() -> int:
         for exporter in exporters:
             exporter.cpu_end = exporter.cpu()
     finally:
-        for proc in reversed(started):  # the exporters, then the group they track
-            stop(proc)
+        sup.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
 
     load = os.getloadavg()[0]
@@ -167,4 +165,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except LabError as exc:  # an exporter that did not start: its log's last lines are in the message
+        sys.exit(str(exc))

@@ -13,8 +13,9 @@ threshold comes from `loadlab.contract.thresholds`.
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from loadlab import functional
 from loadlab.contract import knee as knee_rule
 from loadlab.contract.slo import LATENCY_P95, SloJudgement, judge
 from loadlab.contract.slo import refuted as slo_refuted
@@ -106,8 +107,9 @@ def plateau_throughput(steps: list[StepSummary], knee_step: int, th: Thresholds 
 
 def capacity(steps: list[StepSummary], knee: KneeResult | None, brk: int | None,
              th: Thresholds = DEFAULT_THRESHOLDS) -> float | None:
-    """Sustainable throughput: the plateau after the knee, else the best step that met the SLO
-    (`steps` in order of users, `by_load`, as `knee` and `brk` index them)."""
+    """Sustainable throughput: the plateau after the knee, else the best step that met the SLO (a
+    lower bound); None when no step met the SLO (the rate of a failing step is no capacity).
+    `steps` in order of users (`by_load`), as `knee` and `brk` index them."""
     if not steps:
         return None
     if knee is not None:
@@ -115,7 +117,7 @@ def capacity(steps: list[StepSummary], knee: KneeResult | None, brk: int | None,
         if within:
             return statistics.median(s.rps for s in within)
     healthy = [s.rps for s in steps[: brk] if not breaches_slo(s, th)]
-    return max(healthy) if healthy else max(s.rps for s in steps)
+    return max(healthy) if healthy else None
 
 
 def _saturated(cores: float | None, available: float | None, th: Thresholds) -> bool:
@@ -123,12 +125,15 @@ def _saturated(cores: float | None, available: float | None, th: Thresholds) -> 
 
 
 def limiting_resource(steps: list[StepSummary], ref: int | None, brk: int | None,
-                      th: Thresholds = DEFAULT_THRESHOLDS) -> tuple[str | None, str]:
-    """(limiting resource, why) judged at the reference step (the knee, else the break)."""
+                      th: Thresholds = DEFAULT_THRESHOLDS, knee: bool = True) -> tuple[str | None, str]:
+    """(limiting resource, why) judged at the reference step (the knee, else the break). `knee`: the
+    reference is a knee (throughput flattened there); otherwise only the SLO broke, and the reason
+    says so rather than claim a flat throughput."""
     if ref is None:
         return None, "no knee and no break: nothing ran out"
+    what = "throughput flattened" if knee else "the SLO broke"
     if all(s.target_cpu_cores is None and s.generator_cpu_cores is None for s in steps):
-        return None, ("no resource samples (a plain Locust CSV): throughput flattened, but without the "
+        return None, (f"no resource samples (a plain Locust CSV): {what}, but without the "
                       "target's and the generator's CPU the cause (target CPU, generator CPU or a concurrency "
                       "limit) cannot be told apart")
     # A generator saturated at or before the reference step made the knee itself.
@@ -157,10 +162,14 @@ def limiting_resource(steps: list[StepSummary], ref: int | None, brk: int | None
                 f"the target spent {demand_ms:.0f} ms of CPU per request of a {r0:.0f} ms light-load response: "
                 f"CPU-bound, and it got only {s.target_cpu_cores:.2f} cores because other processes took the rest")
     avail = peak.target_cores_available
+    # Say only what was measured: the generator's spare CPU, when its CPU was sampled at all.
+    generator = [s.generator_cpu_cores for s in steps[: ref + 1] if s.generator_cpu_cores is not None]
     return CONCURRENCY, (
-        f"throughput flat while the target used only {peak.target_cpu_cores:.2f}"
+        f"{'throughput flat' if knee else 'the SLO broke'} while the target used only {peak.target_cpu_cores:.2f}"
         + (f" of {avail:g} usable cores" if avail else " cores")
-        + " and the generator had CPU to spare: a pool, lock or I/O limit (workers, threads, connections, database)")
+        + (" and the generator had CPU to spare" if generator else
+           " (the generator's CPU was not sampled, so a generator limit is not ruled out)")
+        + ": a pool, lock or I/O limit (workers, threads, connections, database)")
 
 
 def cpu_bound_on_busy_host(step: StepSummary, light_response_ms: float | None,
@@ -201,21 +210,40 @@ def signals(steps: list[StepSummary], knee: KneeResult | None, th: Thresholds = 
     return sorted(crossings.values(), key=lambda c: (c.users, c.time))
 
 
-def analyze_steps(steps: list[StepSummary], th: Thresholds = DEFAULT_THRESHOLDS) -> Verdict:
-    """The verdict for a run's step summaries, in any order they ran (the verdict lists them so;
-    every rule reads them in order of users, `by_load`)."""
-    ran = steps
-    steps = by_load(steps)
+def findings(steps: list[StepSummary], th: Thresholds = DEFAULT_THRESHOLDS) -> tuple[KneeResult | None, int | None,
+                                                                                  float | None]:
+    """(knee, index of the break step, capacity): the verdict's findings, and all that
+    `loadlab.uncertainty` recomputes on every bootstrap replicate. `steps` in order of users
+    (`by_load`; the indices are positions in it)."""
     knee = find_knee(steps, th)
     brk = find_break(steps, th)
     if knee is not None and brk is not None and brk < knee.step:
         knee = None  # the SLO broke before throughput flattened: the break is the finding
-    cap = capacity(steps, knee, brk, th)
+    return knee, brk, capacity(steps, knee, brk, th)
+
+
+def analyze_steps(steps: list[StepSummary], th: Thresholds = DEFAULT_THRESHOLDS,
+                  errors: functional.ErrorEvidence | None = None) -> Verdict:
+    """The verdict for a run's step summaries, in any order they ran (the verdict lists them so;
+    every rule reads them in order of users, `by_load`). `errors`: the run's failure texts (per step
+    in the order the steps ran), to tell an API that fails functionally at light load from one that
+    ran out of capacity (without them, not judged)."""
+    ran = steps
+    steps, order = _ordered(steps)
+    notes: list[str] = []
+    if errors is not None:  # light load is below where throughput flattened, whatever the SLO said
+        flat = find_knee(steps, th)
+        by_step = [errors.by_step[i] if i < len(errors.by_step) else None for i in order]
+        failure, notes = functional.judge(steps, None if flat is None else flat.step, replace(errors, by_step=by_step))
+        if failure is not None:  # not a capacity result: no knee, break, capacity or limiting resource
+            return Verdict(steps=ran, thresholds=th, limiting_resource_basis="the API failed functionally",
+                           signals=signals(steps, None, th), notes=notes, functional_failure=failure)
+    knee, brk, cap = findings(steps, th)
     ref = knee.step if knee is not None else brk
-    resource, basis = limiting_resource(steps, ref, brk, th)
-    notes = [f"not the break: {s.users} users breached the p95 SLO ({s.p95_ms:.0f} ms) but "
-             f"{min(u.users for u in steps if u.users > s.users and not breaches_slo(u, th))} users met it "
-             f"(a hiccup of the host or the target)" for s in refuted_breaches(steps, th)]
+    resource, basis = limiting_resource(steps, ref, brk, th, knee=knee is not None)
+    notes += [f"not the break: {s.users} users breached the p95 SLO ({s.p95_ms:.0f} ms) but "
+              f"{min(u.users for u in steps if u.users > s.users and not breaches_slo(u, th))} users met it "
+              f"(a hiccup of the host or the target)" for s in refuted_breaches(steps, th)]
     return Verdict(
         steps=ran,
         thresholds=th,

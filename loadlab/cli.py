@@ -4,24 +4,31 @@
     loadlab run login-stress --workers 2 -- --users 300        # after `--`: passed to Locust as is
     loadlab up                                                 # Locust web UI + the lab, until Ctrl-C
     loadlab analyze reports/20250101-120000-login-step         # or any Locust --csv prefix
+    loadlab compare reports/BASE reports/NEW                   # did it get worse, and are we sure?
+    loadlab run login-step --time-scale 0.1 --gate 'capacity_rps>=40' --baseline reports/BASE
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from loadlab import compare as comparing
+from loadlab import gates as gating
 from loadlab import rundir
+from loadlab.contract.exits import COMPARE_REGRESSED as EXIT_REGRESSED
+from loadlab.contract.exits import EXIT_API_FAILED, EXIT_GATE, EXIT_USAGE
 from loadlab.contract.names import DEFAULT_PORTS
+from loadlab.history import Damage, DamagedInput
 from loadlab.processes import LabError
 from loadlab.runner import REPO_ROOT, SCENARIOS, Lab, LabOptions
-
-EXIT_USAGE = 2
+from loadlab.stacks import DEFAULT_RATE as DEFAULT_PROFILE_RATE
 
 
 def _positive_float(text: str) -> float:
@@ -29,6 +36,16 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:  # nan and inf parse as floats: inf would hold step 1 forever
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
     return value
@@ -52,6 +69,23 @@ def _add_slo_options(p: argparse.ArgumentParser) -> None:
                    help="the error-ratio SLO, 0-1 (beats $SLO_ERROR_RATIO; default 0.01)")
 
 
+def _min_change(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a percentage, got {text!r}") from None
+    if not 0 <= value < 1000:
+        raise argparse.ArgumentTypeError(f"a percentage from 0 up, got {text}")
+    return value
+
+
+def _add_check_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gate", action="append", default=[], metavar="EXPR",
+                   help="fail (exit 4) unless the verdict meets EXPR, e.g. 'capacity_rps>=40', 'knee.users>=80', "
+                        "'p95_ms@50users<=300', 'error_ratio<=0.01'; repeatable; results in verdict.json `gates`")
+    p.add_argument("--junit", type=Path, metavar="FILE", help="write the gates (and comparisons) as JUnit XML")
+
+
 def _add_lab_options(p: argparse.ArgumentParser, mode: str) -> None:
     p.add_argument("--host", help="drive this API instead of starting the bundled target (e.g. http://127.0.0.1:8000)")
     p.add_argument("--target-pid", type=int,
@@ -69,6 +103,11 @@ def _add_lab_options(p: argparse.ArgumentParser, mode: str) -> None:
     p.add_argument("--out", type=Path, default=Path("reports"),
                    help="where run directories are created (default: %(default)s)")
     _add_slo_options(p)
+    p.add_argument("--profile", action="store_true",
+                   help="sample the target's Python stacks (py-spy) during each step's hold; name the hot spot at "
+                        "the knee in the verdict and the report (needs ptrace: root or CAP_SYS_PTRACE)")
+    p.add_argument("--profile-rate", type=_positive_int, default=DEFAULT_PROFILE_RATE, metavar="HZ",
+                   help="py-spy samples per second with --profile (default: %(default)s)")
     p.add_argument("--prometheus", choices=("auto", "on", "off"), default="auto",
                    help="start Prometheus with the lab's rules: auto = when `prometheus` is on PATH (default)")
     for name, flag in (("target", "--target-port"), ("target_metrics", "--target-metrics-port"),
@@ -91,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Arguments after `--` go to Locust unchanged (e.g. -- --step-users 5).")
     run.add_argument("scenario", choices=list(SCENARIOS), metavar="SCENARIO", help=", ".join(SCENARIOS))
     _add_lab_options(run, "run")
+    _add_check_options(run)
+    run.add_argument("--baseline", type=Path, metavar="DIR",
+                     help="after the run, compare it with this run directory (loadlab compare); a regression "
+                          "exits 4 like a failed gate")
+    run.add_argument("--min-change", type=_min_change, default=comparing.DEFAULT_MIN_CHANGE_PCT, metavar="PCT",
+                     help="with --baseline: the smallest change in percent judged a regression (default: %(default)s)")
 
     up = sub.add_parser("up", help="the same components with Locust's web UI, until Ctrl-C; prints the URLs",
                         description="Arguments after `--` go to Locust unchanged.")
@@ -102,8 +147,28 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("path", type=Path, help="run directory, Locust --csv PREFIX, or PREFIX_stats_history.csv")
     analyze.add_argument("--json", action="store_true", help="print verdict.json instead of the summary")
     analyze.add_argument("--no-write", action="store_true", help="print only; do not write verdict.json/report.html")
+    analyze.add_argument("--lenient", action="store_true",
+                         help="skip unreadable rows of the input files (counted in the verdict as skipped_rows, "
+                              "and warned about) instead of refusing them (exit 2)")
     _add_slo_options(analyze)
+    _add_check_options(analyze)
     analyze.epilog = "A run directory is judged by the thresholds its run recorded (run.json) unless a flag overrides them."
+
+    comp = sub.add_parser("compare", help="did NEW get worse than BASE, beyond the noise? (exit 1: it regressed)",
+                          description="Compares the capacity, the knee, the break, and the throughput and p95 at "
+                                      "every step load both runs held, each with its change, a 95%% confidence "
+                                      "interval and a judgement. Exit 0: no regression; 1: a regression beyond "
+                                      "--min-change; 2: the runs cannot be compared (the reason is printed).")
+    comp.add_argument("base", type=Path, metavar="BASE", help="run directory or Locust --csv prefix (the reference)")
+    comp.add_argument("new", type=Path, metavar="NEW", help="run directory or Locust --csv prefix (the candidate)")
+    comp.add_argument("--min-change", type=_min_change, default=comparing.DEFAULT_MIN_CHANGE_PCT, metavar="PCT",
+                      help="the smallest change in percent worth judging (default: %(default)s)")
+    comp.add_argument("--json", action="store_true", help="print the comparison as JSON instead of the table")
+    comp.add_argument("--out", type=Path, metavar="DIR",
+                      help="where compare.html and compare.json go (default: NEW's directory)")
+    comp.add_argument("--no-write", action="store_true", help="print only; write no compare.html/compare.json")
+    comp.add_argument("--junit", type=Path, metavar="FILE", help="write each figure's judgement as JUnit XML")
+    _add_slo_options(comp)
 
     data = sub.add_parser("data", help="regenerate the test users file (python -m locust_tests.data)")
     data.add_argument("--count", type=int, help="number of users")
@@ -126,29 +191,78 @@ def _lab_options(args: argparse.Namespace, mode: str, locust_args: list[str]) ->
                       time_scale=args.time_scale, out=args.out, target_workers=args.target_workers,
                       target_pid=args.target_pid, hash_profile=args.hash_profile, ports=ports,
                       free_ports=getattr(args, "free_ports", False), prometheus=args.prometheus,
-                      locust_args=locust_args, slo_p95_ms=args.slo_p95_ms, slo_error_ratio=args.slo_error_ratio)
+                      locust_args=locust_args, slo_p95_ms=args.slo_p95_ms, slo_error_ratio=args.slo_error_ratio,
+                      profile=args.profile, profile_rate=args.profile_rate,
+                      gates=gating.parse_all(getattr(args, "gate", [])), junit=getattr(args, "junit", None),
+                      baseline=getattr(args, "baseline", None),
+                      min_change_pct=getattr(args, "min_change", comparing.DEFAULT_MIN_CHANGE_PCT))
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     try:
-        th = rundir.run_thresholds(rundir.locate(args.path), os.environ, args.slo_p95_ms, args.slo_error_ratio)
-        verdict, inputs = rundir.analyze(args.path, th, write=not args.no_write)
-    except (FileNotFoundError, ValueError) as exc:  # ThresholdError is a ValueError
+        gates = gating.parse_all(args.gate)
+        located = rundir.locate(args.path, Damage(lenient=args.lenient))
+        th = rundir.run_thresholds(located, os.environ, args.slo_p95_ms, args.slo_error_ratio)
+        verdict, inputs = rundir.analyze(args.path, th, write=not args.no_write, lenient=args.lenient, gates=gates)
+    except DamagedInput as exc:
+        print(f"loadlab analyze: {exc}. The verdict would not be of the run's data: repair or remove that line, "
+              f"or pass --lenient to skip unreadable rows (they are counted in the verdict)", file=sys.stderr)
+        return EXIT_USAGE
+    except (FileNotFoundError, ValueError) as exc:  # ThresholdError and GateError are ValueErrors
         print(f"loadlab analyze: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as exc:  # a directory where a file should be, no permission...
+        print(f"loadlab analyze: {exc.filename or args.path}: cannot read it ({exc.strerror or exc})", file=sys.stderr)
+        return EXIT_USAGE
+    if verdict.skipped_rows:
+        print(f"loadlab analyze: warning: --lenient skipped {verdict.skipped_rows} unreadable rows; the verdict "
+              f"is of the rest (skipped_rows in verdict.json):", file=sys.stderr)
+        for where in inputs.skipped[:10]:
+            print(f"  {where}", file=sys.stderr)
     if args.json:
         print(json.dumps(verdict.to_dict(), indent=2))
     else:
         for line in verdict.summary():
             print(line)
+        for result in verdict.gates or []:
+            print(result.line())
         if not args.no_write:
             print(f"verdict: {inputs.out_dir / rundir.VERDICT}")
             print(f"report: {inputs.out_dir / rundir.REPORT}")
-    return 0
+    if args.junit:
+        gating.write_junit(args.junit, [("loadlab gates", gating.gate_cases(verdict.gates or []))])
+    if verdict.functional_failure is not None:
+        return EXIT_API_FAILED
+    return EXIT_GATE if gating.failed(verdict.gates) else 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    try:
+        comparing.precheck(args.base, args.new, args.slo_p95_ms, args.slo_error_ratio)
+        base = comparing.load("BASE", args.base, args.slo_p95_ms, args.slo_error_ratio)
+        new = comparing.load("NEW", args.new, args.slo_p95_ms, args.slo_error_ratio)
+        result = comparing.compare(base, new, args.min_change)
+    except comparing.CompareError as exc:
+        print(f"loadlab compare: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        for line in comparing.table(result):
+            print(line)
+    if not args.no_write:
+        page, _ = comparing.write(result, args.out or new.out_dir)
+        if not args.json:
+            print(f"compare: {page}")
+    if args.junit:
+        gating.write_junit(args.junit, [("loadlab compare", comparing.junit_cases(result))])
+    return EXIT_REGRESSED if result.regressions else 0
 
 
 def cmd_data(args: argparse.Namespace) -> int:
     argv = [sys.executable, "-m", "locust_tests.data"]
+    if args.out is not None:
+        args.out = args.out.absolute()  # the module runs in the checkout: --out is relative to where we are
     for flag in ("count", "seed", "out"):
         if getattr(args, flag) is not None:
             argv += [f"--{flag}", str(getattr(args, flag))]
@@ -182,6 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "analyze":
         return cmd_analyze(args)
+    if args.command == "compare":
+        return cmd_compare(args)
     if args.command == "data":
         return cmd_data(args)
     if args.command == "cleanup":
@@ -189,6 +305,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         lab = Lab(_lab_options(args, args.command, passthrough))
         return lab.execute()
+    except gating.GateError as exc:
+        print(f"loadlab {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except LabError as exc:
         print(f"loadlab {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -11,15 +11,25 @@ Two sources, both optional except the CSV:
   `get_current_response_time_percentile`); without it they are cumulative since the start.
 * `samples.jsonl`, written by `loadlab.sampler`: one line per scrape of each source
   (`sidecar`, `target`, `locust`), holding the scraped Prometheus samples.
+
+Damaged input never changes a verdict silently. Each line is read on its own (Locust writes one
+row per line), so a stray quote damages one row, not the rest of the file, and every row that
+cannot be read (not UTF-8, a broken quote, a wrong field count, a number that is not one, a JSON
+line that is not a scrape record) raises `DamagedInput` naming the file and line, or, with a
+lenient `Damage`, is skipped and counted. One exception: a *torn final line*, the last line of a
+file that a killed process left half-written (it has no line end), is left out without an error
+and said in the verdict's notes; the lines before it are whole.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable, Iterator
+import math
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from loadlab.contract.histograms import bucket_deltas, histogram_quantile
 
@@ -47,47 +57,155 @@ class LocustHistory:
     windowed_percentiles: bool
 
 
+class DamagedInput(ValueError):
+    """A row of an input file cannot be read; the message names the file and the line."""
+
+
+@dataclass
+class Damage:
+    """What reading a run's files met: unreadable rows raise `DamagedInput` at once, or, when
+    `lenient`, are skipped and listed; torn final lines (a killed writer's) are always left out and listed."""
+
+    lenient: bool = False
+    skipped: list[str] = field(default_factory=list)
+    torn: list[str] = field(default_factory=list)
+
+    def found(self, path: Path | str, line: int, what: str) -> None:
+        where = f"{path} line {line}: {what}"
+        if not self.lenient:
+            raise DamagedInput(where)
+        self.skipped.append(where)
+
+
+def _lines(path: Path, damage: Damage) -> Iterator[tuple[int, str, bool]]:
+    """(line number, text, is a torn last line) of each non-empty line, decoded as UTF-8 line by line
+    (a bad byte damages its own line only)."""
+    raw = path.read_bytes()
+    chunks = raw.split(b"\n")
+    last = len(chunks) - 1  # the text after the last "\n": empty unless the file ends mid-line
+    for i, chunk in enumerate(chunks):
+        chunk = chunk.rstrip(b"\r")
+        if not chunk.strip():
+            continue
+        torn = i == last  # no line end after it: the writer stopped there
+        try:
+            yield i + 1, chunk.decode("utf-8"), torn
+        except UnicodeDecodeError as exc:
+            if torn:
+                damage.torn.append(f"{path} line {i + 1}")
+                continue
+            damage.found(path, i + 1, f"not UTF-8 text (byte 0x{chunk[exc.start]:02x} at column {exc.start + 1})")
+
+
+def read_csv_rows(path: Path | str, required: Sequence[str], damage: Damage | None = None,
+                  what: str = "CSV") -> Iterator[tuple[int, dict[str, str]]]:
+    """(line number, row) of a CSV file written one row per line, each line checked: its quoting, and
+    as many fields as the header. ValueError when the header lacks a `required` column."""
+    path = Path(path)
+    damage = damage or Damage()
+    header: list[str] | None = None
+    for line_no, text, torn in _lines(path, damage):
+        try:
+            fields = next(csv.reader([text], strict=True))
+        except csv.Error as exc:
+            fields, problem = [], f"not a CSV row ({exc})"
+        else:
+            problem = ""
+        if header is None:
+            if problem:
+                raise DamagedInput(f"{path} line {line_no}: the header is {problem}")
+            header = fields
+            missing = [c for c in required if c not in header]
+            if missing:
+                raise ValueError(f"{path}: not a {what} (missing columns: {', '.join(missing)})")
+            continue
+        if not problem and len(fields) != len(header):
+            problem = f"{len(fields)} fields where the header has {len(header)} (a stray quote or comma?)"
+        if problem:
+            if torn:
+                damage.torn.append(f"{path} line {line_no}")
+            else:
+                damage.found(path, line_no, problem)
+            continue
+        yield line_no, dict(zip(header, fields))
+    if header is None:
+        raise ValueError(f"{path}: empty, not a {what}")
+
+
 def _num(value: str | None) -> float | None:
+    """A number of Locust's CSV; None for an empty or "N/A" cell. ValueError for anything else."""
     if value is None or value == "" or value == "N/A":
         return None
-    try:
-        return float(value)
-    except ValueError:
-        return None
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(value)
+    return number
 
 
-def read_stats_history(path: Path | str) -> LocustHistory:
+HISTORY_REQUIRED = ("Timestamp", "User Count", "Name", "Total Request Count", "Total Failure Count")
+
+
+def read_stats_history(path: Path | str, damage: Damage | None = None) -> LocustHistory:
     """Parse a Locust `_stats_history.csv` into its Aggregated rows, one per timestamp."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no Locust stats history here (run Locust with --csv PREFIX --csv-full-history)")
+    damage = damage or Damage()
     by_time: dict[float, HistoryRow] = {}
     per_name = False
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        required = {"Timestamp", "User Count", "Name", "Total Request Count", "Total Failure Count"}
-        missing = required - set(reader.fieldnames or [])
-        if missing:
-            raise ValueError(f"{path}: not a Locust stats history CSV (missing columns: {', '.join(sorted(missing))})")
-        for rec in reader:
-            if rec.get("Name") != AGGREGATED:
-                per_name = True
-                continue
-            t = _num(rec["Timestamp"])
-            if t is None:
-                continue
-            # A later row with the same (integer) timestamp is the fresher one.
-            by_time[t] = HistoryRow(
-                t=t,
-                users=int(_num(rec["User Count"]) or 0),
-                requests=int(_num(rec["Total Request Count"]) or 0),
-                failures=int(_num(rec["Total Failure Count"]) or 0),
-                p50_ms=_num(rec.get("50%")),
-                p95_ms=_num(rec.get("95%")),
-                avg_ms=_num(rec.get("Total Average Response Time")),
-            )
+    for line_no, rec in read_csv_rows(path, HISTORY_REQUIRED, damage, what="Locust stats history CSV"):
+        if rec["Name"] != AGGREGATED:
+            per_name = True
+            continue
+        try:
+            row = parse_history_row(rec)
+        except ValueError as exc:
+            damage.found(path, line_no, f"an Aggregated row with a value that is not a number ({exc})")
+            continue
+        # A later row with the same (integer) timestamp is the fresher one.
+        by_time[row.t] = row
     rows = [by_time[t] for t in sorted(by_time)]
     return LocustHistory(rows=rows, windowed_percentiles=per_name)
+
+
+def _required(value: float | None) -> float:
+    if value is None:
+        raise ValueError("an empty cell where a count or time must be")
+    return value
+
+
+def parse_history_row(rec: dict) -> HistoryRow:
+    """One Aggregated record of the CSV as a row; ValueError (what is wrong) when a cell is no number."""
+    t, users, requests, failures = (_num(rec[c]) for c in ("Timestamp", "User Count", "Total Request Count",
+                                                            "Total Failure Count"))
+    return HistoryRow(
+        t=_required(t),
+        users=int(_required(users)),
+        requests=int(_required(requests)),
+        failures=int(_required(failures)),
+        p50_ms=_num(rec.get("50%")),
+        p95_ms=_num(rec.get("95%")),
+        avg_ms=_num(rec.get("Total Average Response Time")),
+    )
+
+
+def check_columns(path: Path, columns: Iterable[str]) -> None:
+    """ValueError unless the header has the columns the analysis reads."""
+    missing = set(HISTORY_REQUIRED) - set(columns)
+    if missing:
+        raise ValueError(f"{path}: not a Locust stats history CSV (missing columns: {', '.join(sorted(missing))})")
+
+
+def history_row(rec: dict) -> HistoryRow | None:
+    """One Aggregated record of a CSV still being written (the live view): None for a torn record (a
+    run still writing, or killed mid-line: the reader leaves the fields it did not get None, and a
+    counter cut short would read as a drop) or one that is no row; the final analysis names those."""
+    if None in rec.values():
+        return None
+    try:
+        return parse_history_row(rec)
+    except ValueError:
+        return None
 
 
 # ---------------------------------------------------------------- resource samples
@@ -115,37 +233,88 @@ class Samples:
         return any(self.by_source.values())
 
 
-def iter_sample_lines(path: Path) -> Iterator[dict]:
-    with open(path) as fh:
-        for line in fh:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                # A run killed mid-write leaves a torn last line; everything before it is good.
-                continue
+def iter_sample_lines(path: Path, damage: Damage | None = None) -> Iterator[tuple[int, dict]]:
+    """(line number, record) of each line of `samples.jsonl` that is a JSON object. A run killed
+    mid-write leaves a torn last line: it is left out (and listed in `damage.torn`); any other line
+    that is not a JSON object is damage."""
+    damage = damage or Damage()
+    for line_no, text, torn in _lines(path, damage):
+        try:
+            rec = json.loads(text)
+        except json.JSONDecodeError as exc:
+            if torn:
+                damage.torn.append(f"{path} line {line_no}")
+            else:
+                damage.found(path, line_no, f"not valid JSON ({exc.msg} at column {exc.colno})")
+            continue
+        if not isinstance(rec, dict):
+            damage.found(path, line_no, f"a JSON {type(rec).__name__}, not a scrape record (an object)")
+            continue
+        yield line_no, rec
 
 
-def read_samples(path: Path | str) -> Samples:
+def _scrape(rec: dict[str, Any]) -> Scrape:
+    """A sampler record as a Scrape; ValueError (what is wrong) for anything else."""
+    t, source, samples = rec.get("t"), rec.get("source"), rec.get("samples", [])
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
+        raise ValueError(f'"t" must be a time in seconds, got {t!r}')
+    if not isinstance(source, str):
+        raise ValueError(f'"source" must be a string, got {source!r}')
+    if not isinstance(samples, list):
+        raise ValueError(f'"samples" must be a list, got {type(samples).__name__}')
+    # Cheap checks only (a long run has millions of samples): the shape, name and labels' types, and
+    # a value float() takes; whatever fails them is named by the first sample that does.
+    try:
+        parsed = [(name, labels, float(value)) for name, labels, value in samples
+                  if type(name) is str and type(labels) is dict]
+    except (TypeError, ValueError):
+        parsed = []
+    if len(parsed) != len(samples):
+        bad = next((x for x in samples if not _is_sample(x)), samples[0] if samples else None)
+        raise ValueError(f"a sample must be [name, {{label: value}}, number], got {json.dumps(bad)[:80]}")
+    return Scrape(t=float(t), source=source, samples=parsed)
+
+
+def _is_sample(value: Any) -> bool:
+    if not (isinstance(value, list) and len(value) == 3 and isinstance(value[0], str) and isinstance(value[1], dict)):
+        return False
+    try:
+        float(value[2])
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def read_samples(path: Path | str, damage: Damage | None = None) -> Samples:
     """Load `samples.jsonl`; a missing file gives empty Samples (plain Locust CSV runs)."""
     path = Path(path)
+    damage = damage or Damage()
     result = Samples()
     if not path.is_file():
         return result
-    for rec in iter_sample_lines(path):
+    for line_no, rec in iter_sample_lines(path, damage):
         if not rec.get("ok", True):
+            continue  # the sampler's record of a failed scrape: nothing measured then
+        try:
+            scrape = _scrape(rec)
+        except ValueError as exc:
+            damage.found(path, line_no, f"not a scrape record ({exc})")
             continue
-        scrape = Scrape(
-            t=float(rec["t"]),
-            source=rec["source"],
-            samples=[(name, labels, float(value)) for name, labels, value in rec.get("samples", [])],
-        )
         result.by_source.setdefault(scrape.source, []).append(scrape)
     for scrapes in result.by_source.values():
         scrapes.sort(key=lambda s: s.t)
     return result
+
+
+def scrape_of(rec: dict) -> Scrape | None:
+    """One line of `samples.jsonl` being written (the live view) as a Scrape; None for a failed
+    scrape or a line that is no scrape record (the final analysis names those)."""
+    if not rec.get("ok", True):
+        return None
+    try:
+        return _scrape(rec)
+    except ValueError:
+        return None
 
 
 def _matches(labels: Labels, match: Labels | None) -> bool:

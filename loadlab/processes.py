@@ -1,22 +1,30 @@
 """Start, watch and stop the lab's components, always by PID, never by name.
 
 Each component runs in its own session (its own process group), with its output in a log
-file in the run directory. Stopping sends SIGTERM to the group, then SIGKILL to the group
-and to every descendant seen while it ran, so a gunicorn worker or a Locust child that
-slipped out of the group is not left behind.
+file in the run directory. Stopping sends SIGTERM (Locust: SIGINT, so it writes its reports)
+to the group, then SIGKILL to the group and to every descendant seen while it ran, so a
+gunicorn worker or a Locust child that slipped out of the group is not left behind. The
+benchmarks start their servers with it too.
+
+If `loadlab` itself is killed (SIGKILL, a CI timeout), the kernel sends each component SIGTERM
+(PR_SET_PDEATHSIG, on Linux), and `loadlab.watchdog` kills whatever of their trees is still
+there a few seconds later.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import psutil
 
@@ -26,7 +34,11 @@ class LabError(Exception):
 
 
 class ComponentDied(LabError):
-    pass
+    """A component exited when it should not have; `reason` is the one line for the partial verdict."""
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message.splitlines()[0]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -59,6 +71,53 @@ def port_owner(port: int) -> str:
     return ""
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_prctl = _load_prctl()  # looked up once, here: the child between fork and exec only calls it
+
+
+def pdeathsig_supported() -> bool:
+    return _prctl is not None
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A `preexec_fn` that makes the child receive `sig` when this process dies, even by SIGKILL
+    (Linux PR_SET_PDEATHSIG; None elsewhere). The setting survives exec; it is cleared on fork, so
+    grandchildren (gunicorn workers, Locust --processes children) are left to their parent and to
+    the watchdog."""
+    prctl = _prctl
+    if prctl is None:
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(sig))
+        if os.getppid() != parent:  # the parent died before prctl took effect: act as if it had
+            os.kill(os.getpid(), sig)
+
+    return preexec
+
+
+def describe_exit(code: int | None) -> str:
+    """'code 1', or 'code -9 (killed by SIGKILL)'."""
+    if code is not None and code < 0:
+        try:
+            return f"code {code} (killed by {signal.Signals(-code).name})"
+        except ValueError:
+            pass
+    return f"code {code}"
+
+
 def tail(path: Path, lines: int = 15) -> str:
     try:
         text = Path(path).read_text(errors="replace")
@@ -71,8 +130,13 @@ class Component:
     """One process of the lab: started in its own session, logged to a file, stopped by PID."""
 
     def __init__(self, name: str, args: list[str], log_path: Path, env: dict[str, str] | None = None,
-                 cwd: Path | None = None, ready_url: str | None = None, exits_by_itself: bool = False) -> None:
+                 cwd: Path | None = None, ready_url: str | None = None, exits_by_itself: bool = False,
+                 label: str | None = None, stop_signal: int = signal.SIGTERM, stop_timeout: float = 10.0) -> None:
         self.name = name
+        self.label = label or name  # how messages name it ("locust worker 2")
+        # The first signal of stop(), and how long to wait for it before SIGKILL.
+        self.stop_signal = stop_signal
+        self.stop_timeout = stop_timeout
         self.args = args
         self.log_path = Path(log_path)
         self.env = env
@@ -92,7 +156,8 @@ class Component:
         log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=self.env, cwd=self.cwd, start_new_session=True)
+                                         env=self.env, cwd=self.cwd, start_new_session=True,
+                                         preexec_fn=die_with_parent())
         except FileNotFoundError as exc:
             raise LabError(f"{self.name}: cannot run {self.args[0]!r} ({exc.strerror}); install it or fix PATH") from exc
         finally:
@@ -117,45 +182,45 @@ class Component:
     def poll(self) -> int | None:
         return self.proc.poll() if self.proc else None
 
+    def exit_summary(self) -> str:
+        return f"{self.label} (pid {self.pid}) exited with {describe_exit(self.poll())} during the run"
+
     def died_message(self) -> str:
-        code = self.poll()
-        return (f"{self.name} (pid {self.pid}) exited with code {code} during the run; its log: {self.log_path}\n"
+        return (f"{self.exit_summary()}; its log: {self.log_path}\n"
                 f"--- last lines of {self.log_path.name} ---\n{tail(self.log_path)}")
 
-    def wait_ready(self, timeout: float = 30.0, check: Callable[[], bool] | None = None) -> None:
-        """Until `ready_url` answers HTTP (any status) or `check()` is true; fail if the process exits."""
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until `ready_url` answers HTTP (any status); fail if the process exits first."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.poll() is not None:
                 raise ComponentDied(f"{self.name} exited with code {self.poll()} while starting; its log: "
                                     f"{self.log_path}\n--- last lines ---\n{tail(self.log_path)}")
-            try:
-                if check is not None:
-                    if check():
-                        break
-                elif self.ready_url:
-                    with urllib.request.urlopen(self.ready_url, timeout=2):
-                        break
-                else:
-                    break
-            except urllib.error.HTTPError:
+            if not self.ready_url:
                 break
+            try:
+                with urllib.request.urlopen(self.ready_url, timeout=2):
+                    break
+            except urllib.error.HTTPError as exc:
+                if exc.code != 503:  # any answer but "not ready yet" (Prometheus' /-/ready says 503 until it is)
+                    break
             except OSError:
                 pass
             time.sleep(0.2)
         else:
             raise LabError(f"{self.name} did not become ready within {timeout:.0f}s "
-                           f"({self.ready_url or 'readiness check'}); its log: {self.log_path}\n{tail(self.log_path)}")
+                           f"({self.ready_url}); its log: {self.log_path}\n{tail(self.log_path)}")
         self.remember_descendants()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM the group (a clean shutdown writes final reports), then SIGKILL whatever is left."""
+    def stop(self, timeout: float | None = None) -> None:
+        """`stop_signal` to the group (a clean shutdown writes final reports), then SIGKILL whatever is left."""
         if not self.proc:
             return
+        timeout = self.stop_timeout if timeout is None else timeout
         self.remember_descendants()
         if self.proc.poll() is None:
             try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
+                os.killpg(self.proc.pid, self.stop_signal)
             except (ProcessLookupError, PermissionError):
                 pass
             try:
@@ -180,21 +245,33 @@ class Component:
         psutil.wait_procs([p for p in self._seen.values() if p.pid != self.proc.pid], timeout=timeout)
 
 
+class Watcher(Protocol):
+    """Told each component's PID as it starts, and when everything was stopped (loadlab.watchdog)."""
+
+    def watch(self, pid: int) -> None: ...
+
+    def done(self) -> None: ...
+
+
 class Supervisor:
     """The components of one lab session; stops them all, in reverse start order, exactly once."""
 
     def __init__(self) -> None:
         self.components: list[Component] = []
+        self.watchdog: Watcher | None = None
 
     def start(self, component: Component) -> Component:
         self.components.append(component)
-        return component.start()
+        component.start()
+        if self.watchdog is not None and component.pid is not None:
+            self.watchdog.watch(component.pid)
+        return component
 
     def check_alive(self) -> None:
         for comp in self.components:
             comp.remember_descendants()
             if comp.poll() is not None and not comp.exits_by_itself:
-                raise ComponentDied(comp.died_message())
+                raise ComponentDied(comp.died_message(), comp.exit_summary())
 
     def all_pids(self) -> list[int]:
         return sorted({pid for comp in self.components for pid in comp.pids()})
@@ -205,6 +282,8 @@ class Supervisor:
                 comp.stop()
             except Exception:  # keep stopping the others
                 pass
+        if self.watchdog is not None:  # everything is stopped: the watchdog has nothing left to do
+            self.watchdog.done()
 
 
 class Interrupted(Exception):

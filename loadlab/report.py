@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after selecting the headless bac
 
 from loadlab.analysis import step_judgement  # noqa: E402
 from loadlab.history import LocustHistory  # noqa: E402
+from loadlab.profiling import report_section  # noqa: E402
 from loadlab.steps import ResourceSeries, resource_timeline  # noqa: E402
 from loadlab.verdict import StepPoint, Verdict  # noqa: E402
 
@@ -36,7 +37,8 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _csv_series(history: LocustHistory) -> dict[str, list[tuple[float, float]]]:
+def csv_series(history: LocustHistory) -> dict[str, list[tuple[float, float]]]:
+    """Per-second series from Locust's history: users, req/s and failures/s (counter deltas), p50 and p95."""
     rows = history.rows
     out: dict[str, list[tuple[float, float]]] = {"users": [(r.t, r.users) for r in rows], "rps": [], "fail_per_s": [],
                                                  "p50_ms": [], "p95_ms": []}
@@ -109,7 +111,7 @@ class _Charts:
 
 def render_charts(verdict: Verdict, history: LocustHistory, resources: ResourceSeries | None) -> list[tuple[str, str]]:
     """[(title, base64 PNG)] for the five charts; `resources` is the run's `steps.resource_series`."""
-    csv_series = _csv_series(history)
+    locust = csv_series(history)
     timeline = resource_timeline(resources)
     times = [r.t for r in history.rows]
     t0 = times[0] if times else time.time()
@@ -119,9 +121,9 @@ def render_charts(verdict: Verdict, history: LocustHistory, resources: ResourceS
     out = []
 
     fig, ax = charts.figure("Users and throughput", "users")
-    charts.line(ax, csv_series["users"], color="tab:blue", label="users")
+    charts.line(ax, locust["users"], color="tab:blue", label="users")
     ax2 = ax.twinx()
-    charts.line(ax2, csv_series["rps"], color="tab:green", lw=1, label="req/s")
+    charts.line(ax2, locust["rps"], color="tab:green", lw=1, label="req/s")
     ax2.scatter([s.hold_start - t0 for s in steps], [s.rps for s in steps], color="tab:green", s=14, zorder=3)
     if verdict.capacity_rps and verdict.breaking_point_reached:
         ax2.axhline(verdict.capacity_rps, color="tab:green", ls=":", lw=1)
@@ -131,14 +133,14 @@ def render_charts(verdict: Verdict, history: LocustHistory, resources: ResourceS
     out.append(("Users and throughput", _png(fig)))
 
     fig, ax = charts.figure("Failures", "failures/s")
-    charts.line(ax, csv_series["fail_per_s"], color="tab:red")
+    charts.line(ax, locust["fail_per_s"], color="tab:red")
     ax.set_ylim(bottom=0)
     charts.mark(ax)
     out.append(("Failures", _png(fig)))
 
     fig, ax = charts.figure("Latency (Locust, ~10 s window) with the SLO", "ms")
-    charts.line(ax, csv_series["p50_ms"], color="tab:blue", label="p50")
-    charts.line(ax, csv_series["p95_ms"], color="tab:purple", label="p95")
+    charts.line(ax, locust["p50_ms"], color="tab:blue", label="p50")
+    charts.line(ax, locust["p95_ms"], color="tab:purple", label="p95")
     ax.scatter([s.hold_start - t0 for s in steps if s.p95_ms is not None],
                [s.p95_ms for s in steps if s.p95_ms is not None], color="tab:purple", s=14, zorder=3,
                label="p95 per step (hold)")
@@ -220,10 +222,12 @@ def render_html(verdict: Verdict, history: LocustHistory, resources: ResourceSer
     t0 = history.rows[0].t if history.rows else 0.0
     summary = "".join(f"<li>{esc(line)}</li>" for line in verdict.summary())
     status = ("breaking point reached" if verdict.breaking_point_reached else "breaking point not reached")
+    if verdict.functional_failure is not None:
+        status = "the API failed functionally: no capacity result"
     cards = [
         ("knee (users)", _fmt(verdict.knee.users) if verdict.knee else "none"),
         ("break (users)", _fmt(verdict.brk.users) if verdict.brk else "none"),
-        ("capacity (req/s)", _fmt(verdict.capacity_rps)),
+        ("capacity (req/s)", ("≥ " if verdict.capacity_is_lower_bound else "") + _fmt(verdict.capacity_rps)),
         ("limiting resource", verdict.limiting_resource or "unknown"),
     ]
     card_html = "".join(f'<div class="card"><div class="k">{esc(k)}</div><div class="v">{esc(v)}</div></div>'
@@ -272,6 +276,7 @@ measures (the hold, after the transient). Dots: the per-step values the verdict 
 {images}
 <h2>Against users</h2>
 <figure><img class="chart" alt="Throughput against users" src="data:image/png;base64,{render_load_curve(verdict)}"></figure>
+{report_section(verdict)}
 <h2>Steps</h2>
 <table id="steps">{head}{''.join(rows)}</table>
 <p class="muted">SLO: p95 &le; {slo_ms:g} ms and errors &le; {th.error_ratio:.0%}

@@ -4,7 +4,10 @@ Order: the target (unless --host), the sidecar, the lab's own sampler, Prometheu
 installed), then Locust (master + workers with --workers). Each is waited for until it
 answers. The sidecar finds Locust through PID files written as each Locust process starts,
 so it never has to guess by name. Everything started is stopped on success, on failure, on
-Ctrl-C and on SIGTERM, in reverse order, by PID.
+Ctrl-C and on SIGTERM, in reverse order, by PID; if `loadlab` itself is killed, the kernel
+(PR_SET_PDEATHSIG) and `loadlab.watchdog` stop them. A run that does not finish (a component
+died, Ctrl-C, Locust stopped) still gets a verdict and report of the part that ran, marked
+`complete: false`.
 """
 
 from __future__ import annotations
@@ -12,25 +15,33 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
+import signal
 import sys
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from loadlab import rundir
 from loadlab.contract import thresholds
 from loadlab.contract.cores import usable_cores
+from loadlab.contract.exits import EXIT_API_FAILED, EXIT_GATE, EXIT_USAGE
+from loadlab.contract.live import RUN_DIR_ENV
 from loadlab.contract.names import DEFAULT_BIND, DEFAULT_PORTS, GENERATOR_GROUP, LOCUST_JOB, SIDECAR_JOB, TARGET_GROUP, TARGET_JOB
-from loadlab.contract.scenarios import lab_scenarios
+from loadlab.contract.scenarios import STOP_TIMEOUT_S, lab_scenarios
 from loadlab.contract.thresholds import DEFAULT_THRESHOLDS, Thresholds
+from loadlab.history import read_stats_history
+from loadlab.live import LiveView
 from loadlab.processes import (
     Component,
     ComponentDied,
     Interrupted,
     LabError,
     Supervisor,
+    describe_exit,
     free_port,
     hold_signals,
     install_signal_handlers,
@@ -38,14 +49,28 @@ from loadlab.processes import (
     port_owner,
     tail,
 )
-from loadlab.sampler import Sampler
+from loadlab.profiling import StepProfiler
+from loadlab.sampler import Sampler, parse_metrics, scrape
+from loadlab.stacks import DEFAULT_RATE as DEFAULT_PROFILE_RATE
+from loadlab.stacks import ProfilerUnavailable, check_attach
 from loadlab.verdict import Verdict
+from loadlab.watchdog import Watchdog
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCENARIO_DIR = REPO_ROOT / "locust_tests" / "scenarios"
 
 # `loadlab run` scenario name -> (locustfile, the suite's --scenario value).
 SCENARIOS: dict[str, tuple[str, str]] = lab_scenarios()
+
+# A Locust worker gone this long while its master still runs has died, whatever its exit code.
+WORKER_GONE_S = 5.0
+# On Ctrl-C or a death, Locust gets SIGINT and this long to write its --html/--json-file reports:
+# the exporter's linger (3 s), the cleanup, and users finishing their requests (STOP_TIMEOUT_S).
+LOCUST_STOP_S = 25.0
+
+
+class LocustStoppedEarly(LabError):
+    """Locust exited before any load was recorded (a refused host, a failed preflight)."""
 
 PORT_FLAGS = {
     "target": "--target-port", "target_metrics": "--target-metrics-port", "web": "--web-port",
@@ -77,11 +102,57 @@ class LabOptions:
     env: dict[str, str] = field(default_factory=dict)
     slo_p95_ms: float | None = None  # flags; they beat the suite's SLO_* variables
     slo_error_ratio: float | None = None
+    profile: bool = False  # sample the target's stacks during each step's hold (loadlab.profiling)
+    profile_rate: int = DEFAULT_PROFILE_RATE
+
+    gates: list[Any] = field(default_factory=list)  # loadlab.gates.Gate, checked on the verdict (exit 4)
+    junit: Path | None = None  # JUnit XML of the gates and the baseline comparison
+    baseline: Path | None = None  # compare with this run directory after the run (a regression: exit 4)
+    min_change_pct: float = 5.0  # loadlab.compare.DEFAULT_MIN_CHANGE_PCT
+
+
+_LOG_PREFIX = re.compile(r"^\[[^]]*\] [^/]*/(ERROR|CRITICAL)/[^:]*: ")
+
+
+def last_error(log_path: Path) -> str | None:
+    """The last ERROR or CRITICAL message in a Locust log, without its `[time] host/LEVEL/logger: ` prefix."""
+    try:
+        lines = Path(log_path).read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        match = _LOG_PREFIX.match(line)
+        if match:
+            return line[match.end():].strip()
+    return None
+
+
+class ApiFailed(LabError):
+    """The API answered the scenario's own requests wrongly before any load (the suite's preflight
+    said so, and exited with EXIT_API_FAILED): there is nothing to measure."""
+
+
+def out_dir_problem(out: Path) -> str | None:
+    """Why run directories cannot be made in `out` (None when they can). Creates `out` if missing."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        return f"--out {out} is a file, not a directory: give a directory (it is created if missing)"
+    except NotADirectoryError:
+        above = next((p for p in out.parents if p.is_file()), out.parent)
+        return f"--out {out} lies under {above}, which is a file, not a directory: give another --out"
+    except OSError as exc:
+        return f"--out {out} cannot be created ({exc.strerror or exc}): give another --out"
+    if not os.access(out, os.W_OK | os.X_OK):
+        return f"--out {out} is not writable by this user: give another --out"
+    return None
 
 
 def new_run_dir(out: Path, scenario: str) -> Path:
     """reports/<timestamp>-<scenario>/, never an existing directory."""
-    out.mkdir(parents=True, exist_ok=True)
+    problem = out_dir_problem(out)
+    if problem:
+        raise LabError(problem)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for n in range(1, 1000):
         path = out / (f"{stamp}-{scenario}" if n == 1 else f"{stamp}-{scenario}-{n}")
@@ -90,6 +161,8 @@ def new_run_dir(out: Path, scenario: str) -> Path:
             return path
         except FileExistsError:
             continue
+        except OSError as exc:
+            raise LabError(f"{path}: cannot create the run directory ({exc.strerror or exc})") from None
     raise LabError(f"{out}: cannot create a new run directory (1000 exist for {stamp}-{scenario})")
 
 
@@ -101,9 +174,13 @@ class Lab:
         self.out = stream
         self.sup = Supervisor()
         self.sampler: Sampler | None = None
+        self.profiler: StepProfiler | None = None
+        self.live: LiveView | None = None  # `up` only: live.json for Locust's Lab tab
         self._run_dir: Path | None = None
         self.ports: dict[str, int] = {}
         self._locust_master: Component | None = None
+        self.locust_workers: list[Component] = []
+        self._worker_gone_at: dict[str, float] = {}
         self.prometheus_bin: str | None = None
         self.meta: dict = {}
         # Chosen once for the whole run: the hunt (through the suite's variables), the live alerts
@@ -151,7 +228,34 @@ class Lab:
             raise LabError(f"--workers must be 0 (one Locust process) or more, got {opts.workers}")
         if opts.host and not opts.host.startswith(("http://", "https://")):
             raise LabError(f"--host {opts.host!r} is not a URL: give it like http://127.0.0.1:5000")
+        if opts.host and not urllib.parse.urlsplit(opts.host).hostname:
+            raise LabError(f"--host {opts.host!r} names no host: give it like http://127.0.0.1:5000")
+        self.check_port_flags()
+        self.check_baseline()
         self.allocate_ports()
+        self.check_ports_distinct()
+        problem = out_dir_problem(opts.out)  # last: nothing is created when an earlier check fails
+        if problem:
+            raise LabError(problem)
+
+    def check_port_flags(self) -> None:
+        """Two --*-port flags with the same port: refused, whether or not this run needs both."""
+        seen: dict[int, str] = {}
+        for name, port in self.opts.ports.items():
+            if port in seen:
+                raise LabError(f"{PORT_FLAGS[seen[port]]} and {PORT_FLAGS[name]} are both {port}: "
+                               f"give each component its own port")
+            seen[port] = name
+
+    def check_ports_distinct(self) -> None:
+        """A flag's port equal to another component's usual one (`up`: --web-port 5000)."""
+        seen: dict[int, str] = {}
+        for name, port in self.ports.items():
+            if port in seen:
+                first, second = sorted((seen[port], name), key=lambda n: n in self.opts.ports)
+                raise LabError(f"port {port} of {WHAT[second]} ({PORT_FLAGS[second]}) is also the usual port of "
+                               f"{WHAT[first]}: choose another, or move that one with {PORT_FLAGS[first]}")
+            seen[port] = name
 
     def needed_ports(self) -> list[str]:
         names = ["sidecar", "exporter"]
@@ -167,10 +271,14 @@ class Lab:
 
     def allocate_ports(self) -> None:
         """Explicit ports must be free; `up` uses the well-known defaults, `run` free ones."""
+        explicit_ports = set(self.opts.ports.values())
         for name in self.needed_ports():
             explicit = self.opts.ports.get(name)
             if explicit is None and (self.opts.mode == "run" or self.opts.free_ports):
-                self.ports[name] = free_port()
+                port = free_port()
+                while port in explicit_ports or port in self.ports.values():  # never one given to another
+                    port = free_port()
+                self.ports[name] = port
                 continue
             port = explicit if explicit is not None else DEFAULT_PORTS[name]
             if port_in_use(port):
@@ -188,12 +296,14 @@ class Lab:
         env = {**os.environ, **self.opts.env, **thresholds.to_env(self.thresholds)}
         env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env.setdefault("PYTHONUNBUFFERED", "1")
+        if self._run_dir is not None:  # where Locust's Lab tab finds live.json
+            env[RUN_DIR_ENV] = str(self._run_dir.resolve())
         return env
 
     def component(self, name: str, args: list[str], ready_url: str | None = None,
-                  exits_by_itself: bool = False) -> Component:
+                  exits_by_itself: bool = False, **kwargs) -> Component:
         return Component(name, args, self.run_dir / "logs" / f"{name}.log", env=self.env(), cwd=REPO_ROOT,
-                         ready_url=ready_url, exits_by_itself=exits_by_itself)
+                         ready_url=ready_url, exits_by_itself=exits_by_itself, **kwargs)
 
     def target_url(self) -> str:
         return self.opts.host.rstrip("/") if self.opts.host else f"http://{DEFAULT_BIND}:{self.ports['target']}"
@@ -279,7 +389,7 @@ class Lab:
                   "--csv", str(self.run_dir / rundir.LOCUST_PREFIX), "--csv-full-history",
                   "--html", str(self.run_dir / "locust.html"), "--json-file", str(self.run_dir / "locust"),
                   # Failures are what a stress test is for; a non-zero exit must mean Locust itself failed.
-                  "--exit-code-on-error", "0"]
+                  "--exit-code-on-error", "0", "--stop-timeout", f"{STOP_TIMEOUT_S:g}"]
         if self.opts.mode == "run":
             master += ["--headless"]
         else:
@@ -295,21 +405,35 @@ class Lab:
         for i in range(1, self.opts.workers + 1):
             worker = self.component(f"locust-worker-{i}", self.python(
                 *base, "--worker", "--master-host", DEFAULT_BIND, "--master-port", str(self.ports["master"]),
-                *self.opts.locust_args), exits_by_itself=True)
+                *self.opts.locust_args), exits_by_itself=True, label=f"locust worker {i}")
             self.sup.start(worker)
+            self.locust_workers.append(worker)
             pid_files[i].write_text(f"{worker.pid}\n")
+        # SIGINT, as Ctrl-C would: Locust then writes its --html and --json-file reports (SIGTERM skips the HTML).
         comp = self.component("locust", self.python(*master),
                               ready_url=f"http://{DEFAULT_BIND}:{self.ports['exporter']}/metrics",
-                              exits_by_itself=self.opts.mode == "run")
+                              exits_by_itself=self.opts.mode == "run", stop_signal=signal.SIGINT,
+                              stop_timeout=LOCUST_STOP_S)
         self.sup.start(comp)
         pid_files[0].write_text(f"{comp.pid}\n")
         self._locust_master = comp
-        comp.wait_ready(timeout=120)  # preflight + seeding happen before the exporter serves
+        try:
+            comp.wait_ready(timeout=120)  # preflight + seeding happen before the exporter serves
+            if self.opts.mode == "up":  # the web UI starts after the exporter: print its URL once it answers
+                comp.ready_url = f"http://{DEFAULT_BIND}:{self.ports['web']}/"
+                comp.wait_ready(timeout=120)
+        except ComponentDied:
+            failed = api_failed(comp)
+            if failed:
+                raise failed from None
+            raise LocustStoppedEarly(self.locust_stopped_early(comp.poll())) from None
         what = f"master + {self.opts.workers} workers" if self.opts.workers else "one process"
         self.say(f"locust     {SCENARIOS[self.opts.scenario][0]} --scenario {SCENARIOS[self.opts.scenario][1]} "
                  f"({what}, pid {comp.pid}); exporter http://{DEFAULT_BIND}:{self.ports['exporter']}/metrics")
         if self.opts.mode == "up":
             self.say(f"locust UI  http://{DEFAULT_BIND}:{self.ports['web']}")
+            self.say(f"lab tab    http://{DEFAULT_BIND}:{self.ports['web']}/lab  (target and Locust CPU, "
+                     f"memory, users, throughput and the live verdict)")
 
     def start_sampler(self) -> None:
         sources = {SIDECAR_JOB: f"http://{DEFAULT_BIND}:{self.ports['sidecar']}/metrics",
@@ -317,6 +441,42 @@ class Lab:
                    LOCUST_JOB: f"http://{DEFAULT_BIND}:{self.ports['exporter']}/metrics"}
         self.sampler = Sampler(self.run_dir / rundir.SAMPLES, sources)
         self.sampler.start()
+
+    def start_profiler(self, target_pid: int | None) -> None:
+        """--profile: py-spy on the target's process tree during each step's hold. When it cannot
+        attach, one line says why and the run goes on without profiles (the verdict says so)."""
+        if not self.opts.profile:
+            return
+        info: dict = {"requested": True, "rate": self.opts.profile_rate, "pid": target_pid}
+        try:
+            if not target_pid:
+                raise ProfilerUnavailable("no target PID to profile: with --host, give --target-pid PID of your "
+                                          "server's main process (on this machine)")
+            check_attach(target_pid)
+        except ProfilerUnavailable as exc:
+            info["error"] = str(exc)
+            self.say(f"profiler   off: {exc}; the run goes on without profiles")
+        else:
+            sampler = self.sampler
+            watchdog = self.sup.watchdog
+            def users_now() -> float | None:
+                users = sampler.progress()["users"] if sampler else None
+                return users if isinstance(users, float) else None  # progress() also holds the hunt's phase
+
+            self.profiler = StepProfiler(self.run_dir, target_pid, users_now,
+                                         self.thresholds.step_transient_fraction, self.opts.profile_rate, self.say,
+                                         on_spawn=watchdog.watch if watchdog else None)
+            self.profiler.start()
+            self.say(f"profiler   py-spy on pid {target_pid} and its children, {self.opts.profile_rate} samples/s, "
+                     f"each step's hold -> {self.run_dir / 'profiles'}")
+        self.meta["profiling"] = info
+
+    def start_live(self) -> None:
+        """`up`: analyse the run so far every few seconds into live.json, for Locust's Lab tab."""
+        if self.opts.mode != "up" or self.sampler is None:
+            return
+        self.live = LiveView(self.run_dir, self.sampler.sources, title=f"loadlab up: {self.opts.scenario}")
+        self.live.start()
 
     def write_meta(self, **extra) -> None:
         self.meta.update(extra)
@@ -327,6 +487,8 @@ class Lab:
     def start_all(self) -> None:
         self._run_dir = new_run_dir(self.opts.out, self.opts.scenario)
         self.say(f"run directory {self.run_dir}")
+        # First, so that from the first component on, a killed loadlab leaves nothing running.
+        self.sup.watchdog = watchdog = Watchdog(self.run_dir / "logs" / "watchdog.log")
         self.meta = {
             "scenario": self.opts.scenario, "mode": self.opts.mode, "started_at": time.time(),
             "argv": sys.argv, "ports": self.ports, "host": self.target_url(),
@@ -334,12 +496,14 @@ class Lab:
             else (self.opts.target_workers or usable_cores()),
             "host_cores": usable_cores(), "generator_processes": max(1, self.opts.workers),
             "time_scale": self.opts.time_scale, "prometheus": bool(self.prometheus_bin),
-            "thresholds": thresholds.as_dict(self.thresholds),
+            "thresholds": thresholds.as_dict(self.thresholds), "watchdog_pid": watchdog.pid,
         }
         self.write_meta()
         target_pid = self.start_target()
         self.start_sidecar(target_pid)
         self.start_sampler()
+        self.start_profiler(target_pid)
+        self.start_live()
         self.start_prometheus()
         self.write_meta()
         self.start_locust()
@@ -376,8 +540,14 @@ class Lab:
                 if tty:
                     self.out.write("\n")
                 if self.opts.mode == "up":
-                    raise ComponentDied(self.locust_master.died_message())
+                    raise ComponentDied(self.locust_master.died_message(), self.locust_master.exit_summary())
+                killed = next((w for w in self.locust_workers if (w.poll() or 0) < 0), None)
+                if killed is not None:  # the master ended because a worker was killed
+                    raise ComponentDied(killed.died_message(), killed.exit_summary())
                 return code
+            dead = self.dead_worker()
+            if dead is not None:
+                raise ComponentDied(dead.died_message(), dead.exit_summary())
             self.sup.check_alive()
             line = self.progress_line(started, levels)
             if tty:
@@ -388,58 +558,145 @@ class Lab:
                 last_print = time.monotonic()
             time.sleep(1)
 
+    def locust_test_running(self) -> bool:
+        """Whether Locust's master says its test is running (spawning or running users), asked now."""
+        try:
+            samples = parse_metrics(scrape(f"http://{DEFAULT_BIND}:{self.ports['exporter']}/metrics"), ("locust_running",))
+        except (OSError, ValueError):
+            return False
+        return any(value == 1 for _, _, value in samples)
+
+    def dead_worker(self) -> Component | None:
+        """A Locust worker that exited while its master still runs. Workers exit by themselves only
+        when the master ends the test and tells them to quit; so a worker killed by a signal, one
+        gone while the master's test is still running, or one gone for WORKER_GONE_S has died.
+        Without this the master only marks it "missing" and runs on with fewer users."""
+        now = time.monotonic()
+        for worker in self.locust_workers:
+            code = worker.poll()
+            if code is None:
+                continue
+            gone_at = self._worker_gone_at.setdefault(worker.name, now)
+            if code < 0 or now - gone_at >= WORKER_GONE_S or self.locust_test_running():
+                return worker
+        return None
+
+    def locust_stopped_early(self, code: int | None) -> str:
+        """One line: Locust exited before any load, with the reason it logged last."""
+        comp = self.locust_master
+        why = (last_error(comp.log_path) or "see its log").rstrip(".")
+        return f"Locust stopped before any load ({describe_exit(code)}): {why}; its log: {comp.log_path}"
+
+    def recorded_load(self) -> bool:
+        """Whether Locust's stats history has any row (Locust writes its header only once the test starts)."""
+        history = self.run_dir / f"{rundir.LOCUST_PREFIX}{rundir.HISTORY_SUFFIX}"
+        try:
+            return bool(read_stats_history(history).rows)
+        except (OSError, ValueError):
+            return False
+
     # ------------------------------------------------------------------ the two commands
 
     def finish(self) -> Verdict | None:
-        """Stop sampling, analyze, print the verdict; None when there is no data to judge."""
+        """Stop sampling, analyze, print the verdict; None when there is no data to judge.
+        A run that did not finish was recorded as such in run.json (`incomplete`), so the verdict
+        is marked complete: false."""
         history = self.run_dir / f"{rundir.LOCUST_PREFIX}{rundir.HISTORY_SUFFIX}"
         if not history.is_file():
             return None
-        verdict, _ = rundir.analyze(self.run_dir, title=f"loadlab {self.opts.mode}: {self.opts.scenario}")
+        verdict, _ = rundir.analyze(self.run_dir, title=f"loadlab {self.opts.mode}: {self.opts.scenario}",
+                                    gates=self.opts.gates)
         self.say("")
         self.say("verdict:")
         for line in verdict.summary():
             self.say(f"  {line}")
+        for result in verdict.gates or []:
+            self.say(f"  {result.line()}")
         self.say(f"report: {self.run_dir / rundir.REPORT}")
         self.say(f"verdict: {self.run_dir / rundir.VERDICT}")
         return verdict
+
+    def finish_partial(self) -> None:
+        """The verdict of the part that ran, after a death or an interruption; never raises."""
+        if not self._run_dir:
+            return
+        if not self.recorded_load():
+            self.say("no verdict: Locust recorded no load before the run stopped")
+            return
+        try:
+            verdict = self.finish()
+        except Exception as err:  # a half-written CSV: the logs are still there
+            self.say(f"no verdict: {err}")
+            return
+        if verdict is not None and not verdict.complete:
+            self.say(f"the verdict is PARTIAL (complete: false in {rundir.VERDICT}): {verdict.incomplete_reason}")
 
     def execute(self) -> int:
         """Run the lab; returns the exit code. Always stops everything it started."""
         self.check()
         restore = install_signal_handlers()
         code = 1
+        incomplete: dict = {}  # why and when the run did not finish, recorded in run.json for the verdict
         try:
             try:
                 self.start_all()
                 locust_code = self.watch()
+                if self.opts.mode == "run" and locust_code != 0:
+                    incomplete = {"incomplete": f"Locust exited with {describe_exit(locust_code)}"}
+            except Interrupted as exc:
+                if self.opts.mode == "run":  # `up` ends with Ctrl-C by design: its tests ran as the user chose
+                    incomplete = {"incomplete": f"interrupted by {exc}", "incomplete_at": time.time()}
+                self.say(f"\ninterrupted ({exc}): stopping every component this run started")
+                raise
+            except ComponentDied as exc:
+                incomplete = {"incomplete": exc.reason, "incomplete_at": time.time()}
+                self.say(f"\nerror: {exc}\nstopping the other components")  # now: stopping takes a while
+                raise
             finally:
                 hold_signals()  # a second Ctrl-C must not cut the cleanup short
+                if self.profiler:  # before the target stops: py-spy writes the last step's stacks
+                    self.profiler.stop()
+                if self.live:
+                    self.live.stop()
                 if self.sampler:
                     self.sampler.stop()
                 self.sup.stop_all()
                 if self._run_dir:
-                    self.write_meta(ended_at=time.time(), pids=self.sup.all_pids())
+                    self.write_meta(ended_at=time.time(),
+                                    pids=self.sup.all_pids() + (self.profiler.pids() if self.profiler else []),
+                                    **incomplete)
             if self.opts.mode == "run" and locust_code != 0:
+                failed = api_failed(self.locust_master)  # the preflight may end Locust after its exporter is up
+                if failed:
+                    raise failed
+                if not self.recorded_load():
+                    raise LocustStoppedEarly(self.locust_stopped_early(locust_code))
                 self.say(f"error: {self.locust_master.name} exited with code {locust_code}; its log: "
                          f"{self.locust_master.log_path}\n{tail(self.locust_master.log_path)}")
-                self.finish()
+                self.finish_partial()
                 return 1
+            for line in suite_errors(self.locust_master.log_path).splitlines():  # e.g. seeding failed
+                self.say(f"locust: {line}")
             verdict = self.finish()
             if verdict is None:
                 self.say(f"error: Locust wrote no stats history; see {self.locust_master.log_path}")
                 return 1
-            return 0
-        except Interrupted as exc:
-            self.say(f"\ninterrupted ({exc}): stopped every component this run started")
-            if self._run_dir:
-                try:
-                    self.finish()
-                except Exception as err:  # a half-written CSV: the logs are still there
-                    self.say(f"(no verdict: {err})")
+            if verdict.functional_failure is not None:
+                return EXIT_API_FAILED
+            return self.after_checks(verdict)
+        except Interrupted:
+            self.say("stopped every component this run started")
+            self.finish_partial()
             code = 130
-        except ComponentDied as exc:
-            self.say(f"\nerror: {exc}\nevery other component was stopped; run directory: {self._run_dir}")
+        except ApiFailed as exc:
+            self.say(f"\nerror: {exc}\nno load was run; every component was stopped; run directory: {self._run_dir}")
+            code = EXIT_API_FAILED
+        except LocustStoppedEarly as exc:
+            self.say(f"\nerror: {exc}")
+            code = 1
+        except ComponentDied:
+            self.say(f"every other component was stopped; run directory: {self._run_dir}")
+            self.finish_partial()
             code = 1
         except LabError as exc:
             self.say(f"\nerror: {exc}")
@@ -447,3 +704,65 @@ class Lab:
         finally:
             restore()
         return code
+
+    # ------------------------------------------------------------------ CI checks (gates, --baseline)
+
+    def check_baseline(self) -> None:
+        """A --baseline must be a run this one can be compared with: said before anything starts."""
+        if self.opts.baseline is None:
+            return
+        try:
+            inputs = rundir.locate(self.opts.baseline)
+        except FileNotFoundError as exc:
+            raise LabError(f"--baseline: {exc}") from None
+        scenario = inputs.meta.get("scenario")
+        if scenario and scenario != self.opts.scenario:
+            raise LabError(f"--baseline {self.opts.baseline} ran {scenario}, this run is {self.opts.scenario}: "
+                           "compare runs of the same scenario")
+
+    def after_checks(self, verdict: Verdict) -> int:
+        """Compare with --baseline, write --junit; 4 when a gate failed or the run regressed, 2 when
+        the baseline could not be compared, else 0."""
+        from loadlab import compare as comparing
+        from loadlab import gates as gating
+
+        code = EXIT_GATE if gating.failed(verdict.gates) else 0
+        suites: list[tuple[str, list[gating.Case]]] = [("loadlab gates", gating.gate_cases(verdict.gates or []))]
+        if self.opts.baseline is not None:
+            self.say("")
+            self.say(f"compared with the baseline {self.opts.baseline}:")
+            try:
+                base = comparing.load("BASE", self.opts.baseline, self.opts.slo_p95_ms, self.opts.slo_error_ratio)
+                new = comparing.load("NEW", self.run_dir, verdict=verdict)
+                result = comparing.compare(base, new, self.opts.min_change_pct)
+            except comparing.CompareError as exc:
+                self.say(f"  error: {exc}")
+                code = EXIT_USAGE
+            else:
+                for line in comparing.table(result):
+                    self.say(f"  {line}")
+                page, _ = comparing.write(result, self.run_dir)
+                self.say(f"compare: {page}")
+                suites.append(("loadlab compare", comparing.junit_cases(result)))
+                if result.regressions:
+                    code = EXIT_GATE
+        if self.opts.junit is not None:
+            self.say(f"junit: {gating.write_junit(self.opts.junit, suites)}")
+        return code
+
+
+def api_failed(locust: Component) -> ApiFailed | None:
+    """The preflight's word, when Locust ended because the API failed the scenario's own requests."""
+    message = suite_errors(locust.log_path, "preflight") if locust.poll() == EXIT_API_FAILED else ""
+    return ApiFailed(message) if message else None
+
+
+def suite_errors(log_path: Path, plugin: str | None = None) -> str:
+    """The Locust suite's own ERROR lines from a Locust log (e.g. "seeding: 3 of 100 test users could
+    not be created ..."), message only; of one plugin (`preflight`, `seeding`, ...) when given."""
+    marker = f"/ERROR/locust_tests.plugins.{plugin or ''}"
+    try:
+        lines = Path(log_path).read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(line.split(": ", 1)[1] for line in lines if marker in line and ": " in line)

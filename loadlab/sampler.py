@@ -70,7 +70,6 @@ class Sampler(threading.Thread):
         self._stop_event = threading.Event()
         self._lock = threading.Lock()
         self.recent: dict[str, deque[Scrape]] = {name: deque(maxlen=15) for name in sources}
-        self.errors: dict[str, str] = {}
         self._fh: IO[str] = open(self.path, "a")
 
     def run(self) -> None:
@@ -90,10 +89,8 @@ class Sampler(threading.Thread):
             try:
                 samples = parse_metrics(scrape(url), self.keep)
             except Exception as exc:  # a component restarting or gone: record it, keep sampling the rest
-                self.errors[name] = f"{type(exc).__name__}: {exc}"
-                record = {"t": t, "source": name, "ok": False, "error": self.errors[name]}
+                record = {"t": t, "source": name, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
             else:
-                self.errors.pop(name, None)
                 record = {"t": t, "source": name, "ok": True, "samples": samples}
                 self.recent[name].append(Scrape(t=t, source=name, samples=samples))
             with self._lock:

@@ -37,8 +37,6 @@ TARGET_RPS = "loadlab:http_requests:rate"
 TARGET_5XX_RPS = "loadlab:http_requests_5xx:rate"
 TARGET_ERROR_RATIO = "loadlab:http_error_ratio:rate"
 HOST_CORES = "loadlab:host_cpu:cores"
-HOST_CPU_UTILISATION = "loadlab:host_cpu:utilisation"
-HOST_MEMORY_UTILISATION = "loadlab:host_memory:utilisation"
 GROUP_CPU_CORES = "loadlab:namegroup_cpu:cores"
 GROUP_CORES_AVAILABLE = "loadlab:namegroup_cpu:cores_available"
 GROUP_CPU_SATURATION = "loadlab:namegroup_cpu:saturation"
@@ -105,10 +103,6 @@ def recording_groups(t: Thresholds = DEFAULT_THRESHOLDS) -> list[dict[str, Any]]
 
     resources = [
         {"record": HOST_CORES, "expr": f"count(count by (cpu) (node_cpu_seconds_total{{{SIDECAR}}}))"},
-        {"record": HOST_CPU_UTILISATION, "expr": (
-            f'sum(rate(node_cpu_seconds_total{{{SIDECAR}, mode!~"idle|iowait|steal"}}[{w}])) / {cores}')},
-        {"record": HOST_MEMORY_UTILISATION, "expr": (
-            f"1 - sum(node_memory_MemAvailable_bytes{{{SIDECAR}}}) / sum(node_memory_MemTotal_bytes{{{SIDECAR}}})")},
         {"record": GROUP_CPU_CORES, "expr": (
             f'sum by (groupname) (rate(namedprocess_namegroup_cpu_seconds_total{{{SIDECAR}, '
             f'groupname=~"{TARGET_GROUP}|{GENERATOR_GROUP}"}}[{w}]))')},
@@ -173,6 +167,16 @@ def alert_rules(t: Thresholds = DEFAULT_THRESHOLDS) -> list[dict[str, Any]]:
                             "runbook_url": f"monitoring/RUNBOOK.md#{name.lower()}"},
         }
 
+    def cpu_saturated(name: str, group: str, severity: str, component: str, who: str, summary: str,
+                      consequence: str) -> dict[str, Any]:
+        """The CPU-saturation alert of one process group: its cores used over the cores available to it."""
+        return alert(name,
+                     f"{by_group(GROUP_CPU_SATURATION, group)} > {t.cpu_saturation_fraction:g}",
+                     severity, component, summary,
+                     f"The {who} uses " + _q(by_group(GROUP_CPU_CORES, group), 'printf "%.2f"') + " of "
+                     + _q(by_group(GROUP_CORES_AVAILABLE, group), 'printf "%.0f"') + " cores available to it "
+                     "({{ $value | humanizePercentage }}, saturated at " + sat + "), " + ctx + ". " + consequence)
+
     p95_client, p95_server = latency("locust", "p95"), latency("http", "p95")
     rules = [
         alert("TargetDown",
@@ -214,13 +218,9 @@ def alert_rules(t: Thresholds = DEFAULT_THRESHOLDS) -> list[dict[str, Any]]:
               "Each user now gets {{ $value | printf \"%.3f\" }} req/s, below " + f"{t.plateau_fraction * 100:g}%"
               + " of the run's best (" + _q(PER_USER_BEST, 'printf "%.3f"') + " req/s), " + ctx
               + ". Adding users no longer adds throughput: the target has passed its knee."),
-        alert("TargetCPUSaturated",
-              f"{by_group(GROUP_CPU_SATURATION, TARGET_GROUP)} > {t.cpu_saturation_fraction:g}",
-              "warning", "target",
-              "Target CPU at {{ $value | humanizePercentage }} of its available cores",
-              "The target uses " + _q(by_group(GROUP_CPU_CORES, TARGET_GROUP), 'printf "%.2f"') + " of "
-              + _q(by_group(GROUP_CORES_AVAILABLE, TARGET_GROUP), 'printf "%.0f"') + " available cores ({{ $value | humanizePercentage }}, "
-              "saturated at " + sat + "), " + ctx + ". CPU is what runs out first."),
+        cpu_saturated("TargetCPUSaturated", TARGET_GROUP, "warning", "target", "target",
+                      "Target CPU at {{ $value | humanizePercentage }} of its available cores",
+                      "CPU is what runs out first."),
         alert("TargetMemoryHigh",
               f"{by_group(GROUP_RESIDENT_BYTES, TARGET_GROUP)} > {t.target_memory_limit_bytes}",
               "warning", "target",
@@ -228,14 +228,10 @@ def alert_rules(t: Thresholds = DEFAULT_THRESHOLDS) -> list[dict[str, Any]]:
               f"{t.target_memory_limit_bytes / 1024**2:g} MiB",
               "The target's processes hold {{ $value | humanize1024 }}B resident (limit "
               f"{t.target_memory_limit_bytes / 1024**2:g} MiB), " + ctx + ". A leak or too many workers."),
-        alert("LoadGeneratorSaturated",
-              f"{by_group(GROUP_CPU_SATURATION, GENERATOR_GROUP)} > {t.cpu_saturation_fraction:g}",
-              "critical", "generator",
-              "Locust is out of CPU ({{ $value | humanizePercentage }}): the measured breaking point is not valid",
-              "The load generator uses " + _q(by_group(GROUP_CPU_CORES, GENERATOR_GROUP), 'printf "%.2f"') + " of "
-              + _q(by_group(GROUP_CORES_AVAILABLE, GENERATOR_GROUP), 'printf "%.0f"') + " cores its processes can use "
-              "({{ $value | humanizePercentage }}), " + ctx + ". Latency and throughput now measure "
-              "Locust, not the target: add Locust workers (--processes N or --worker)."),
+        cpu_saturated("LoadGeneratorSaturated", GENERATOR_GROUP, "critical", "generator", "load generator",
+                      "Locust is out of CPU ({{ $value | humanizePercentage }}): the measured breaking point is not valid",
+                      "Latency and throughput now measure Locust, not the target: add Locust workers "
+                      "(--processes N or --worker)."),
         # Not a breaking-point alert: without the sidecar the CPU and memory alerts above would
         # resolve silently, because their series disappear.
         alert("LoadLabSidecarDown",

@@ -2,6 +2,14 @@
 
 Every process is started in its own session and stopped by PID (its process group),
 never by name, so a test never touches anything it did not start.
+
+Process start/stop/wait is deliberately written here again rather than taken from
+`loadlab.processes` (the product's, which the benchmarks use): these helpers are the safety
+net that cleans up after every test, including the tests that check the lab stops every
+component it started (tests/loadlab). If the cleanup were the code under test, a bug in
+`Component.stop` would leave the same processes behind in the lab and in the test's own
+finalizer, and the leftovers would load the machine for the tests that measure CPU.
+Only `free_port` (bind port 0, nothing to stop) comes from the product.
 """
 
 from __future__ import annotations
@@ -9,7 +17,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,16 +26,11 @@ from pathlib import Path
 
 import pytest
 
+from loadlab.processes import free_port  # noqa: F401  (re-exported: the tests import it from here)
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 VENV_BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    """A port that was free a moment ago (bind to port 0 and let the OS choose)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def require_binary(name: str) -> str:
@@ -43,7 +45,10 @@ def require_binary(name: str) -> str:
 
 
 class ManagedProcess:
-    """A subprocess with its output in a log file, stopped by PID group."""
+    """A subprocess with its output in a log file, stopped by PID group.
+
+    Independent of `loadlab.processes.Component` on purpose (see the module docstring).
+    """
 
     def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None,
                  cwd: Path | None = None) -> None:
@@ -104,7 +109,8 @@ def spawn(tmp_path):
 
 
 def wait_for_http(url: str, timeout: float = 20.0, proc: ManagedProcess | None = None) -> None:
-    """Poll `url` until it answers (any HTTP status); fail with the process log if it never does."""
+    """Poll `url` until it answers (any HTTP status but 503, which readiness endpoints such as
+    Prometheus' /-/ready give until they are ready); fail with the process log if it never does."""
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
     while time.monotonic() < deadline:
@@ -113,8 +119,11 @@ def wait_for_http(url: str, timeout: float = 20.0, proc: ManagedProcess | None =
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return
-        except urllib.error.HTTPError:
-            return
+        except urllib.error.HTTPError as exc:
+            if exc.code != 503:
+                return
+            last_error = exc
+            time.sleep(0.1)
         except OSError as exc:
             last_error = exc
             time.sleep(0.1)

@@ -79,6 +79,11 @@ HUNT_MAX_STEPS = 30  # a hard bound on every hunt's length (a bounded load loop)
 # SLO, none completed, or p95 exceeded this multiple of the SLO's p95.
 BAD_BREACH_P95_FACTOR = 2.0
 
+# Locust's --stop-timeout for every run of the suite (and the lab): when a run ends, or a step
+# goes down, each user finishes the request it is in before it stops, so a request the target
+# served is always counted (a user killed mid-request leaves a registration Locust never saw).
+STOP_TIMEOUT_S = 10.0
+
 
 def lab_scenarios() -> dict[str, tuple[str, str]]:
     """`loadlab run` scenario name ("login-step") -> (locustfile, the suite's --scenario value)."""

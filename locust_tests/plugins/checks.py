@@ -14,23 +14,29 @@ def _json(response: Any) -> Any:
         return None
 
 
+def describe_answer(status: int, body: Any) -> str:
+    """The status and the error code of a JSON body, if any: "HTTP 401 (invalid_credentials)". The
+    preflight quotes answers the same way, so its message and the load's failures read alike."""
+    code = body.get("error") if isinstance(body, dict) and isinstance(body.get("error"), str) else ""
+    return f"HTTP {status}" + (f" ({code[:40]})" if code else "")
+
+
 def _describe(response: Any) -> str:
     if not response.status_code:
         error = getattr(response, "error", None)
         return f"no response ({type(error).__name__ if error else 'connection failed'})"
-    body = _json(response)
-    code = body.get("error") if isinstance(body, dict) and isinstance(body.get("error"), str) else ""
-    return f"HTTP {response.status_code}" + (f" ({code[:40]})" if code else "")
+    return describe_answer(response.status_code, _json(response))
 
 
 def expect_registered(response: Any) -> None:
-    """201 with the new user's id, else a failure ("registration: expected 201, got HTTP 409 (duplicate)")."""
+    """201 with the new user's id, else a failure ("registration: expected 201, got HTTP 409 (duplicate)").
+    Every failure text carries the HTTP status: `loadlab analyze` tells functional failures by it."""
     if response.status_code == 201:
         body = _json(response)
         if isinstance(body, dict) and "id" in body:
             response.success()
             return
-        response.failure("registration: 201 without an id in the body")
+        response.failure("registration: HTTP 201 without an id in the body")
         return
     response.failure(f"registration: expected 201, got {_describe(response)}")
 
@@ -42,6 +48,6 @@ def expect_token(response: Any) -> None:
         if isinstance(body, dict) and isinstance(body.get("token"), str) and body["token"]:
             response.success()
             return
-        response.failure("login: 200 without a token in the body")
+        response.failure("login: HTTP 200 without a token in the body")
         return
     response.failure(f"login: expected 200 with a token, got {_describe(response)}")

@@ -1,24 +1,41 @@
-"""Preflight: before any user spawns, check that the host answers at all.
+"""Preflight: before any user spawns, check that the host answers, then try the scenario's own
+requests once.
 
 Without it, a test against a server that is not running records minutes of ConnectionRefused
-failures. With it, a --headless (or --autostart) run exits non-zero within seconds with one message
-naming the host and how to start the bundled target. Any HTTP answer passes, even a 404: the
-check is about reachability, not health. `--skip-preflight` (env LOCUST_SKIP_PREFLIGHT=true)
-skips it. With the interactive web UI the check only warns, since the host can still be changed
-(or started) before pressing Start.
+failures, and a test against an API whose contract differs from the suite's (another login path,
+a login that refuses the seeded accounts, a server that answers 500) records minutes of failures
+that read like a capacity limit. With it, a --headless (or --autostart) run stops within seconds
+with one message:
+
+1. reachability: `GET <host>/healthz`; any HTTP answer passes, even a 404. Nothing answering
+   exits with code 1 and says how to start the bundled target.
+2. the scenario's requests, as the locustfile declares them with `probe_with()`: the login
+   scenario seeds one user and logs in with it once; the registration scenario registers one
+   user. A wrong answer exits with code 3 (`loadlab.contract.exits.EXIT_API_FAILED`) and quotes
+   the status and the body's error code, and says what to change: the host, the endpoint paths,
+   or the request/response settings.
+
+`--skip-preflight` (env LOCUST_SKIP_PREFLIGHT=true) skips both. With the interactive web UI the
+checks only warn, since the host can still be changed (or started) before pressing Start.
 """
 
 from __future__ import annotations
 
 import http.client
 import logging
+import os
+import secrets
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from locust import events
 from locust.env import Environment
 
+from loadlab.contract.exits import EXIT_API_FAILED
+
+from .checks import describe_answer
 from .httpclient import call
 from .roles import is_coordinator, target_host
 
@@ -28,6 +45,102 @@ logger = logging.getLogger(__name__)
 PREFLIGHT_SECONDS = 5.0
 HOW_TO_START = ("start the bundled target with `python -m target_app --port 5000` (then --host "
                 "http://127.0.0.1:5000), point --host at your API, or pass --skip-preflight")
+
+# A probe tries one of the scenario's requests against a host: None when the answer is what the
+# scenario expects, else what came back instead.
+Probe = Callable[[str], str | None]
+_probes: list[Probe] = []
+
+
+def probe_with(probe: Probe) -> None:
+    """Have the preflight try `probe` (e.g. `login_probe(account)`) before any user spawns."""
+    _probes.append(probe)
+
+
+def _post(url: str, body: dict[str, str]) -> tuple[int, Any] | str:
+    """(status, body) of a POST, or why there was no answer."""
+    try:
+        return call("POST", url, body)
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        reason = getattr(exc, "reason", exc)
+        return f"no answer ({getattr(reason, 'strerror', None) or reason})"
+
+
+def _register(host: str, user: dict[str, str], accept_existing: bool) -> str | None:
+    from locust_tests.config import test_config
+
+    url = host + test_config.REGISTRATION_ENDPOINT
+    answer = _post(url, {k: user[k] for k in ("username", "email", "password")})
+    if isinstance(answer, str):
+        return f"POST {url} (register a user) got {answer}"
+    status, body = answer
+    if status == 201 and isinstance(body, dict) and "id" in body:
+        return None
+    if status == 409 and accept_existing:
+        return None
+    expected = "201 with an id" + (" (or 409 for a user that exists)" if accept_existing else "")
+    return f"POST {url} (register a user) answered {describe_answer(status, body)}, expected {expected}"
+
+
+def login_probe(account: dict[str, str]) -> Probe:
+    """The login scenario's requests: seed `account` (an existing one is fine), then log in with it."""
+
+    def probe(host: str) -> str | None:
+        from locust_tests.config import test_config
+
+        problem = _register(host, account, accept_existing=True)
+        if problem:
+            return problem
+        url = host + test_config.LOGIN_ENDPOINT
+        answer = _post(url, {"username": account["username"], "password": account["password"]})
+        if isinstance(answer, str):
+            return f"POST {url} (log in as a seeded user) got {answer}"
+        status, body = answer
+        if status == 200 and isinstance(body, dict) and isinstance(body.get("token"), str) and body["token"]:
+            return None
+        return (f"POST {url} (log in as the user just seeded) answered {describe_answer(status, body)}, "
+                f"expected 200 with a token")
+
+    return probe
+
+
+def registration_probe() -> Probe:
+    """The registration scenario's request: register one fresh user. Its name is outside every
+    run's prefix (runs' users are lt_<run id>_..., and '-' is not in a run id), so a run's cleanup
+    count stays the run's own; it is deleted again when LAB_ADMIN_TOKEN is set."""
+
+    def probe(host: str) -> str | None:
+        from faker import Faker
+
+        from .cleanup import TOKEN_ENV, CleanupError, delete_users
+        from .testdata import PREFIX, registration_user
+
+        user = registration_user(f"{PREFIX}preflight-{secrets.token_hex(5)}", Faker())
+        problem = _register(host, user, accept_existing=False)
+        token = os.environ.get(TOKEN_ENV)
+        if problem is None and token:
+            try:
+                delete_users(host, user["username"], token)
+            except CleanupError as exc:
+                logger.warning("preflight: could not delete its test user %s: %s", user["username"], exc)
+        return problem
+
+    return probe
+
+
+def contract_problem(host: str) -> str | None:
+    """The first declared probe that fails, as one message naming what to change; None if all pass."""
+    from locust_tests.config import test_config
+
+    for probe in _probes:
+        problem = probe(host)
+        if problem:
+            return (f"preflight: the API at {host} does not work as the suite expects: {problem}. To fix: check "
+                    f"--host, the endpoint paths (REGISTRATION_ENDPOINT={test_config.REGISTRATION_ENDPOINT}, "
+                    f"LOGIN_ENDPOINT={test_config.LOGIN_ENDPOINT}) and the request/response settings in "
+                    f"locust_tests/config/test_config.py (JSON bodies; registration answers 201 with an id, "
+                    f"login 200 with a token), or pass --skip-preflight")
+    return None
 
 
 def check_host(host: str, path: str = "/healthz", within: float = PREFLIGHT_SECONDS) -> str | None:
@@ -71,11 +184,18 @@ def _on_init(environment: Environment, **_: Any) -> None:
     from locust_tests.config import test_config
 
     problem = check_host(host, test_config.HEALTH_ENDPOINT)
-    if problem is None:
+    if problem is not None:
+        message = f"preflight: nothing answers at {host} ({problem}). Is the API running? To fix: {HOW_TO_START}."
+        if interactive:
+            logger.warning(message)
+            return
+        logger.error(message)
+        sys.exit(1)
+    contract = contract_problem(host)
+    if contract is None:
         return
-    message = f"preflight: nothing answers at {host} ({problem}). Is the API running? To fix: {HOW_TO_START}."
     if interactive:
-        logger.warning(message)
+        logger.warning(contract)
         return
-    logger.error(message)
-    sys.exit(1)
+    logger.error(contract)
+    sys.exit(EXIT_API_FAILED)

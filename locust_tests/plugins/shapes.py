@@ -13,7 +13,12 @@ Options (each also an env var, or a key in locust.conf):
     --max-users N       LOCUST_MAX_USERS    the most users a step may run (default 1000)
     --no-stop-on-break  LOCUST_NO_STOP_ON_BREAK=true   run on up to --max-users after the break
 
-Without --scenario nothing changes: no shape is active and -u/-r/-t behave as in plain Locust.
+Locust's own --stop-timeout defaults to STOP_TIMEOUT_S (10 s) in the suite instead of 0, in
+every run, with or without --scenario: when a run ends or a step goes down, each user finishes
+the request it is in, so every request the target served is counted. Pass --stop-timeout 0 for
+Locust's immediate stop.
+
+Without --scenario (the stop timeout aside) nothing changes: no shape is active and -u/-r/-t behave as in plain Locust.
 That is why the shape classes here are marked `abstract`: Locust activates any concrete
 LoadTestShape it finds in a locustfile, so these are only activated by `--scenario`, at init, by
 setting `environment.shape_class` on the master (the one process that runs shapes).
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import sys
 from typing import Any
 
@@ -30,7 +36,7 @@ from locust import LoadTestShape, events
 from locust.env import Environment
 from locust.util.timespan import parse_timespan
 
-from loadlab.contract.scenarios import DEFAULT_START_USERS, FIXED, HUNTS
+from loadlab.contract.scenarios import DEFAULT_START_USERS, FIXED, HUNTS, STOP_TIMEOUT_S
 from loadlab.contract.thresholds import Thresholds
 
 from .adaptive import AdaptiveHunt, AdaptivePlan, Move, bad_breach, hunt_kind
@@ -166,8 +172,8 @@ def build_shape(name: str, options: Any) -> LoadTestShape:
     from locust_tests.config import test_config
 
     time_scale = float(getattr(options, "time_scale", 1.0))
-    if time_scale <= 0:
-        raise ValueError(f"--time-scale must be positive (got {time_scale})")
+    if not math.isfinite(time_scale) or time_scale <= 0:  # inf would hold the first step forever
+        raise ValueError(f"--time-scale must be a finite number above 0 (got {time_scale:g})")
     if name == STEP:
         try:
             step_time = parse_timespan(str(options.step_time))
@@ -189,6 +195,8 @@ def build_shape(name: str, options: Any) -> LoadTestShape:
 
 @events.init_command_line_parser.add_listener
 def _add_arguments(parser: Any) -> None:
+    # Only the default: --stop-timeout, LOCUST_STOP_TIMEOUT and locust.conf still set it.
+    parser.set_defaults(stop_timeout=STOP_TIMEOUT_S)
     add = parser.add_argument
     add("--scenario", default="", env_var="LOCUST_SCENARIO", include_in_web_ui=False,
         help="Run a named preset (registration: normal, heavy, spike; login: baseline, stress, breaking-point; "

@@ -13,11 +13,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a check
 from locust import FastHttpUser, between, task  # noqa: E402
 
 from locust_tests.config import test_config as cfg  # noqa: E402
-from locust_tests.plugins import cleanup, exporter, preflight, seeding, shapes, testdata  # noqa: E402,F401
+from locust_tests.plugins import cleanup, exporter, labtab, preflight, seeding, shapes, testdata, webauth  # noqa: E402,F401
 from locust_tests.plugins.checks import expect_token  # noqa: E402
 
 ACCOUNTS = testdata.load_users(cfg.TEST_USERS_FILE, limit=cfg.LOGIN_USERS)
 shapes.use_presets("login")
+preflight.probe_with(preflight.login_probe(ACCOUNTS[0]))  # seed one, log in once: before any load
 seeding.seed_before_test(ACCOUNTS)  # once, from the master, before any user starts
 cleanup.remove_after_test(testdata.DATA_PREFIX)  # when LAB_ADMIN_TOKEN is set
 _accounts = itertools.cycle(ACCOUNTS)

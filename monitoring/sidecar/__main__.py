@@ -9,12 +9,13 @@ import signal
 import sys
 import threading
 
-from prometheus_client import generate_latest, start_http_server
+from prometheus_client import generate_latest, make_wsgi_app
 
 from loadlab.contract.names import DEFAULT_BIND, DEFAULT_PORTS
 
 from . import build_registry
 from .groups import DEFAULT_LOCUST_REGEX, DEFAULT_TARGET_REGEX, GroupConfigError, GroupSelection, resolve_groups
+from .profile import PROFILE_PATH, ProfileEndpoint, serve
 
 log = logging.getLogger("monitoring.sidecar")
 
@@ -45,6 +46,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the process whose PID is in PATH, re-read every scrape, and its descendants")
     parser.add_argument("--config", metavar="FILE", help="groups from a .yaml/.yml/.toml file (see README)")
     parser.add_argument("--no-host-metrics", action="store_true", help="leave out the node_* metrics")
+    parser.add_argument("--allow-profiling", action="store_true",
+                        help=f"serve {PROFILE_PATH}?seconds=N[&group=NAME]: py-spy stacks of a group's processes "
+                             "(needs ptrace: root or CAP_SYS_PTRACE); off by default")
     parser.add_argument("--once", action="store_true",
                         help="print one scrape to stdout and exit instead of serving (for debugging)")
     args = parser.parse_args(argv)
@@ -67,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     try:
-        server, _thread = start_http_server(args.port, args.host, registry=registry)
+        app = ProfileEndpoint(make_wsgi_app(registry), groups, allowed=args.allow_profiling)
+        server = serve(app, args.host, args.port)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             print(f"sidecar: error: port {args.port} on {args.host} is already in use (another exporter?); "
@@ -81,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     names = ", ".join(g.name for g in groups)
-    log.info("serving http://%s:%d/metrics for groups: %s", args.host, server.server_port, names)
+    log.info("serving http://%s:%d/metrics for groups: %s%s", args.host, server.server_port, names,
+             f"; {PROFILE_PATH}?seconds=N allowed" if args.allow_profiling else "")
     while not stop.wait(3600):  # wake on the signal, not on a timer
         pass
     server.shutdown()

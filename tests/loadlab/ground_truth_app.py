@@ -9,7 +9,12 @@ It has the target API's two endpoints, so the Locust suite runs against it uncha
 `POST /client_login` costs S; `POST /client_registeration` (the suite's seeding) answers at
 once so that seeding does not eat the test's time. `/healthz` and `/metrics` as usual.
 
-    python -m tests.loadlab.ground_truth_app --port P --workers W --service-ms S --mode sleep|burn
+    python -m tests.loadlab.ground_truth_app --port P --workers W --service-ms S --mode sleep|burn|lock
+
+The service time is spent in `ground_truth_wait_hotspot` (sleep) or `ground_truth_cpu_hotspot` (burn).
+`lock`: gthread workers with `LOCK_THREADS` threads each, whose requests take one semaphore per
+process and burn S of CPU holding it: still one request at a time per worker (X = W/S), but the
+others wait on the semaphore, a lock-contention hot spot.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import functools
 import itertools
+import threading
 import time
 
 from flask import Flask, jsonify, request
@@ -24,22 +30,41 @@ from flask import Flask, jsonify, request
 from target_app.instrumentation import instrument
 from target_app.server import serve
 
+# The service time is spent in functions with names a profile cannot mistake for anything else:
+# `loadlab run --profile` must name them as the hot spot (tests/loadlab/test_profiling.py).
 
-def busy_for(seconds: float) -> None:
+
+def ground_truth_cpu_hotspot(seconds: float) -> None:
     """Burn `seconds` of this thread's CPU time: the demand is fixed even when the CPU is shared."""
     end = time.thread_time() + seconds
     while time.thread_time() < end:
         pass
 
 
+busy_for = ground_truth_cpu_hotspot  # its name before profiling needed a distinctive one
+
+
+def ground_truth_wait_hotspot(seconds: float) -> None:
+    """Wait `seconds` off the CPU (a stand-in for a pool, a lock or a slow backend)."""
+    time.sleep(seconds)
+
+
+LOCK_THREADS = 8
+
+
 def create_app(service_s: float, mode: str) -> Flask:
     app = Flask("ground_truth")
-    work = time.sleep if mode == "sleep" else busy_for
+    work = ground_truth_wait_hotspot if mode == "sleep" else ground_truth_cpu_hotspot
     ids = itertools.count(1)
+    one_at_a_time = threading.Semaphore(1)
 
     @app.post("/client_login")
     def login():
-        work(service_s)
+        if mode == "lock":
+            with one_at_a_time:  # the worker's other threads queue here
+                work(service_s)
+        else:
+            work(service_s)
         body = request.get_json(silent=True) or {}
         if not body.get("password"):
             return jsonify(error="invalid_credentials", message="wrong username or password", field=None), 401
@@ -64,10 +89,15 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, required=True)
     parser.add_argument("--service-ms", type=float, required=True)
-    parser.add_argument("--mode", choices=("sleep", "burn"), required=True)
+    parser.add_argument("--mode", choices=("sleep", "burn", "lock"), required=True)
     args = parser.parse_args()
+    # sync workers: one request at a time per worker is the model (a sleeping request would yield
+    # to others in the target's gevent workers).
+    options: dict[str, object] = {"timeout": 120, "backlog": 2048, "worker_class": "sync"}
+    if args.mode == "lock":
+        options.update(worker_class="gthread", threads=LOCK_THREADS)
     serve(functools.partial(create_app, args.service_ms / 1000.0, args.mode), args.host, args.port, args.workers,
-          gunicorn_options={"timeout": 120, "backlog": 2048})
+          gunicorn_options=options)
 
 
 if __name__ == "__main__":

@@ -84,6 +84,23 @@ def test_cleanup_deletes_exactly_the_users_the_run_registered(registration_run, 
     assert delete_users(target.url, "lt_standalone1_", target.token) == 0  # nothing left behind
 
 
+def deleted_at_cleanup(run: LocustRun, prefix: str) -> int:
+    return sum(int(n) for n in re.findall(rf"cleanup: deleted (\d+) users starting with {prefix}", run.log))
+
+
+def test_requests_in_flight_when_the_run_ends_are_counted(launch, tmp_path_factory, target):
+    # No think time: when the run ends, nearly every user is in the middle of a registration. Each
+    # finishes it (the suite's --stop-timeout) instead of being killed with the request in flight,
+    # so Locust counts every user the server created; with --stop-timeout 0 it counts fewer.
+    run = headless(launch, tmp_path_factory, target, "registration_test", "inflight",
+                   "--users", "20", "--spawn-rate", "20", "--run-time", "3s", "--run-id", "inflight1",
+                   env={"LAB_ADMIN_TOKEN": target.token, "MIN_WAIT_TIME": "0", "MAX_WAIT_TIME": "0"})
+    assert run.returncode == 0, run.log[-3000:]
+    registered = int(run.aggregated()["Request Count"])
+    assert registered > 20
+    assert deleted_at_cleanup(run, "lt_inflight1_") == registered, run.log[-3000:]
+
+
 def test_failures_and_errors_are_exported_exactly(launch, tmp_path_factory):
     # Nothing listens on the host: every request fails with a connection error.
     closed = Target(f"http://127.0.0.1:{free_port()}", "", None)

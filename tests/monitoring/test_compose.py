@@ -197,3 +197,17 @@ def test_dockerfile_installs_the_project_on_python_311_slim():
         assert (REPO_ROOT / copied.rstrip("/")).exists(), copied
     ignored = (REPO_ROOT / ".dockerignore").read_text().split()
     assert ".venv" in ignored and ".git" in ignored
+
+
+def test_only_the_profiling_sidecar_gets_ptrace(resolved):
+    """py-spy needs SYS_PTRACE; the sidecar (the service that serves /profile) has it, and no
+    other service has any capability added or is privileged."""
+    services = resolved["services"]
+    sidecar = services["sidecar"]
+    assert sidecar.get("cap_add") == ["SYS_PTRACE"]
+    assert "--allow-profiling" in sidecar["command"]
+    assert "ports" not in sidecar  # /profile is reachable inside the compose network only
+    for name, service in services.items():
+        assert not service.get("privileged"), f"{name} is privileged"
+        if name != "sidecar":
+            assert not service.get("cap_add"), f"{name} gets {service['cap_add']}"

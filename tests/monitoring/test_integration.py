@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
@@ -34,8 +35,17 @@ pytestmark = pytest.mark.timeout(300)
 
 def _api(base: str, path: str, **params: Any) -> Any:
     url = f"{base}{path}?{urllib.parse.urlencode(params, doseq=True)}"
-    with urllib.request.urlopen(url, timeout=10) as response:
-        body = json.load(response)
+    for attempt in range(5):
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                body = json.load(response)
+            break
+        except urllib.error.HTTPError as exc:
+            # 503 is Prometheus' "unavailable or timed out" (errorUnavailable/errorTimeout): on a
+            # loaded 2-core machine a query can miss its slot. Ask again, a bounded number of times.
+            if exc.code != 503 or attempt == 4:
+                raise AssertionError(f"{url}: HTTP {exc.code}: {exc.read()[:500]!r}") from exc
+            time.sleep(1)
     assert body["status"] == "success", body
     return body["data"]
 

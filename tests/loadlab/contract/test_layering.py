@@ -1,6 +1,7 @@
 """Nothing imports upward: the contract stands on nothing of the project's, and the parts a
 user deploys (the target, the sidecar, the Locust suite) and the monitoring generators stand
-only on the contract, never on the lab runner (runner, analysis, report, sampler, ...)."""
+only on the contract and the small server-side libraries beside it, never on the lab runner
+(runner, analysis, report, sampler, ...)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,14 @@ import pytest
 from tests.helpers import REPO_ROOT
 
 PROJECT = ("loadlab", "target_app", "locust_tests", "monitoring")
+# Libraries beside the contract that a server runs (the sidecar records stacks with `stacks`).
+# They stand on the contract only, like everything deployed.
+SERVER_LIBRARIES = ("loadlab.stacks",)
+GROUND = ("loadlab.contract", *SERVER_LIBRARIES)
+
+
+def on_ground(name: str) -> bool:
+    return any(name == g or name.startswith(g + ".") for g in GROUND) or name == "loadlab"
 
 
 def project_imports(path: Path) -> set[str]:
@@ -53,8 +62,15 @@ def test_deployed_parts_and_generators_stand_only_on_the_contract(folder):
     files = modules(folder)
     assert files
     for path in files:
-        lab = {n for n in project_imports(path) if n.startswith("loadlab") and not n.startswith("loadlab.contract")}
+        lab = {n for n in project_imports(path) if n.startswith("loadlab") and not on_ground(n)}
         assert not lab, f"{path.relative_to(REPO_ROOT)} imports the lab runner's {sorted(lab)}"
+
+
+@pytest.mark.parametrize("library", SERVER_LIBRARIES)
+def test_server_libraries_stand_only_on_the_contract(library):
+    path = REPO_ROOT / (library.replace(".", "/") + ".py")
+    outside = {n for n in project_imports(path) if not n.startswith("loadlab.contract") and n != library}
+    assert not outside, f"{library} imports {sorted(outside)}"
 
 
 def test_the_layering_check_sees_absolute_and_relative_imports():
