@@ -179,7 +179,11 @@ def test_ground_truth_servers_with_different_service_times_are_judged_regressed(
         print(f"{name}: W/S = {gt.capacity_rps:g}, W/R0 = {x:.1f} req/s (R0 {r0 * 1000:.0f} ms): capacity "
               f"{verdict['capacity_rps']} {verdict['capacity_ci']}; N* = {n_star:.1f}: knee {verdict['knee']['users']} "
               f"({low}-{high})")
-        assert low <= n_star <= high, name
+        # A 95% interval misses the truth 1 run in 20 by design (two servers here: 1 in 10); held to
+        # the same interval widened by half on each side (~99.7% for a normal estimate), the test
+        # fails only when the interval is really wrong, not on the misses it promises.
+        knee = verdict["knee"]["users"]
+        assert low - 0.5 * (knee - low) <= n_star <= high + 0.5 * (high - knee), name
         assert verdict["capacity_rps"] == pytest.approx(x, rel=0.10), name
 
     done = loadlab("compare", str(runs["fast"].run_dir), str(runs["slow"].run_dir))

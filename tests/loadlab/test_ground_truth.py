@@ -107,18 +107,17 @@ def test_cpu_burning_server_is_cpu_limited(ground_truth, tmp_path):
     detail = step_table(verdict)
     assert verdict["breaking_point_reached"] is True, detail
     assert verdict["limiting_resource"] == "target_cpu", detail
-    # X = W/S assumes the worker gets a whole core. On a machine shared with other CPU-heavy work
-    # it gets a share (measured: 0.4-0.9 of a core at a load average of 5-10, even at nice -10,
-    # since other sessions' cgroups keep their weight), and then the utilization law gives the
-    # truth: X = U/S, with U the cores it got, measured by the sidecar on the saturated steps
-    # (knee up to the break), independently of Locust's request counts.
+    # X = W/S assumes the worker gets a whole core. On a machine shared with other work it gets a
+    # share (measured: 0.83-0.97 of a core step to step in a CI run; 0.4-0.9 at a load average of
+    # 5-10), so the truth is the utilization law: X = U/S, with U the cores it got, measured by the
+    # sidecar on the steps the capacity is taken from (knee up to the break), independently of
+    # Locust's request counts. On a quiet machine U is ~1 and this is W/S.
     knee_step = next(i for i, s in enumerate(verdict["steps"]) if s["start"] == verdict["knee"]["time"])
     end = next((i for i, s in enumerate(verdict["steps"]) if verdict["break"] and s["start"] == verdict["break"]["time"]),
                len(verdict["steps"]))
     saturated = [s["target_cpu_cores"] for s in verdict["steps"][knee_step:max(end, knee_step + 1)]]
-    cores_got = statistics.median(saturated)
-    workers = gt.workers if cores_got >= 0.9 * gt.workers else cores_got
-    print(f"cores the target got from the knee to the break: {cores_got:.2f} -> expected "
+    workers = min(statistics.median(saturated), gt.workers)
+    print(f"cores the target got from the knee to the break: {workers:.2f} -> expected "
           f"X = {workers / gt.service_s:.1f} req/s, N* = {workers * (gt.service_s + Z) / gt.service_s:.1f} users")
     assert verdict["capacity_rps"] == pytest.approx(workers / gt.service_s, rel=0.10), detail
     assert verdict["knee"]["users"] == pytest.approx(workers * (gt.service_s + Z) / gt.service_s, rel=0.15), detail

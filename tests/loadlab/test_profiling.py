@@ -52,9 +52,11 @@ def gt_target(gt) -> list[str]:
 
 @pytest.mark.timeout(260)
 def test_cpu_burning_server_hot_spot_is_its_burning_function(ground_truth, tmp_path):
+    # N* = 11 users and p95 passes 500 ms near 16; 20 leaves room to confirm the knee on a busy host
+    # (a CI run capped at 14 saw throughput still creeping up at its last step: no knee, no break).
     gt = ground_truth(workers=1, service_ms=50, mode="burn")
     run, verdict = profiled_hunt(tmp_path, gt_target(gt),
-                                 ["--step-users", "2", "--step-time", "5s", "--max-users", "14"], THINK)
+                                 ["--step-users", "2", "--step-time", "5s", "--max-users", "20"], THINK)
     assert verdict["breaking_point_reached"], step_table(verdict)
     profiles = verdict["profiles"]
     assert profiles["status"] == "ok" and profiles["at"] in ("knee", "break"), profiles
