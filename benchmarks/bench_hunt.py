@@ -13,7 +13,9 @@ other on the same server:
 and prints, for each, the users of every step in the order they ran, the number of steps, the
 hunt's own time (Locust's first loaded second to its last), the whole command's wall time, and the
 verdict's knee and capacity against the truth; then the adaptive hunt's time as a fraction of each
-fixed hunt's. All three share the step hold (--step-time, default 5 s), so the times compare the
+fixed hunt's. The truth of each run is what its server served (tests/loadlab/served.py): X = W/D with
+D the server's own mean time per login (S plus what a busy host adds), N* = X (R0 + Z); the nominal
+W/S and W(S+Z)/S are printed beside it. All three share the step hold (--step-time, default 5 s), so the times compare the
 hunts, not the holds. Z is 1.0 s so that even the largest knee needs only 100 req/s, which one
 Locust process on a shared 2-core machine generates without running out of CPU.
 
@@ -25,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,9 +34,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from _processes import free_port, stop, wait_http  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # the ground truth's helpers live in tests/loadlab
+
+from loadlab.history import read_stats_history  # noqa: E402
+from loadlab.processes import Component, free_port  # noqa: E402
+from tests.loadlab.served import ServedTruth, served_truth  # noqa: E402
+
 SERVICE_MS = 160.0
 THINK_S = 1.0
 # Knee (users) -> workers: N* = W (S + Z) / S = 7.25 W.
@@ -51,7 +56,7 @@ class Hunt:
     knee: float | None
     capacity: float | None
     brk: int | None
-    light_ms: list[float]  # mean response times of the steps with at most 0.7 N* users
+    truth: ServedTruth
 
     def bracket(self) -> int | None:
         """Users between the measured steps on either side of the verdict's knee."""
@@ -62,18 +67,18 @@ class Hunt:
         return min(above) - max(below) if below and above else None
 
 
-def start_server(workers: int, tmp: Path) -> tuple[subprocess.Popen, str]:
+def start_server(workers: int, tmp: Path) -> tuple[Component, str]:
     port = free_port()
-    log = tmp / f"ground-truth-{workers}.log"
-    proc = subprocess.Popen([sys.executable, "-m", "tests.loadlab.ground_truth_app", "--port", str(port), "--workers",
-                             str(workers), "--service-ms", f"{SERVICE_MS:g}", "--mode", "sleep"], cwd=REPO,
-                            stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    wait_http(f"{url}/healthz", proc, log)
-    return proc, url
+    server = Component(f"ground-truth-{workers}", [sys.executable, "-m", "tests.loadlab.ground_truth_app", "--port",
+                                                   str(port), "--workers", str(workers), "--service-ms",
+                                                   f"{SERVICE_MS:g}", "--mode", "sleep"],
+                       tmp / f"ground-truth-{workers}.log", cwd=REPO, ready_url=f"{url}/healthz").start()
+    server.wait_ready()
+    return server, url
 
 
-def hunt(label: str, server: subprocess.Popen, url: str, workers: int, out: Path, step_time: float,
+def hunt(label: str, server: Component, url: str, workers: int, out: Path, step_time: float,
          locust_args: list[str], n_star: float) -> Hunt:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "LOGIN_USERS": "20",
            "MIN_WAIT_TIME": str(round(1000 * THINK_S) - 100), "MAX_WAIT_TIME": str(round(1000 * THINK_S) + 100)}
@@ -88,25 +93,23 @@ def hunt(label: str, server: subprocess.Popen, url: str, workers: int, out: Path
     if done.returncode != 0 or run_dir is None:
         raise SystemExit(f"{label}: loadlab run failed ({done.returncode}):\n{done.stdout[-3000:]}{done.stderr[-2000:]}")
     verdict = json.loads((run_dir / "verdict.json").read_text())
-    sys.path.insert(0, str(REPO))
-    from loadlab.history import read_stats_history
-
     rows = read_stats_history(run_dir / "locust_stats_history.csv").rows
     first = next(r.t for r in rows if r.users > 0)
     knee = verdict["knee"]["users"] if verdict["knee"] else None
     brk = verdict["break"]["users"] if verdict["break"] else None
-    light = [s["mean_response_ms"] for s in verdict["steps"] if s["users"] <= 0.7 * n_star and s["mean_response_ms"]]
+    truth = served_truth(run_dir, verdict, workers, THINK_S, n_star)
     return Hunt(label, [s["users"] for s in verdict["steps"]], rows[-1].t - first, wall, knee, verdict["capacity_rps"],
-                brk, light)
+                brk, truth)
 
 
-def show(h: Hunt, x: float, n: float) -> None:
-    """One hunt's line; knee and capacity against the truth (x, n)."""
+def show(h: Hunt) -> None:
+    """One hunt's line; knee and capacity against the truth of its run."""
+    x, n = h.truth.capacity_rps, h.truth.knee_users
     knee = "-" if h.knee is None else f"{h.knee:.1f} ({h.knee / n - 1:+.0%})"
     cap = "-" if h.capacity is None else f"{h.capacity:.1f} ({h.capacity / x - 1:+.0%})"
     print(f"  {h.label:<11} {len(h.users):3d} steps  hunt {h.hunt_s:5.0f} s  run {h.wall_s:5.0f} s  knee {knee:<14} "
           f"capacity {cap:<15} bracket {h.bracket() or '-'} users  break {h.brk or '-'}")
-    print(f"  {'':<11} users as run: {' '.join(map(str, h.users))}")
+    print(f"  {'':<11} users as run: {' '.join(map(str, h.users))}; {h.truth}")
 
 
 def main() -> None:
@@ -137,15 +140,11 @@ def main() -> None:
                     hunts.append(hunt(f"fixed +{fine}", server, url, workers, out, args.step_time,
                                       ["--step-users", str(fine)], n))
             finally:
-                stop(server)
-            # On a busy host a login takes longer than S even at light load (gunicorn, Flask and the
-            # client wait for a core), and a worker is held part of that: the host's truth lies
-            # between W/S and W/R0. Both are printed; the figures in () are against W/S.
-            r0 = statistics.median([ms for h in hunts for ms in h.light_ms]) / 1000
-            print(f"  light-load response R0 = {r0 * 1000:.0f} ms (S = {SERVICE_MS:g} ms): W/R0 = {workers / r0:.1f} req/s, "
-                  f"N* = {workers * (r0 + THINK_S) / r0:.1f} users; figures in () against W/S")
+                server.stop()
+            # Figures in () are against each run's own truth (what its server served; the host's load
+            # moves it between runs), printed on the line under it.
             for h in hunts:
-                show(h, x, n)
+                show(h)
             ratios = "  ".join(f"{h.label}: {hunts[0].hunt_s / h.hunt_s:.2f}" for h in hunts[1:])
             print(f"  adaptive hunt time / fixed hunt time: {ratios}")
             summary.append((knee, n, hunts))
