@@ -5,16 +5,20 @@ throughput X(N) = N / (R(N) + Z). While the server has spare capacity R stays ne
 light-load value, so X grows linearly with N; once the bottleneck is saturated X stays at
 the capacity and R grows instead. The *knee* is where those two asymptotes meet: the first
 step where an added user stops adding throughput. The *break* is the first step whose hold
-breaches the SLO. Every threshold comes from `loadlab.contract.thresholds`.
+breaches the SLO. "First" is in order of users: the steps of an adaptive hunt ran out of order
+(`by_load`). The knee rule is `loadlab.contract.knee`, which the live hunt uses too; every
+threshold comes from `loadlab.contract.thresholds`.
 """
 
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from loadlab import functional
+from loadlab.contract import knee as knee_rule
 from loadlab.contract.slo import LATENCY_P95, SloJudgement, judge
+from loadlab.contract.slo import refuted as slo_refuted
 from loadlab.contract.thresholds import DEFAULT_THRESHOLDS, Thresholds
 from loadlab.steps import StepSummary
 from loadlab.verdict import CONCURRENCY, GENERATOR_CPU, TARGET_CPU, Break, Knee, Signal, StepPoint, Verdict
@@ -39,96 +43,73 @@ def breaches_slo(step: StepSummary, th: Thresholds = DEFAULT_THRESHOLDS) -> list
     return list(step_judgement(step, th).reasons)
 
 
+def by_load(steps: list[StepSummary]) -> list[StepSummary]:
+    """The steps in order of users (ties in the order they ran), which every rule below reads.
+
+    A fixed hunt runs its steps in this order already. The adaptive hunt does not: it grows the
+    load geometrically, then refines below a step that flattened or breached, and may back off;
+    sorted by users its steps are one curve X(N) again, with every measured level in it (none is
+    dropped, unlike keeping only the increasing ones, which would throw the refinement away).
+    """
+    return _ordered(steps)[0]
+
+
+def _ordered(steps: list[StepSummary]) -> tuple[list[StepSummary], list[int]]:
+    """(steps in order of users, their positions in `steps`)."""
+    order = sorted(range(len(steps)), key=lambda i: (steps[i].users, steps[i].start))
+    return [steps[i] for i in order], order
+
+
 def find_break(steps: list[StepSummary], th: Thresholds = DEFAULT_THRESHOLDS) -> int | None:
-    """Index of the first step whose hold breaches the SLO."""
-    for i, step in enumerate(steps):
-        if breaches_slo(step, th):
-            return i
+    """Index (in `steps`) of the step with the fewest users whose hold breaches the SLO, leaving out
+    breaches a step with more users refuted (`loadlab.contract.slo.refuted`, see `refuted_breaches`)."""
+    ordered, order = _ordered(steps)
+    refuted = {id(s) for s in refuted_breaches(ordered, th)}
+    for i, step in enumerate(ordered):
+        if breaches_slo(step, th) and id(step) not in refuted:
+            return order[i]
     return None
 
 
-def think_time_s(steps: list[StepSummary]) -> float | None:
-    """The generator's think time Z from the response time law N = X (R + Z), median over the steps.
-
-    It holds for every step of a closed loop, on either side of the knee, so the median over
-    all steps is a robust estimate even when each short step is noisy.
-    """
-    values = [s.users / s.rps - s.mean_response_ms / 1000.0 for s in steps
-              if s.rps > 0 and s.users > 0 and s.mean_response_ms is not None]
-    return max(0.0, statistics.median(values)) if values else None
+def refuted_breaches(steps: list[StepSummary], th: Thresholds = DEFAULT_THRESHOLDS) -> list[StepSummary]:
+    """Steps that breached the SLO on latency alone while a step with more users met it (a hiccup)."""
+    met_at = [s.users for s in steps if not breaches_slo(s, th)]
+    return [s for s in by_load(steps) if slo_refuted(breaches_slo(s, th), s.users, met_at)]
 
 
-def light_load_per_user(steps: list[StepSummary], upto: int) -> float | None:
-    """Throughput one user drives at light load: 1 / (R0 + Z).
-
-    R0 is the lowest mean response time of the run and Z the think time from the response
-    time law. Without mean response times: the median per-user throughput of the first
-    (up to two) steps before `upto`, which is noisier.
-    """
-    z = think_time_s(steps)
-    r0 = min((s.mean_response_ms for s in steps if s.mean_response_ms is not None), default=None)
-    if z is not None and r0 is not None and (r0 / 1000.0 + z) > 0:
-        return 1.0 / (r0 / 1000.0 + z)
-    values = [s.rps / s.users for s in steps[: min(2, upto)] if s.users > 0 and s.rps > 0]
-    return statistics.median(values) if values else None
+# The operational-law estimates live in the contract, shared with the live hunt (loadlab.contract.knee).
+think_time_s = knee_rule.think_time_s
+light_load_per_user = knee_rule.light_load_per_user
 
 
 def find_knee(steps: list[StepSummary], th: Thresholds = DEFAULT_THRESHOLDS) -> KneeResult | None:
-    """First step where adding users stopped adding throughput, confirmed by the steps after it.
+    """First step (in order of users) where adding users stopped adding throughput, confirmed by the
+    steps after it (`loadlab.contract.knee.find_knee`, the rule the live hunt brackets). Indices in
+    the result are positions in `steps`, whatever order they ran in.
 
-    Collapse: the marginal throughput per added user falls below
-    `marginal_gain_fraction` x the light-load per-user throughput, or the per-user
-    throughput falls below `plateau_fraction` x its best of the run. A candidate is
-    rejected when a later step shows throughput rising again at a healthy slope (noise).
+    Collapse (`loadlab.contract.knee.collapse`): the marginal throughput per added user falls
+    below `marginal_gain_fraction` x the light-load per-user throughput, or the per-user
+    throughput falls below `plateau_fraction` x its best so far. A candidate is rejected when a
+    later step shows throughput rising again at a healthy slope (noise).
     """
-    if len(steps) < 3:
-        return None  # a knee needs a linear part and a flat part to be told apart
-    for i in range(1, len(steps)):
-        prev, cur = steps[i - 1], steps[i]
-        if cur.users <= prev.users:
-            continue
-        g0 = light_load_per_user(steps, i)
-        if not g0:
-            continue
-        marginal = (cur.rps - prev.rps) / (cur.users - prev.users)
-        best_per_user = max(s.rps / s.users for s in steps[: i + 1] if s.users > 0)
-        rule = None
-        if marginal < th.marginal_gain_fraction * g0:
-            rule = "marginal_gain"
-        elif cur.rps / cur.users < th.plateau_fraction * best_per_user:
-            rule = "plateau_fraction"
-        if rule is None:
-            continue
-        best_so_far = max(s.rps for s in steps[: i + 1])
-        resumed = any(
-            later.rps - best_so_far > th.marginal_gain_fraction * g0 * (later.users - prev.users) * 2
-            for later in steps[i + 1:]
-            if later.users > prev.users
-        )
-        if resumed:
-            continue
-        if rule == "marginal_gain" and i == len(steps) - 1:
-            break  # a flat last step alone may be noise: a knee needs a later step to confirm it
-        # Where the linear asymptote (g0 x N) meets the plateau: the knee in users.
-        plateau_rps = plateau_throughput(steps, i, th)
-        estimate = min(max(plateau_rps / g0, steps[0].users), cur.users)
-        first_flat = next(j for j in range(i + 1) if steps[j].users >= estimate)
-        return KneeResult(step=first_flat, users=estimate, detected_at=i, per_user_rps=g0, rule=rule)
-    return None
+    ordered, order = _ordered(steps)
+    found = knee_rule.find_knee(ordered, lambda s: bool(breaches_slo(s, th)), th)
+    if found is None:
+        return None
+    return KneeResult(step=order[found.step], users=found.users, detected_at=order[found.detected_at],
+                      per_user_rps=found.per_user_rps, rule=found.rule)
 
 
 def plateau_throughput(steps: list[StepSummary], knee_step: int, th: Thresholds = DEFAULT_THRESHOLDS) -> float:
     """Median throughput of the steps from the knee on that still meet the SLO (else the knee step)."""
-    healthy = [s.rps for s in steps[knee_step:] if not breaches_slo(s, th)]
-    if not healthy:
-        healthy = [steps[knee_step].rps, steps[knee_step - 1].rps]
-    return statistics.median(healthy)
+    return knee_rule.plateau_throughput(steps, knee_step, lambda s: bool(breaches_slo(s, th)))
 
 
 def capacity(steps: list[StepSummary], knee: KneeResult | None, brk: int | None,
              th: Thresholds = DEFAULT_THRESHOLDS) -> float | None:
     """Sustainable throughput: the plateau after the knee, else the best step that met the SLO (a
-    lower bound); None when no step met the SLO (the rate of a failing step is no capacity)."""
+    lower bound); None when no step met the SLO (the rate of a failing step is no capacity).
+    `steps` in order of users (`by_load`), as `knee` and `brk` index them."""
     if not steps:
         return None
     if knee is not None:
@@ -207,7 +188,10 @@ def cpu_bound_on_busy_host(step: StepSummary, light_response_ms: float | None,
 
 
 def signals(steps: list[StepSummary], knee: KneeResult | None, th: Thresholds = DEFAULT_THRESHOLDS) -> list[Signal]:
-    """Every threshold crossing, first crossing per signal, in time order."""
+    """Every threshold crossing: per signal the step with the fewest users that crossed it, in
+    order of users (then time). `steps` in order of users (`by_load`), as `knee` indexes them;
+    for a fixed hunt that is time order, and for an adaptive one it is the order of load, so the
+    first signal is still the first to warn as users rise."""
     crossings: dict[str, Signal] = {}
 
     def note(name: str, step: StepSummary, value: float | None) -> None:
@@ -223,13 +207,14 @@ def signals(steps: list[StepSummary], knee: KneeResult | None, th: Thresholds = 
             note(TARGET_CPU, s, s.target_cpu_cores)
         if _saturated(s.generator_cpu_cores, s.generator_cores_available, th):
             note(GENERATOR_CPU, s, s.generator_cpu_cores)
-    return sorted(crossings.values(), key=lambda c: c.time)
+    return sorted(crossings.values(), key=lambda c: (c.users, c.time))
 
 
 def findings(steps: list[StepSummary], th: Thresholds = DEFAULT_THRESHOLDS) -> tuple[KneeResult | None, int | None,
                                                                                   float | None]:
     """(knee, index of the break step, capacity): the verdict's findings, and all that
-    `loadlab.uncertainty` recomputes on every bootstrap replicate."""
+    `loadlab.uncertainty` recomputes on every bootstrap replicate. `steps` in order of users
+    (`by_load`; the indices are positions in it)."""
     knee = find_knee(steps, th)
     brk = find_break(steps, th)
     if knee is not None and brk is not None and brk < knee.step:
@@ -239,20 +224,28 @@ def findings(steps: list[StepSummary], th: Thresholds = DEFAULT_THRESHOLDS) -> t
 
 def analyze_steps(steps: list[StepSummary], th: Thresholds = DEFAULT_THRESHOLDS,
                   errors: functional.ErrorEvidence | None = None) -> Verdict:
-    """The verdict for a run's step summaries. `errors`: the run's failure texts, to tell an API that
-    fails functionally at light load from one that ran out of capacity (without them, not judged)."""
+    """The verdict for a run's step summaries, in any order they ran (the verdict lists them so;
+    every rule reads them in order of users, `by_load`). `errors`: the run's failure texts (per step
+    in the order the steps ran), to tell an API that fails functionally at light load from one that
+    ran out of capacity (without them, not judged)."""
+    ran = steps
+    steps, order = _ordered(steps)
     notes: list[str] = []
     if errors is not None:  # light load is below where throughput flattened, whatever the SLO said
         flat = find_knee(steps, th)
-        failure, notes = functional.judge(steps, None if flat is None else flat.step, errors)
+        by_step = [errors.by_step[i] if i < len(errors.by_step) else None for i in order]
+        failure, notes = functional.judge(steps, None if flat is None else flat.step, replace(errors, by_step=by_step))
         if failure is not None:  # not a capacity result: no knee, break, capacity or limiting resource
-            return Verdict(steps=steps, thresholds=th, limiting_resource_basis="the API failed functionally",
+            return Verdict(steps=ran, thresholds=th, limiting_resource_basis="the API failed functionally",
                            signals=signals(steps, None, th), notes=notes, functional_failure=failure)
     knee, brk, cap = findings(steps, th)
     ref = knee.step if knee is not None else brk
     resource, basis = limiting_resource(steps, ref, brk, th, knee=knee is not None)
+    notes += [f"not the break: {s.users} users breached the p95 SLO ({s.p95_ms:.0f} ms) but "
+              f"{min(u.users for u in steps if u.users > s.users and not breaches_slo(u, th))} users met it "
+              f"(a hiccup of the host or the target)" for s in refuted_breaches(steps, th)]
     return Verdict(
-        steps=steps,
+        steps=ran,
         thresholds=th,
         knee=None if knee is None else Knee(**StepPoint.fields_of(steps[knee.step], knee.users), rule=knee.rule,
                                             light_load_rps_per_user=round(knee.per_user_rps, 4)),

@@ -44,6 +44,7 @@ from loadlab.history import (
     scrape_value,
 )
 from loadlab.report import csv_series
+from loadlab.sampler import hunt_phase
 from loadlab.steps import ResourceSeries, resource_timeline
 from loadlab.verdict import Verdict
 from locust_tests.plugins import labview  # Locust-free: the tab's renderer, run here rather than in Locust
@@ -284,7 +285,7 @@ class LiveView(threading.Thread):
             "generated_at": now,
             "state": state,
             "current": None if cut is None else {"step": len(verdict.steps) + 1, "users": rows[-1].users,
-                                                 "since": rows[cut].t},
+                                                 "since": rows[cut].t, "phase": self.hunt_phase(so_far.samples)},
             "steps": steps_view(verdict, th),
             "summary": verdict.summary(),
             "knee": None if verdict.knee is None else {"time": verdict.knee.time, "users": verdict.knee.users},
@@ -349,6 +350,12 @@ class LiveView(threading.Thread):
         if down:
             return f"the sidecar ({sidecar}) stopped answering {time.time() - down[0]:.0f} s ago: {down[1]}"
         return f"waiting for a second sidecar sample of {role}"
+
+    @staticmethod
+    def hunt_phase(samples: Samples) -> str | None:
+        """The step hunt's phase (grow, refine, drain...) in Locust's last scrape, if one ran."""
+        scrapes = samples.scrapes(LOCUST_JOB)
+        return hunt_phase(scrapes[-1]) if scrapes else None
 
     def notes(self, rows: list[HistoryRow]) -> list[str]:
         notes = []

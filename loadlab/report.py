@@ -234,6 +234,39 @@ def _rate_step_table(verdict: Verdict) -> str:
                     f"<td>{_fmt(summary.target_cpu_cores, 2)}</td><td>{_fmt(summary.generator_cpu_cores, 2)}</td>"
                     f'<td style="text-align:left">{sustained}</td></tr>')
     return f'<table id="rate-steps">{head}{"".join(rows)}</table>'
+def render_load_curve(verdict: Verdict) -> str:
+    """Throughput against users (base64 PNG): every step as a dot numbered in the order it ran, so
+    an adaptive hunt's uneven, out-of-order steps read as one curve X(N); with the linear asymptote
+    g0 x N and the capacity, which meet at the knee, and the break."""
+    fig, ax = plt.subplots(figsize=FIG_SIZE)
+    fig.subplots_adjust(**MARGINS)
+    ax.set_title("Throughput against users (each step numbered in the order it ran)", loc="left", fontsize=10)
+    ax.set_xlabel("users")
+    ax.set_ylabel("req/s")
+    ax.grid(alpha=0.3)
+    steps = verdict.steps
+    th = verdict.thresholds
+    ok = [s for s in steps if not step_judgement(s, th).breached]
+    over = [s for s in steps if step_judgement(s, th).breached]
+    ax.scatter([s.users for s in ok], [s.rps for s in ok], color="tab:green", s=18, zorder=3, label="step within the SLO")
+    ax.scatter([s.users for s in over], [s.rps for s in over], color="tab:red", marker="x", s=24, zorder=3,
+               label="step over the SLO")
+    for order, s in enumerate(steps, start=1):
+        ax.annotate(str(order), (s.users, s.rps), xytext=(3, 3), textcoords="offset points", fontsize=7, color="0.35")
+    top = max((s.users for s in steps), default=1)
+    knee, cap = verdict.knee, verdict.capacity_rps
+    if knee is not None and knee.light_load_rps_per_user:
+        ax.plot([0, knee.users], [0, knee.users * knee.light_load_rps_per_user], color="tab:blue", ls="--", lw=1,
+                label="light load: g0 x users")
+        ax.axvline(knee.users, color="tab:orange", ls="--", lw=1.5, label=f"knee {knee.users:g} users")
+    if cap and verdict.breaking_point_reached:
+        ax.axhline(cap, color="tab:green", ls=":", lw=1, label=f"capacity {cap:g} req/s")
+    if verdict.brk is not None:
+        ax.axvline(verdict.brk.users, color="tab:red", ls="--", lw=1.5, label=f"break {verdict.brk.users:g} users")
+    ax.set_xlim(0, top * 1.05)
+    ax.set_ylim(0, 1.2 * max([s.rps for s in steps] + [cap or 0.0, 1.0]))
+    ax.legend(loc="lower right", fontsize=8)
+    return _png(fig)
 
 
 def _fmt(value: Any, digits: int = 1) -> str:
@@ -314,6 +347,8 @@ tr.knee td {{ background: #fff3e0; }} tr.break td {{ background: #fdecea; }}
 <p class="muted">Dashed lines: knee (orange) and break (red). Grey bands: the part of each step the verdict
 measures (the hold, after the transient). Dots: the per-step values the verdict uses.</p>
 {images}
+<h2>Against users</h2>
+<figure><img class="chart" alt="Throughput against users" src="data:image/png;base64,{render_load_curve(verdict)}"></figure>
 {report_section(verdict)}
 <h2>Steps</h2>
 {_rate_step_table(verdict) if verdict.open_model else f'<table id="steps">{head}{"".join(rows)}</table>'}

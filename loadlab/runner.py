@@ -459,7 +459,11 @@ class Lab:
         else:
             sampler = self.sampler
             watchdog = self.sup.watchdog
-            self.profiler = StepProfiler(self.run_dir, target_pid, lambda: sampler.progress()["users"] if sampler else None,
+            def users_now() -> float | None:
+                users = sampler.progress()["users"] if sampler else None
+                return users if isinstance(users, float) else None  # progress() also holds the hunt's phase
+
+            self.profiler = StepProfiler(self.run_dir, target_pid, users_now,
                                          self.thresholds.step_transient_fraction, self.opts.profile_rate, self.say,
                                          on_spawn=watchdog.watch if watchdog else None)
             self.profiler.start()
@@ -510,7 +514,7 @@ class Lab:
     def progress_line(self, started: float, levels: list[float]) -> str:
         p = self.sampler.progress() if self.sampler else {}
         users = p.get("users")
-        if users and (not levels or users != levels[-1]):
+        if isinstance(users, float) and users and (not levels or users != levels[-1]):
             levels.append(users)
 
         def f(value, fmt):
@@ -519,7 +523,8 @@ class Lab:
         elapsed = time.monotonic() - started
         step = p.get("step") if p.get("step") is not None else len(levels)
         offered = f"offered {p['offered']:g}/s  " if p.get("offered") is not None else ""  # open-model runs
-        return (f"[{int(elapsed) // 60:02d}:{int(elapsed) % 60:02d}] step {step:.0f}  {offered}users {f(users, '.0f')}  "
+        phase = f" ({p['hunt_phase']})" if p.get("hunt_phase") else ""  # the step hunt's, e.g. "refine"
+        return (f"[{int(elapsed) // 60:02d}:{int(elapsed) % 60:02d}] step {step:.0f}{phase}  {offered}users {f(users, '.0f')}  "
                 f"{f(p.get('rps'), '.1f')} req/s  p95 {f(p.get('p95_ms'), '.0f')} ms  "
                 f"failures {f(p.get('fail_per_s'), '.1f')}/s  target CPU {f(p.get('target_cpu_cores'), '.2f')} cores  "
                 f"Locust CPU {f(p.get('generator_cpu_cores'), '.2f')}")

@@ -51,6 +51,13 @@ def scrape(url: str, timeout: float = 2.0) -> str:
         return response.read().decode("utf-8", errors="replace")
 
 
+def hunt_phase(scrape: Scrape) -> str | None:
+    """The step hunt's phase in a scrape of Locust's exporter: the `phase` label of the
+    locust_hunt_phase series at 1 (None without a step hunt)."""
+    return next((labels.get("phase") for name, labels, value in scrape.samples
+                 if name == "locust_hunt_phase" and value == 1), None)
+
+
 class Sampler(threading.Thread):
     """A daemon thread scraping `sources` ({name: url}) every `interval` seconds into `path`."""
 
@@ -114,10 +121,12 @@ class Sampler(threading.Thread):
             first = recent[-2]
         return first, last
 
-    def progress(self, window: float = 5.0) -> dict[str, float | None]:
-        """Users, throughput, p95 (ms), failures/s and target CPU (cores) over the last seconds."""
-        out: dict[str, float | None] = {"step": None, "users": None, "rps": None, "p95_ms": None, "fail_per_s": None,
-                                        "target_cpu_cores": None, "generator_cpu_cores": None}
+    def progress(self, window: float = 5.0) -> dict[str, float | str | None]:
+        """Users, throughput, p95 (ms), failures/s and target CPU (cores) over the last seconds; the
+        step hunt's step and phase (`hunt_phase`, e.g. "refine") while one runs."""
+        out: dict[str, float | str | None] = {"step": None, "hunt_phase": None, "users": None, "rps": None,
+                                              "p95_ms": None, "fail_per_s": None, "target_cpu_cores": None,
+                                              "generator_cpu_cores": None}
         pair = self._window(LOCUST_JOB, window)
         if pair:
             first, last = pair
@@ -125,6 +134,7 @@ class Sampler(threading.Thread):
             out["users"] = scrape_value(last, "locust_users")
             out["step"] = scrape_value(last, "locust_step")  # only while the step hunt runs
             out["offered"] = scrape_value(last, ARRIVAL_RATE)  # only in open-model (arrival-rate) runs
+            out["hunt_phase"] = hunt_phase(last)
             for key, name in (("rps", "locust_requests_total"), ("fail_per_s", "locust_request_failures_total")):
                 a, b = scrape_value(first, name), scrape_value(last, name)
                 if a is not None and b is not None and dt > 0 and b >= a:

@@ -337,7 +337,8 @@ def replicate_steps(steps: list[StepSummary], reps: list[StepReplicates | None],
 
 def capacity_steps(steps: list[StepSummary], th: Thresholds) -> list[int]:
     """Indices of the steps the capacity rests on: the plateau from the knee to the break that met
-    the SLO, else the best step that met it (as `analysis.capacity` chooses)."""
+    the SLO, else the best step that met it (as `analysis.capacity` chooses). `steps` in order of
+    users (`analysis.by_load`)."""
     knee, brk, cap = findings(steps, th)
     healthy = [i for i, s in enumerate(steps[:brk]) if not breaches_slo(s, th)]
     if knee is not None:
@@ -371,6 +372,10 @@ def bootstrap(steps: list[StepSummary], history: LocustHistory, samples: Samples
         if steps and run_level:
             result.notes.append("no interval on the capacity, the knee or the break: they rest on every step")
         return result
+    # The findings read the steps in order of users (an adaptive hunt runs them out of order, unevenly
+    # spaced): each replicate run is analysed so; `result.steps` keeps the order they ran, as the verdict.
+    order = sorted(range(len(steps)), key=lambda i: (steps[i].users, steps[i].start))
+    steps, reps = [steps[i] for i in order], [reps[i] for i in order]
     capacity = np.full(replicates, np.nan)
     knee = np.full(replicates, np.inf)
     low, high = np.zeros(replicates), np.full(replicates, np.inf)

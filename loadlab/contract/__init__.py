@@ -8,6 +8,7 @@ here and every part changes with it.
     names       process groups, scrape jobs, default ports
     thresholds  SLO and saturation thresholds, and how a run chooses them
     slo         the one SLO judge: does a step breach the SLO
+    knee        the knee rule: light-load rate per user, linear or flattened, where the asymptotes meet
     scenarios   the scenario catalogue (presets and the step hunt's defaults)
     histograms  latency buckets, histogram quantile, counter increase
     cores       how many cores a process group can use

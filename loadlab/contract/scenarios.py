@@ -69,6 +69,29 @@ DEFAULT_MAX_RATE = 500.0
 DEFAULT_MAX_CONCURRENCY = 100
 DEFAULT_ARRIVAL_TIMEOUT_S = 10.0
 ARRIVALS = ("poisson", "uniform")
+# Which step hunt `--scenario step` runs: "adaptive" (the default) grows the load geometrically,
+# refines around the knee and confirms the break; "fixed" adds --step-users every step, as before.
+# Giving --step-users chooses "fixed".
+ADAPTIVE, FIXED = "adaptive", "fixed"
+HUNTS = (ADAPTIVE, FIXED)
+DEFAULT_HUNT = ADAPTIVE
+# The adaptive hunt (locust_tests/plugins/adaptive.py). Its first step is the fixed hunt's first.
+DEFAULT_START_USERS = DEFAULT_STEP_USERS
+# x2 per step while linear: a knee at N* is passed after log2(N*/10) + 1 steps (10 steps to 2,000
+# users where the fixed hunt takes 200), and the first step past it lies at most at 2 N*.
+HUNT_GROWTH = 2.0
+# The knee is bracketed when the two measured steps around the estimate N* = X / g0 lie within
+# this fraction of N* of each other (and at least 2 users apart: users are whole).
+HUNT_BRACKET = 0.04
+# Past the knee: the plateau steps (for the capacity) and the climb to the break grow by 15 %,
+# finer than x2 because the SLO usually breaks within ~1.5 N*.
+HUNT_CONFIRM_GROWTH = 1.15
+HUNT_PLATEAU_STEPS = 2  # steps on the plateau, within the SLO, the capacity is the median of
+HUNT_MAX_REFINE = 6  # refinement steps at most (settle, plateau, bracket), then it confirms with what it has
+HUNT_MAX_STEPS = 30  # a hard bound on every hunt's length (a bounded load loop)
+# A breach is bad (the hunt backs off and lets the target drain) when requests failed beyond the
+# SLO, none completed, or p95 exceeded this multiple of the SLO's p95.
+BAD_BREACH_P95_FACTOR = 2.0
 
 # Locust's --stop-timeout for every run of the suite (and the lab): when a run ends, or a step
 # goes down, each user finishes the request it is in before it stops, so a request the target

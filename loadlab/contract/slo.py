@@ -8,6 +8,7 @@ rules treat it (LoadTestErrorRatioHigh fires, LoadTestLatencySLOBreached sees p9
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from .thresholds import Thresholds
@@ -41,3 +42,11 @@ def judge(requests: int, failures: int, p95_ms: float | None, th: Thresholds) ->
         reasons.append(ERROR_RATIO)
         details.append(f"error ratio {ratio:.1%} > {th.error_ratio:.1%}")
     return SloJudgement(tuple(reasons), "; ".join(details))
+
+
+def refuted(reasons: Sequence[str], users: int, met_at: Iterable[int]) -> bool:
+    """Is a breach at `users` contradicted by the run? Yes when it breached on latency alone and a
+    step with more users met the SLO (`met_at`: the users of the steps that met it): a closed loop's
+    latency only grows with users, so that was a hiccup (a busy host, a warming target), not where
+    the API breaks. Failures and silence are findings and never refuted."""
+    return tuple(reasons) == (LATENCY_P95,) and any(u > users for u in met_at)

@@ -55,6 +55,12 @@ class Thresholds:
     # the hold exceeds the first half's by this fraction (and by at least a tenth of the p95 SLO):
     # a queue that keeps growing instead of draining.
     latency_growth_fraction: float = 0.5
+    # The adaptive step hunt grows the load geometrically while each step stays "clearly
+    # linear": its throughput reaches this fraction of the light-load rate per user times its
+    # users (X >= 0.85 g0 N), i.e. response time has grown by less than ~15 % of the cycle R+Z.
+    # Step-to-step noise of a time-scaled hold is a few percent, so 0.85 does not stop a light
+    # step by chance, and a step past the knee (X/(g0 N) = N*/N) fails it from ~1.15 N* at most.
+    linear_fraction: float = 0.85
     # Prometheus scrape interval for load tests: short, so a minute-long run has
     # enough points; rate windows are always at least 4 intervals.
     scrape_interval_seconds: int = 2

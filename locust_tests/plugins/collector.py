@@ -8,6 +8,8 @@ reports. Metric names (a contract read by dashboards, recording rules and alerts
     locust_running                                  gauge    1 while spawning or running, else 0
     locust_workers                                  gauge    connected workers (0 when standalone)
     locust_step                                     gauge    current step of the step hunt (only then)
+    locust_hunt_phase{phase}                        gauge    1 for the step hunt's phase, 0 for the others
+                                                             (fixed|grow|refine|confirm|drain|done; only then)
     locust_requests_total{method,name}              counter  all requests, failures included
     locust_request_failures_total{method,name}      counter  failed requests
     locust_request_duration_seconds{method,name}    histogram of response times
@@ -48,6 +50,8 @@ from loadlab.contract.openmodel import (
     ARRIVALS_SCHEDULED,
     CORRECTED_DURATION,
 )
+
+from .presets import PHASES as HUNT_PHASES
 
 # Error texts can carry anything (exception reprs, server messages). Shorten them, and cap how
 # many distinct ones become label values: beyond the cap they are counted as error="other".
@@ -120,6 +124,15 @@ class LocustCollector(Collector):
         if step is not None:
             yield GaugeMetricFamily("locust_step", "Current step of the step hunt (1-based; 0 before it starts).",
                                     value=step)
+        phase = getattr(self.environment.shape_class, "hunt_phase", None)
+        if phase is not None:
+            # An enum as Prometheus exposes one (as prometheus_client's Enum does): one series per
+            # phase, 1 for the current; a fixed label set, so phase changes never add series.
+            phases = GaugeMetricFamily("locust_hunt_phase", "Phase of the step hunt: 1 for the current one.",
+                                       labels=["phase"])
+            for name in HUNT_PHASES:
+                phases.add_metric([name], 1 if name == phase else 0)
+            yield phases
 
         requests = CounterMetricFamily("locust_requests", "Requests made, failures included.",
                                        labels=["method", "name"])

@@ -39,6 +39,7 @@ from locust.env import Environment
 from loadlab.contract.live import LIVE_FILE, LIVE_PANEL_FILE, RUN_DIR_ENV, SCHEMA, STALE_AFTER_S
 
 from . import labview
+from .adaptive import AdaptiveHunt
 from .roles import is_coordinator
 
 logger = logging.getLogger(__name__)
@@ -94,7 +95,10 @@ def locust_view(environment: Environment) -> dict[str, Any]:
                           "error_ratio": round(r.error_ratio, 4), "target_cpu_cores": None,
                           "target_cores_available": None, "generator_cpu_cores": None,
                           "generator_cores_available": None, "slo_met": not r.breached, "slo_detail": r.reason})
-        if hunt.break_step is not None:
+        if isinstance(hunt, AdaptiveHunt):  # its last move says how it ended (the break, or why not)
+            if hunt.done and hunt.last_move is not None:
+                summary.append(f"adaptive hunt: {hunt.last_move.why}")
+        elif hunt.break_step is not None:
             summary.append(f"break: step {hunt.break_step + 1} ({hunt.plan.users(hunt.break_step)} users) breached "
                            f"the SLO")
         elif hunt.done:
@@ -106,6 +110,7 @@ def locust_view(environment: Environment) -> dict[str, Any]:
     current = None
     if state == "running":
         current = {"step": hunt.current_step if hunt is not None else None,
+                   "phase": getattr(environment.shape_class, "hunt_phase", None),
                    "users": runner.user_count if runner is not None else 0, "since": None}
     return {"schema": SCHEMA, "source": "locust", "generated_at": now, "state": state, "current": current,
             "steps": steps, "summary": summary, "knee": None, "break": None, "series": series,

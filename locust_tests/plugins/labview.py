@@ -220,7 +220,8 @@ def now_line(view: dict[str, Any]) -> str:
     current, state = view.get("current"), view.get("state", "ready")
     if current:
         since = f", for {time.time() - current['since']:.0f} s" if current.get("since") else ""
-        step = f"step {current['step']}, " if current.get("step") else ""
+        phase = f" ({current['phase']})" if current.get("phase") else ""  # the step hunt's, e.g. "refine"
+        step = f"step {current['step']}{phase}, " if current.get("step") else ""
         return f"Now: {step}{current['users']} users{since}."
     if state == "ready":
         return "No test running yet: start one in Locust's UI."

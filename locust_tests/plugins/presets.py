@@ -21,12 +21,19 @@ from loadlab.contract.scenarios import (
     Tick,
 )
 from loadlab.contract.slo import judge as judge_slo
+from loadlab.contract.slo import refuted
 from loadlab.contract.thresholds import Thresholds
+
+# The phases a step hunt reports (locust_hunt_phase): the fixed hunt steps, the adaptive one
+# grows, refines, confirms and drains (adaptive.py); both end done.
+FIXED_PHASE, GROW, REFINE, CONFIRM, DRAIN, DONE = "fixed", "grow", "refine", "confirm", "drain", "done"
+PHASES = (FIXED_PHASE, GROW, REFINE, CONFIRM, DRAIN, DONE)
 
 REGISTRATION: dict[str, Preset] = KINDS["registration"]
 LOGIN: dict[str, Preset] = KINDS["login"]
-__all__ = ["DEFAULT_MAX_USERS", "DEFAULT_STEP_TIME_S", "DEFAULT_STEP_USERS", "KINDS", "LOGIN", "REGISTRATION", "STEP",
-           "Preset", "Snapshot", "StepHunt", "StepPlan", "StepResult", "Tick", "judge", "p95_ms"]
+__all__ = ["CONFIRM", "DEFAULT_MAX_USERS", "DEFAULT_STEP_TIME_S", "DEFAULT_STEP_USERS", "DONE", "DRAIN", "FIXED_PHASE",
+           "GROW", "KINDS", "LOGIN", "PHASES", "REFINE", "REGISTRATION", "STEP", "Preset", "Snapshot", "StepHunt",
+           "StepPlan", "StepResult", "Tick", "judge", "p95_ms"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,7 @@ class Snapshot:
     num_requests: int
     num_failures: int
     response_times: dict[int, int]
+    total_response_ms: float = 0.0  # sum of every response time (Locust's total_response_time)
 
 
 def window_times(before: Snapshot, after: Snapshot) -> dict[int, int]:
@@ -95,6 +103,7 @@ class StepResult:
     p95_ms: float | None
     breached: bool
     reason: str
+    mean_response_ms: float | None = None  # Little's law and the knee rule need means
 
     @property
     def rps(self) -> float:
@@ -111,7 +120,9 @@ def judge(step: int, users: int, before: Snapshot, after: Snapshot, seconds: flo
     failures = after.num_failures - before.num_failures
     p95 = p95_ms(window_times(before, after))
     verdict = judge_slo(requests, failures, p95, th)
-    return StepResult(step + 1, users, seconds, requests, failures, p95, verdict.breached, verdict.detail)
+    total_ms = after.total_response_ms - before.total_response_ms
+    mean = total_ms / requests if requests > 0 and total_ms > 0 else None
+    return StepResult(step + 1, users, seconds, requests, failures, p95, verdict.breached, verdict.detail, mean)
 
 
 @dataclass
@@ -120,7 +131,9 @@ class StepHunt:
 
     At each tick it returns the users for the current step. When a step ends it judges that
     step's steady part; once a whole step breaches the SLO (the break), it runs one more step
-    (users beyond the break, for the analysis) and then returns None, which stops the test.
+    (users beyond the break, for the analysis) and then returns None, which stops the test. When
+    that step meets the SLO after a breach on latency alone, the breach was a hiccup and the hunt
+    goes on.
     """
 
     plan: StepPlan
@@ -138,6 +151,11 @@ class StepHunt:
     def current_step(self) -> int:
         """1-based index of the running step (0 before the first tick)."""
         return self.step + 1
+
+    @property
+    def phase(self) -> str:
+        """What the hunt is doing (exported as locust_hunt_phase): equal steps, or done."""
+        return DONE if self.done else FIXED_PHASE
 
     def tick(self, run_time: float, snapshot: Callable[[], Snapshot]) -> Tick:
         if self.done:
@@ -169,5 +187,12 @@ class StepHunt:
         self.results.append(result)
         if result.breached and self.break_step is None:
             self.break_step = self.step
+        elif not result.breached and self.break_step is not None and self.step > self.break_step:
+            # More users met the SLO: a latency-only breach below was a hiccup, not the break, as
+            # the verdict judges it (loadlab.contract.slo.refuted); the hunt goes on.
+            broke = next(r for r in self.results if r.step == self.break_step + 1)
+            if refuted(judge_slo(broke.requests, broke.failures, broke.p95_ms, self.thresholds).reasons, broke.users,
+                       [result.users]):
+                self.break_step = None
         if self.on_result is not None:
             self.on_result(result)

@@ -6,10 +6,12 @@
 Options (each also an env var, or a key in locust.conf):
     --scenario NAME     LOCUST_SCENARIO     a preset of this locustfile, or "step"
     --time-scale F      LOCUST_TIME_SCALE   multiply durations and step holds by F (e.g. 0.05)
-    --step-users N      LOCUST_STEP_USERS   users added per step (default 10)
+    --hunt KIND         LOCUST_HUNT         adaptive (default) or fixed; --step-users chooses fixed
+    --start-users N     LOCUST_START_USERS  adaptive hunt: the first step's users (default 10)
+    --step-users N      LOCUST_STEP_USERS   fixed hunt: users added per step (default 10)
     --step-time T       LOCUST_STEP_TIME    hold per step, e.g. 150s or 2m30s (default 150s)
-    --max-users N       LOCUST_MAX_USERS    last step's users (default 1000)
-    --no-stop-on-break  LOCUST_NO_STOP_ON_BREAK=true   run every step up to --max-users (or --max-rate)
+    --max-users N       LOCUST_MAX_USERS    the most users a step may run (default 1000)
+    --no-stop-on-break  LOCUST_NO_STOP_ON_BREAK=true   run on after the break, up to --max-users (or --max-rate)
 
 "rate-step" is the open model's rate hunt (steps of arrival rate, `arrivals.py`), which shares
 --step-time, --time-scale and --no-stop-on-break; its own options are in arrivals.py.
@@ -37,9 +39,10 @@ from locust import LoadTestShape, events
 from locust.env import Environment
 from locust.util.timespan import parse_timespan
 
-from loadlab.contract.scenarios import RATE_STEP, STOP_TIMEOUT_S
+from loadlab.contract.scenarios import DEFAULT_START_USERS, FIXED, HUNTS, RATE_STEP, STOP_TIMEOUT_S
 from loadlab.contract.thresholds import Thresholds
 
+from .adaptive import AdaptiveHunt, AdaptivePlan, Move, bad_breach, hunt_kind
 from .arrivals import RateStepShape, build_rate_step_shape, describe
 from .presets import (
     DEFAULT_MAX_USERS,
@@ -87,19 +90,29 @@ class PresetShape(LoadTestShape):
 
 
 class StepShape(LoadTestShape):
-    """The step hunt: equal steps of users, each held long enough to reach steady state, judged
-    against the SLO from Locust's own stats; stops one step after the first breaching step."""
+    """The step hunt, adaptive (`AdaptivePlan`: coarse to fine, see adaptive.py) or fixed
+    (`StepPlan`: equal steps): each step held long enough to reach steady state and judged
+    against the SLO from Locust's own stats; it stops by itself once the break is confirmed."""
 
     abstract = True  # activated by --scenario step only
 
-    def __init__(self, plan: StepPlan, thresholds: Thresholds, stop_on_break: bool = True) -> None:
+    def __init__(self, plan: StepPlan | AdaptivePlan, thresholds: Thresholds, stop_on_break: bool = True) -> None:
         super().__init__()
-        self.hunt = StepHunt(plan, thresholds, stop_on_break, on_result=self._log_result)
+        self.hunt: StepHunt | AdaptiveHunt
+        if isinstance(plan, AdaptivePlan):
+            self.hunt = AdaptiveHunt(plan, thresholds, stop_on_break, on_result=self._log_result, on_move=self._log_move)
+        else:
+            self.hunt = StepHunt(plan, thresholds, stop_on_break, on_result=self._log_result)
 
     @property
     def current_step(self) -> int:
         """1-based index of the running step (exported as the gauge locust_step)."""
         return self.hunt.current_step
+
+    @property
+    def hunt_phase(self) -> str:
+        """fixed | grow | refine | confirm | drain | done (exported as locust_hunt_phase)."""
+        return self.hunt.phase
 
     def reset_time(self) -> None:
         super().reset_time()
@@ -108,16 +121,25 @@ class StepShape(LoadTestShape):
         self.hunt = dataclasses.replace(self.hunt)
 
     def tick(self) -> Tick:
+        if self._before_any_user():
+            # The first step's clock starts with its users: the login scenario seeds its accounts
+            # in test_start, after the first tick, and on a busy host that can outlast a short step
+            # (which would then be judged, and end the hunt, with nothing completed).
+            self.reset_time()
         ended_before = self.hunt.done
         result = self.hunt.tick(self.get_run_time(), self._snapshot)
-        if result is None and not ended_before:
+        if result is None and not ended_before and isinstance(self.hunt, StepHunt):
             self._log_end()
         return result
+
+    def _before_any_user(self) -> bool:
+        return (self.runner is not None and not self.hunt.results and not self.hunt.done
+                and getattr(self.runner, "user_count", 1) == 0)
 
     def _snapshot(self) -> Snapshot:
         assert self.runner is not None  # set by Locust (or _on_init) before the first tick
         total = self.runner.stats.total
-        return Snapshot(total.num_requests, total.num_failures, dict(total.response_times))
+        return Snapshot(total.num_requests, total.num_failures, dict(total.response_times), total.total_response_time)
 
     def _log_result(self, result: StepResult) -> None:
         verdict = f"BREACH ({result.reason})" if result.breached else "within SLO"
@@ -125,8 +147,22 @@ class StepShape(LoadTestShape):
         logger.info("step %d: %d users, %.1f req/s, p95 %s ms, errors %.2f%% -> %s", result.step, result.users,
                     result.rps, p95, 100 * result.error_ratio, verdict)
 
+    def _log_move(self, result: StepResult, move: Move) -> None:
+        hunt = self.hunt
+        assert isinstance(hunt, AdaptiveHunt)
+        if move.users is None:
+            logger.info("adaptive hunt: done after %d steps: %s", len(hunt.results), move.why)
+            return
+        if move.drain_s > 0 and bad_breach(result, hunt.thresholds):
+            logger.warning("adaptive hunt: step %d (%d users) breached badly (%s): backing off to 0 users for %.1f s "
+                           "to let the target drain, then %s at %d users", result.step, result.users, result.reason,
+                           move.drain_s, move.phase, move.users)
+            return
+        logger.info("adaptive hunt: %s -> %d users (%s)", move.phase, move.users, move.why)
+
     def _log_end(self) -> None:
         hunt = self.hunt
+        assert isinstance(hunt, StepHunt)
         if hunt.break_step is None:
             logger.info("step hunt: reached %d users without breaching the SLO", hunt.plan.max_users)
         else:
@@ -147,7 +183,14 @@ def build_shape(name: str, options: Any) -> LoadTestShape:
             step_time = parse_timespan(str(options.step_time))
         except ValueError:
             raise ValueError(f"--step-time {options.step_time!r} is not a duration: use e.g. 150, 150s or 2m30s") from None
-        plan = StepPlan(int(options.step_users), float(step_time) * time_scale, int(options.max_users))
+        hold = float(step_time) * time_scale
+        max_users = int(options.max_users)
+        plan: StepPlan | AdaptivePlan
+        if hunt_kind(options) == FIXED:
+            plan = StepPlan(int(options.step_users or DEFAULT_STEP_USERS), hold, max_users)
+        else:
+            start = getattr(options, "start_users", None)
+            plan = AdaptivePlan(start_users=int(start or DEFAULT_START_USERS), step_time_s=hold, max_users=max_users)
         return StepShape(plan, test_config.THRESHOLDS, not options.no_stop_on_break)
     if name == RATE_STEP:
         return build_rate_step_shape(options, time_scale)
@@ -166,15 +209,21 @@ def _add_arguments(parser: Any) -> None:
              "either: step, or rate-step for the open model's rate hunt). Without it, -u/-r/-t work as usual")
     add("--time-scale", type=float, default=1.0, env_var="LOCUST_TIME_SCALE", include_in_web_ui=False,
         help="Multiply a preset's duration and the step hold by this (e.g. 0.05 for a smoke run)")
-    add("--step-users", type=int, default=DEFAULT_STEP_USERS, env_var="LOCUST_STEP_USERS", include_in_web_ui=False,
-        help=f"Step hunt: users added per step (default {DEFAULT_STEP_USERS})")
+    add("--hunt", choices=HUNTS, default=None, env_var="LOCUST_HUNT", include_in_web_ui=False,
+        help="Step hunt: adaptive (default: x2 users while linear, then refine around the knee and confirm the "
+             "break) or fixed (+--step-users every step); giving --step-users chooses fixed")
+    add("--start-users", type=int, default=None, env_var="LOCUST_START_USERS", include_in_web_ui=False,
+        help=f"Adaptive step hunt: users of the first step (default {DEFAULT_START_USERS})")
+    add("--step-users", type=int, default=None, env_var="LOCUST_STEP_USERS", include_in_web_ui=False,
+        help=f"Fixed step hunt: users added per step (default {DEFAULT_STEP_USERS}); giving it chooses --hunt fixed")
     add("--step-time", default=f"{DEFAULT_STEP_TIME_S:g}s", env_var="LOCUST_STEP_TIME", include_in_web_ui=False,
         help=f"Step hunt: hold per step, e.g. 150s, 2m30s (default {DEFAULT_STEP_TIME_S:g}s, before --time-scale)")
     add("--max-users", type=int, default=DEFAULT_MAX_USERS, env_var="LOCUST_MAX_USERS", include_in_web_ui=False,
-        help=f"Step hunt: users of the last step (default {DEFAULT_MAX_USERS})")
+        help=f"Step hunt: the most users a step may run (default {DEFAULT_MAX_USERS})")
     add("--no-stop-on-break", action="store_true", default=False, env_var="LOCUST_NO_STOP_ON_BREAK",
         include_in_web_ui=False,
-        help="Step hunt: keep stepping up to --max-users after the SLO breaks (default: stop one step later)")
+        help="Step hunt: keep stepping up to --max-users after the SLO breaks (default: stop once the break is "
+             "confirmed; the adaptive hunt never goes past a bad breach)")
 
 
 @events.init.add_listener
@@ -198,9 +247,16 @@ def _on_init(environment: Environment, runner: Any = None, **_: Any) -> None:
                        ", ".join(ignored))
     if isinstance(shape, StepShape):
         plan = shape.hunt.plan
-        logger.info("scenario step: +%d users every %g s up to %d users; SLO p95 <= %g ms, errors <= %.1f%%",
-                    plan.step_users, plan.step_time_s, plan.max_users, shape.hunt.thresholds.latency_p95_ms,
-                    100 * shape.hunt.thresholds.error_ratio)
+        th = shape.hunt.thresholds
+        if isinstance(plan, AdaptivePlan):
+            logger.info("scenario step (adaptive hunt): from %d users, x%g while linear, then refine around the knee "
+                        "and confirm the break; %g s per step, at most %d users; SLO p95 <= %g ms, errors <= %.1f%%",
+                        plan.start_users, plan.growth, plan.step_time_s, plan.max_users, th.latency_p95_ms,
+                        100 * th.error_ratio)
+        else:
+            logger.info("scenario step (fixed hunt): +%d users every %g s up to %d users; SLO p95 <= %g ms, "
+                        "errors <= %.1f%%", plan.step_users, plan.step_time_s, plan.max_users, th.latency_p95_ms,
+                        100 * th.error_ratio)
     elif isinstance(shape, RateStepShape):
         describe(shape, options)
     elif isinstance(shape, PresetShape):

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from loadlab.analysis import analyze_steps, find_knee
+from loadlab.analysis import analyze_steps, find_break, find_knee
 from loadlab.contract.histograms import counter_increase
 from loadlab.contract.thresholds import DEFAULT_THRESHOLDS
 from loadlab.history import read_stats_history
@@ -199,3 +199,72 @@ def test_a_hold_the_sampler_fell_behind_on_still_gets_its_cpu_from_the_samples_a
     # Samples more than a second away say nothing about the hold: no figure, not a wrong one.
     assert window_increase([(40.0, 0.0), (60.0, 16.0)], 48.7, 51.2) is None
     assert window_increase(cpu[:2], 48.7, 51.2) is None  # nothing after the hold
+# --- steps as an adaptive hunt runs them: uneven, out of order, with a back-off ---------------
+
+# W=16, S=80 ms, Z=0.5 s: 200 req/s, N* = 116. Grown x2 to 160, refined around the knee below it,
+# then on the plateau and past the break, in this order.
+ADAPTIVE_RUN = [10, 20, 40, 80, 160, 131, 151, 113, 118, 184, 212]
+
+
+def test_steps_out_of_order_give_the_verdict_of_the_same_steps_in_order():
+    ran = model_steps(ADAPTIVE_RUN, workers=16, service_s=0.08)
+    in_order = sorted(ran, key=lambda s: s.users)
+    shuffled, sorted_ = verdict_of(ran), verdict_of(in_order)
+    for key in ("knee", "break", "capacity_rps", "limiting_resource", "first_signal"):
+        assert shuffled[key] == sorted_[key], key
+    assert shuffled["knee"]["users"] == pytest.approx(116, rel=0.05)
+    assert shuffled["knee"]["step_users"] == 118  # the first measured step past the knee
+    assert shuffled["capacity_rps"] == pytest.approx(200, rel=0.01)
+    assert shuffled["break"]["users"] == 212  # p95 = 1.05 (N/X - Z) passes 500 ms from 196 users
+    assert [s["users"] for s in shuffled["steps"]] == ADAPTIVE_RUN  # listed as they ran
+
+
+def test_find_knee_and_find_break_index_the_steps_as_given():
+    ran = model_steps(ADAPTIVE_RUN, workers=16, service_s=0.08)
+    knee, brk = find_knee(ran), find_break(ran)
+    assert knee is not None and ran[knee.step].users == 118 and ran[knee.detected_at].users >= 118
+    assert brk is not None and ran[brk].users == 212
+
+
+def test_a_back_off_to_a_level_already_measured_is_one_more_sample_of_it():
+    # After a bad step the hunt may run a lower level again: the same users twice add nothing.
+    ran = model_steps([*ADAPTIVE_RUN[:5], 40, *ADAPTIVE_RUN[5:]], workers=16, service_s=0.08)
+    verdict = verdict_of(ran)
+    assert verdict["knee"]["users"] == pytest.approx(116, rel=0.05)
+    assert verdict["capacity_rps"] == pytest.approx(200, rel=0.01)
+
+
+def test_a_latency_breach_refuted_by_more_users_is_a_hiccup_not_the_break():
+    # The host stalled during the 40-user step (p95 900 ms); 80 and 160 users met the SLO after it.
+    steps = model_steps(ADAPTIVE_RUN, workers=16, service_s=0.08)
+    steps[2] = dataclasses.replace(steps[2], p95_ms=900.0, rps=steps[2].rps * 0.6)
+    verdict = verdict_of(steps)
+    assert verdict["break"]["users"] == 212
+    assert verdict["knee"]["users"] == pytest.approx(116, rel=0.05)
+    assert any("not the break: 40 users" in line and "80 users met it" in line for line in verdict["summary"])
+    # Failures are never a hiccup: the same step failing 5 % of its requests is the break.
+    steps[2] = dataclasses.replace(steps[2], p95_ms=50.0, failures=50, error_ratio=0.05)
+    assert verdict_of(steps)["break"]["users"] == 40
+
+
+def test_plateaus_of_a_hunt_that_backs_off_to_zero_users_and_refines_below():
+    # 10, 20, 40 users, a bad 80, 0 users while the target drains, then 60: uneven and not monotonic.
+    levels = [10, 20, 40, 80, 0, 60]
+    rows = []
+    for users in levels:
+        rows += [(users, users / 0.55 if users else 0.0, 0.0, 100.0)] * (4 if users == 0 else 10)
+    path_rows = write_rows(rows)
+    plateaus = detect_plateaus(path_rows)
+    assert [p[0].users for p in plateaus] == [10, 20, 40, 80, 60]  # the drain is no step
+    assert [len(p) for p in plateaus] == [10] * 5
+
+
+def write_rows(seconds):
+    from loadlab.history import HistoryRow
+
+    rows, total = [], 0.0
+    for i, (users, rps, _fail, p95) in enumerate(seconds):
+        total += rps
+        rows.append(HistoryRow(t=1_700_000_000 + i, users=users, requests=int(total), failures=0, p50_ms=p95 / 2,
+                               p95_ms=p95))
+    return rows

@@ -273,7 +273,7 @@ def test_report_renders_in_headless_chromium_with_every_chart(finished_run, tmp_
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 'id="verdict"' in dom and "capacity" in dom
     # Every chart decoded to a real image (the report's inline check marks them), none broken.
-    assert dom.count('class="chart decoded"') == 5, dom[:2000]
+    assert dom.count('class="chart decoded"') == 6, dom[:2000]  # five on the time axis, one against users
     assert 'class="chart broken"' not in dom
     # The page writes nothing to the console, so any console line (an uncaught error) is a failure.
     assert not [line for line in proc.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line], proc.stderr

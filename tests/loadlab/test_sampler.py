@@ -45,3 +45,25 @@ def test_a_stats_reset_inside_the_window_gives_no_p95_rather_than_a_wrong_one(af
     # Bucket deltas across a reset are negative: a quantile of them (0.99 s here) measures nothing.
     assert quantile_between(0.95, BEFORE_RESET, after, HISTOGRAM) is None
     assert progress_p95(BEFORE_RESET, after, tmp_path) is None
+
+
+def test_progress_and_the_progress_line_show_the_hunt_phase(tmp_path):
+    from loadlab.runner import Lab, LabOptions
+
+    def scrape(t: float, phase: str | None) -> Scrape:
+        samples = [("locust_users", {}, 80.0), ("locust_step", {}, 5.0), ("locust_requests_total", {"name": "x"}, t * 10)]
+        if phase:
+            samples += [("locust_hunt_phase", {"phase": p}, 1.0 if p == phase else 0.0) for p in ("grow", "refine", "drain")]
+        return Scrape(t=t, source="locust", samples=samples)
+
+    lab = Lab(LabOptions("login-step"))
+    lab.sampler = Sampler(tmp_path / "samples.jsonl", {"locust": "http://127.0.0.1:9/metrics"})
+    try:
+        lab.sampler.recent["locust"].extend([scrape(0.0, "drain"), scrape(4.0, "refine")])
+        assert lab.sampler.progress()["hunt_phase"] == "refine"
+        line = lab.progress_line(0.0, [])
+        assert "step 5 (refine)  users 80" in line and "10.0 req/s" in line
+        lab.sampler.recent["locust"].extend([scrape(5.0, None), scrape(9.0, None)])  # a preset: no hunt
+        assert lab.sampler.progress()["hunt_phase"] is None and "step 5  users" in lab.progress_line(0.0, [])
+    finally:
+        lab.sampler.stop()

@@ -18,6 +18,7 @@ from loadlab.uncertainty import (
     BOUNDS,
     MIN_INTERVALS,
     block_length,
+    bootstrap,
     expansion,
     hold_seconds,
     quantile_of_buckets,
@@ -130,3 +131,35 @@ def test_holds_too_short_for_an_interval_get_none_and_the_verdict_says_why(tmp_p
     assert any("no interval for the steps at 10 (" in n and "lengthen the steps" in n for n in verdict.notes), \
         verdict.notes
     assert not any("95% CI" in line for line in verdict.summary())
+
+
+# An adaptive hunt's steps as they run (locust_tests/plugins/adaptive.py): x2 while linear, a bad breach
+# at 160 users, then finer steps below it, out of order and unevenly spaced. Truth: N* = 46 x 2.08 = 95.7.
+ADAPTIVE_HUNT = Truth(users=(10, 20, 40, 80, 160, 100, 120, 92, 110))
+
+
+def test_intervals_over_an_adaptive_hunts_uneven_out_of_order_steps_cover_the_truth():
+    truth, seeds = ADAPTIVE_HUNT, 30
+    capacity, knee = [], []
+    for seed in range(seeds):
+        verdict, _ = analysed(truth, seed, replicates=300)
+        assert [s.users for s in verdict.steps] == list(truth.users)  # listed as they ran
+        assert verdict.capacity_ci is not None and verdict.brk is not None and verdict.brk.users_ci is not None
+        # The break lies above the healthy step with the most users below it (not the one run before it).
+        healthy_below = max(s.users for s in verdict.steps if s.users < verdict.brk.users)
+        assert verdict.brk.users_ci[1] == verdict.brk.users and verdict.brk.users_ci[0] <= healthy_below
+        capacity.append(verdict.capacity_ci[0] <= truth.capacity_rps <= verdict.capacity_ci[1])
+        if verdict.knee is not None and verdict.knee.users_ci is not None:
+            low, high = verdict.knee.users_ci
+            knee.append(low <= truth.knee_users <= (math.inf if high is None else high))
+    # In every replicate the break lies between two neighbours in users: (the next lower step, the breaking one].
+    history, samples = generate(truth, seed=3)
+    boot = bootstrap(summarize_steps(history, samples), history, samples, replicates=200)
+    assert boot.break_low is not None and boot.break_high is not None
+    for low, high in zip(boot.break_low, boot.break_high):
+        below = [u for u in truth.users if u < high]
+        assert high in truth.users and low == (max(below) if below else 0), (low, high)
+    print(f"\nadaptive steps {truth.users}: capacity coverage {np.mean(capacity):.1%} of {len(capacity)} runs; "
+          f"knee {np.mean(knee):.1%} of {len(knee)} runs (nominal 95%)")
+    assert len(knee) >= 0.9 * seeds
+    assert np.mean(capacity) >= 0.9 and np.mean(knee) >= 0.9

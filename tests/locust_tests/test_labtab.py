@@ -90,3 +90,32 @@ def test_web_login_without_a_password_is_one_clear_error(launch, target):
     run = run_locust(proc, timeout=45)
     assert run.returncode != 0
     assert "--web-login: set LOCUST_WEB_PASSWORD to the password the web UI should ask for" in run.log
+
+
+@pytest.mark.timeout(120)
+def test_without_the_lab_the_tab_shows_the_adaptive_hunts_phase_and_how_it_ended(launch, target):
+    port = free_port()
+    ui = f"http://127.0.0.1:{port}"
+    proc = launch(locust_args("login_test", "--scenario", "step", "--time-scale", "0.02", "--start-users", "3",
+                              "--max-users", "9", "--autostart", "--autoquit", "5", "--web-host", "127.0.0.1",
+                              "--web-port", str(port), "--host", target.url, "--exporter-port", "0"),
+                  "labtab-adaptive", env={"LOGIN_USERS": "10", "MIN_WAIT_TIME": "100", "MAX_WAIT_TIME": "200"})
+    phases, final = set(), None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.proc.poll() is None:
+        body = fetch(f"{ui}/lab/data")
+        view = json.loads(body) if body else None
+        if view and view["current"] and view["current"].get("step") and view["current"].get("phase"):
+            phases.add(view["current"]["phase"])
+            assert f"({view['current']['phase']})" in labview.now_line(view)
+        if view and view["state"] == "stopped":
+            final = view
+            break
+        time.sleep(0.3)
+    run = run_locust(proc, timeout=60)
+    assert run.returncode == 0, run.log[-3000:]
+    assert "grow" in phases, phases
+    assert final is not None, run.log[-3000:]
+    # 3, 6, 9 users: linear at the bundled target's light load, then --max-users; the tab says how it ended.
+    assert [s["users"] for s in final["steps"]] == [3, 6, 9], final["steps"]
+    assert any(line.startswith("adaptive hunt: --max-users (9) reached") for line in final["summary"]), final["summary"]

@@ -74,8 +74,9 @@ def test_judge_breaches_on_errors_or_latency_or_silence():
 class FakeStats:
     """Cumulative totals that grow like Locust's: `rate` requests per second, each taking ms_at(t)."""
 
-    def __init__(self, ms_at: Callable[[float], int], rate: int = 10):
-        self.ms_at, self.rate = ms_at, rate
+    def __init__(self, ms_at: Callable[[float], int], rate: int = 10,
+                 fails_at: Callable[[float], bool] = lambda t: False):
+        self.ms_at, self.rate, self.fails_at = ms_at, rate, fails_at
         self.now = 0.0
 
     def snapshot(self) -> Snapshot:
@@ -83,7 +84,8 @@ class FakeStats:
         for second in range(int(self.now)):
             ms = self.ms_at(second)
             times[ms] = times.get(ms, 0) + self.rate
-        return snap(self.rate * int(self.now), 0, times)
+        failures = self.rate * sum(1 for second in range(int(self.now)) if self.fails_at(second))
+        return snap(self.rate * int(self.now), failures, times)
 
 
 def drive(hunt: StepHunt, stats: FakeStats, until: float = 1000) -> list[tuple[float, object]]:
@@ -143,3 +145,22 @@ def test_current_step_is_one_based():
     assert hunt.current_step == 1
     hunt.tick(25.0, lambda: snap(0))
     assert hunt.current_step == 3
+
+
+def test_a_latency_breach_the_next_step_refutes_does_not_stop_the_fixed_hunt():
+    # The host stalled during step 2 (20 users, 2 s requests): step 3 meets the SLO again, so the
+    # hunt goes on, and stops one step after the real break at step 5 (50 users).
+    stats = FakeStats(lambda t: 2000 if 10 <= t < 20 or t >= 40 else 20)
+    hunt = StepHunt(StepPlan(10, 10, 1000), TH)
+    ticks = drive(hunt, stats)
+    assert [r.breached for r in hunt.results] == [False, True, False, False, True, True]
+    assert hunt.break_step == 4 and top_users(ticks) == 60
+
+
+def test_failures_are_never_refuted():
+    # Step 2 (20 users) fails every request, quickly; step 3 is fine again: still the break.
+    stats = FakeStats(lambda t: 20, fails_at=lambda t: 10 <= t < 20)
+    hunt = StepHunt(StepPlan(10, 10, 1000), TH)
+    ticks = drive(hunt, stats)
+    assert [r.breached for r in hunt.results] == [False, True, False]
+    assert hunt.break_step == 1 and top_users(ticks) == 30

@@ -23,8 +23,9 @@ for case in json.load(sys.stdin):
     # each case from a fresh process's offers, so one case's presets never leak into the next.
     shapes._offered.clear()
     shapes.use_presets(case["kind"])
-    options = argparse.Namespace(time_scale=case["scale"], step_users=10, step_time="150s", max_users=1000,
-                                 no_stop_on_break=True)
+    options = argparse.Namespace(**{"time_scale": case["scale"], "hunt": None, "start_users": None, "step_users": 10,
+                                    "step_time": "150s", "max_users": 1000, "no_stop_on_break": True,
+                                    **case.get("options", {})})
     try:
         shape = shapes.build_shape(case["name"], options)
     except ValueError as exc:
@@ -35,7 +36,8 @@ for case in json.load(sys.stdin):
     for t in case["times"]:
         shape.start_time = time.perf_counter() - t  # as if t seconds had passed
         ticks.append(shape.tick())
-    outs.append({"class": type(shape).__name__, "autopicked": is_shape_class(type(shape)), "ticks": ticks})
+    outs.append({"class": type(shape).__name__, "hunt": type(getattr(shape, "hunt", None)).__name__,
+                 "autopicked": is_shape_class(type(shape)), "ticks": ticks})
 print(json.dumps(outs))
 """
 
@@ -62,6 +64,13 @@ CASES = [
 ]
 
 
+# The step scenario without --step-users: the adaptive hunt. Locust's stats stay empty in the probe,
+# so its first step (10 users for 15 s) completes no request and the hunt stops with nothing to measure.
+ADAPTIVE_TIMES = [0.0, 14.0, 16.0]
+ADAPTIVE_OPTIONS = [{"step_users": None}, {"step_users": None, "start_users": 25}, {"hunt": "fixed", "step_users": None},
+                    {"hunt": "adaptive"}]
+
+
 def _key(kind: str, name: str, scale: float, times: list[float]) -> tuple:
     return kind, name, float(scale), tuple(float(t) for t in times)
 
@@ -72,15 +81,21 @@ def probe():
     (or the error building it raises). One PROBE process computes all of CASES."""
     cases = [{"kind": kind, "name": name, "scale": float(scale), "times": [float(t) for t in times]}
              for kind, name, scale, times in CASES]
+    cases += [{"kind": "login", "name": "step", "scale": 0.1, "times": ADAPTIVE_TIMES, "options": options}
+              for options in ADAPTIVE_OPTIONS]
     result = subprocess.run([PYTHON, "-c", PROBE], input=json.dumps(cases), cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     outs = json.loads(result.stdout.strip().splitlines()[-1])
     assert len(outs) == len(cases), f"PROBE answered {len(outs)} of {len(cases)} cases:\n{result.stderr}"
     by_case = {_key(*case): out for case, out in zip(CASES, outs)}
+    by_case.update({(*_key("login", "step", 0.1, ADAPTIVE_TIMES), json.dumps(options, sort_keys=True)): out
+                    for options, out in zip(ADAPTIVE_OPTIONS, outs[len(CASES):])})
 
-    def _probe(kind: str, name: str, scale: float, times: list[float]) -> dict:
+    def _probe(kind: str, name: str, scale: float, times: list[float], options: dict | None = None) -> dict:
         key = _key(kind, name, scale, times)
+        if options is not None:  # the step scenario with these options (ADAPTIVE_OPTIONS)
+            key = (*key, json.dumps(options, sort_keys=True))
         if key not in by_case:
             pytest.fail(f"probe{key} is not in CASES: add it there")
         return by_case[key]
@@ -110,3 +125,21 @@ def test_shapes_are_never_picked_up_without_scenario(probe):
 def test_a_preset_of_the_other_scenario_is_refused(probe):
     assert probe("login", "normal", 1, [0])["error"] == (
         "unknown --scenario 'normal': this locustfile offers baseline, stress, breaking-point, step, rate-step")
+
+
+def step_probe(probe, options: dict) -> dict:
+    return probe("login", "step", 0.1, ADAPTIVE_TIMES, options=options)
+
+
+def test_the_step_scenario_hunts_adaptively_unless_step_users_is_given(probe):
+    adaptive = step_probe(probe, {"step_users": None})
+    assert (adaptive["class"], adaptive["hunt"]) == ("StepShape", "AdaptiveHunt")
+    assert adaptive["ticks"] == [[10, 10], [10, 10], None]  # nothing completed at 10 users: nothing to hunt
+    assert step_probe(probe, {"step_users": None, "start_users": 25})["ticks"][0] == [25, 25]
+    fixed = step_probe(probe, {"hunt": "fixed", "step_users": None})
+    assert fixed["hunt"] == "StepHunt" and fixed["ticks"] == [[10, 10], [10, 10], [20, 10]]
+    assert probe("login", "step", 0.1, STEP_TIMES)["hunt"] == "StepHunt"  # --step-users 10 given: fixed
+
+
+def test_adaptive_with_step_users_is_refused_naming_both(probe):
+    assert "--step-users" in step_probe(probe, {"hunt": "adaptive"})["error"]  # the probe gives --step-users 10

@@ -1,0 +1,70 @@
+"""The truth of one run against a sleeping ground-truth server, from what the server itself measured.
+
+X = W/S assumes a worker is held exactly S per login. On a busy host it is held longer: after its
+sleep the worker waits for a core to run Flask and answer (measured on this shared 2-core box:
+101-102 ms for S = 100 ms when quiet, more under load), so the server's real capacity is the
+utilization law on its pool of W workers, all busy on the plateau: X = W / D, with D the mean
+time the server spent per login, from its own request-duration histogram (`_sum` / `_count`,
+scraped by the lab into samples.jsonl), independent of Locust's counts. The knee in users is
+where the light-load line meets that plateau: N* = X (R0 + Z), with R0 the light-load response
+Locust measured (the steps well below the knee) and Z the think time the test set.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from loadlab.history import Samples, read_samples, scrape_value
+
+DURATION = "http_request_duration_seconds"
+LOGIN = {"endpoint": "/client_login"}
+
+
+@dataclass(frozen=True)
+class ServedTruth:
+    service_s: float  # D: the server's mean time per login over the capacity's steps
+    light_response_s: float  # R0: Locust's mean response at light load
+    capacity_rps: float  # X = W / D
+    knee_users: float  # N* = X (R0 + Z)
+    basis: str
+
+    def __str__(self) -> str:
+        return (f"server-side D = {self.service_s * 1000:.1f} ms, R0 = {self.light_response_s * 1000:.0f} ms: "
+                f"truth X = {self.capacity_rps:.1f} req/s, N* = {self.knee_users:.1f} users ({self.basis})")
+
+
+def served_seconds(samples: Samples, start: float, end: float) -> tuple[float, float]:
+    """(seconds the server spent on logins, logins it served) between two times, from the target's scrapes."""
+    inside = [sc for sc in samples.scrapes("target") if start <= sc.t <= end]
+    if len(inside) < 2:
+        return 0.0, 0.0
+    first, last = inside[0], inside[-1]
+    values = [scrape_value(sc, f"{DURATION}_{kind}", LOGIN) for sc in (first, last) for kind in ("sum", "count")]
+    if any(v is None for v in values):
+        return 0.0, 0.0
+    s0, c0, s1, c1 = (v or 0.0 for v in values)
+    return (s1 - s0, c1 - c0) if c1 > c0 else (0.0, 0.0)
+
+
+def served_truth(run_dir: Path, verdict: dict, workers: int, think_s: float, nominal_knee: float) -> ServedTruth:
+    """The run's truth: D over the holds of the steps the capacity rests on (from the knee up to the
+    break, in order of users), else over every hold; R0 over the steps with at most half the nominal knee."""
+    samples = read_samples(run_dir / "samples.jsonl")
+    steps = sorted(verdict["steps"], key=lambda s: (s["users"], s["start"]))
+    knee = verdict["knee"]["users"] if verdict.get("knee") else None
+    brk = verdict["break"]["users"] if verdict.get("break") else None
+    plateau = [s for s in steps if knee is not None and s["users"] >= knee and (brk is None or s["users"] < brk)]
+    basis = "D over the plateau's holds"
+    total = [served_seconds(samples, s["hold_start"], s["end"]) for s in plateau]
+    if sum(c for _, c in total) <= 0:
+        total = [served_seconds(samples, s["hold_start"], s["end"]) for s in steps]
+        basis = "D over every hold"
+    seconds, count = sum(t for t, _ in total), sum(c for _, c in total)
+    assert count > 0, f"no server-side login durations in {run_dir / 'samples.jsonl'} (target scrapes)"
+    light = [s["mean_response_ms"] for s in steps if s["users"] <= 0.5 * nominal_knee and s["mean_response_ms"]]
+    assert light, f"no step at or below {0.5 * nominal_knee:.0f} users to measure the light-load response"
+    d, r0 = seconds / count, statistics.median(light) / 1000.0
+    x = workers / d
+    return ServedTruth(d, r0, x, x * (r0 + think_s), basis)
