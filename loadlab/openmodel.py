@@ -9,8 +9,9 @@ hold, and that corrected p95 meets the SLO: the step is *sustained*
 outpace completions, a queue grows without draining, and the throughput stays at the ceiling:
 
 - `break`: the first step that was not sustained, with its offered `rate` and `reasons`;
-- `capacity_rps`: the median throughput achieved by the steps that fell short of their arrivals
-  (or dropped some): the ceiling, measured while overloaded. None when no step was overloaded;
+- `capacity_rps`: the median throughput achieved by the steps from the break up that fell short of
+  their arrivals (or dropped some; `at_ceiling`): the ceiling, measured while overloaded. None when
+  no step was overloaded;
 - `max_sustained_rate`: the highest offered rate sustained before the break;
 - `limiting_resource`: judged at the break by `analysis.limiting_resource` as for a closed run,
   except `generator_concurrency` when the generator's own request slots were the limit.
@@ -32,6 +33,7 @@ from loadlab.contract.openmodel import (
     ARRIVALS_WERE_DROPPED,
     LATENCY_GROWING,
     THROUGHPUT_BELOW_OFFERED,
+    edge_allowance,
     refuted_rate,
 )
 from loadlab.contract.slo import LATENCY_P95
@@ -67,6 +69,19 @@ def step_summaries(rate_steps: list[RateStep], resources: ResourceSeries | None,
 def overloaded(step: RateStep) -> bool:
     """The step completed fewer requests than it was offered (or dropped arrivals): throughput-bound."""
     return THROUGHPUT_BELOW_OFFERED in step.reasons or ARRIVALS_WERE_DROPPED in step.reasons
+
+
+def at_ceiling(step: RateStep, light_load_ms: float | None) -> bool:
+    """An unsustained step whose throughput is the ceiling: `overloaded`, or it completed fewer
+    requests than arrived by more than the requests in flight at its edges explain (the judge's
+    `edge_allowance`, without the shortfall it tolerates in a sustained step). An adaptive hunt's
+    steps just past the capacity are often unsustained on latency alone (a queue growing within a
+    short hold) while already at the ceiling; a step whose only fault is latency and that kept up
+    with its arrivals (a tight SLO below the capacity) is not."""
+    if step.sustained:
+        return False
+    return overloaded(step) or step.scheduled - step.requests > edge_allowance(step.scheduled, step.end - step.hold_start,
+                                                                               light_load_ms)
 
 
 def generator_slots_limited(rate_steps: list[RateStep], brk: int) -> str | None:
@@ -158,7 +173,8 @@ def analyze_rate_steps(rate_steps: list[RateStep], summaries: list[StepSummary],
         return verdict
     step = rate_steps[brk]
     verdict.brk = Break(**StepPoint.fields_of(summaries[brk]), reasons=tuple(step.reasons), rate=step.offered_rps)
-    ceiling = [s.achieved_rps for s in rate_steps[brk:] if overloaded(s)]
+    light = min((s.mean_response_ms for s in rate_steps if s.mean_response_ms), default=None)
+    ceiling = [s.achieved_rps for s in rate_steps[brk:] if at_ceiling(s, light)]
     verdict.capacity_rps = round(statistics.median(ceiling), 2) if ceiling else None
     sustained = [s.offered_rps for s in rate_steps[:brk] if s.sustained]
     verdict.max_sustained_rate = max(sustained) if sustained else None
@@ -198,4 +214,5 @@ def timeline(samples: Samples) -> dict[str, list[Point]]:
     }
 
 
-__all__ = ["analyze_rate_steps", "analyze_samples", "by_rate", "refuted_steps", "generator_slots_limited", "step_summaries", "timeline"]
+__all__ = ["analyze_rate_steps", "analyze_samples", "at_ceiling", "by_rate", "generator_slots_limited", "refuted_steps",
+           "step_summaries", "timeline"]

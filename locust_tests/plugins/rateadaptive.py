@@ -10,7 +10,8 @@ which goes through the contract's one SLO judge), and it runs on the same clock 
    it says where to look); then the far end of the bracket from the side that held, else the
    geometric middle;
 3. confirm: the break, the lowest unsustained rate, confirmed by a second unsustained step up to
-   15 % above it (or by a bad breach).
+   15 % above it (or by a bad breach). A break on latency alone (throughput kept up) is confirmed
+   before the hunt refines below it: if the step above is sustained, the break was a hiccup.
 
 An unsustained step on latency alone below a sustained step is a hiccup (`refuted_rate`, as the
 verdict judges it) and steers nothing. A bad breach (failures beyond the SLO, nothing completed,
@@ -32,7 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from loadlab.contract.openmodel import ARRIVALS_WERE_DROPPED, THROUGHPUT_BELOW_OFFERED, refuted_rate
+from loadlab.contract.openmodel import ARRIVALS_WERE_DROPPED, LATENCY_GROWING, THROUGHPUT_BELOW_OFFERED, refuted_rate
 from loadlab.contract.scenarios import (
     ADAPTIVE,
     BAD_BREACH_DROPPED_FRACTION,
@@ -49,6 +50,7 @@ from loadlab.contract.scenarios import (
     HUNT_MAX_STEPS,
     HUNTS,
 )
+from loadlab.contract.slo import LATENCY_P95
 from loadlab.contract.thresholds import Thresholds
 
 from .adaptive import SteppedClock
@@ -56,6 +58,7 @@ from .openmodel import RateSnapshot, RateStepResult, judge_rate
 from .presets import CONFIRM, DONE, GROW, REFINE
 
 SAME_RATE = 0.005  # two rates this close (relative) are the same level
+LATENCY_ONLY = {LATENCY_GROWING, LATENCY_P95}
 
 
 @dataclass(frozen=True)
@@ -216,15 +219,21 @@ def next_rate_move(results: Sequence[RateStepResult], phases: Sequence[str], pla
             return stop(f"--max-rate ({plan.max_rate:g}) reached, every step sustained")
         return go(GROW, min(plan.max_rate, tidy(top * plan.growth)),
                   f"{last.rate:g}/s sustained ({last.achieved_rps:.1f} req/s achieved)")
+    bad = [r.rate for r in results if bad_breach(r, th)]
+    confirm_at = min(plan.max_rate, tidy(hi * plan.confirm_growth))
+    confirming = [u for u in s.unsustained if hi < u <= confirm_at * (1 + SAME_RATE)]
+    # A break on latency alone that kept up with its arrivals may be a hiccup (refuted once a higher
+    # rate is sustained): look above it before refining below it.
+    first = next(r for r in results if r.rate == hi and not r.sustained)
+    if set(first.judgement.reasons) <= LATENCY_ONLY and hi not in bad and not confirming \
+            and confirm_at > hi and s.allowed(confirm_at):
+        return go(CONFIRM, confirm_at, f"{hi:g}/s was not sustained on latency alone: confirming above it first")
     # 2. refine between the highest sustained rate and the break.
     if not s.bracketed() and phases.count(REFINE) < plan.max_refine:
         move = s.refine()
         if move is not None:
             return go(REFINE, *move)
     # 3. confirm the break: it breached badly, or so did a step up to 15 % above it, or one did.
-    bad = [r.rate for r in results if bad_breach(r, th)]
-    confirm_at = min(plan.max_rate, tidy(hi * plan.confirm_growth))
-    confirming = [u for u in s.unsustained if hi < u <= confirm_at * (1 + SAME_RATE)]
     if hi not in bad and not confirming:
         if confirm_at > hi and s.allowed(confirm_at):
             return go(CONFIRM, confirm_at, f"confirming the break at {hi:g}/s")
