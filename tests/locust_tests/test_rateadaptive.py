@@ -303,3 +303,27 @@ def test_the_open_model_verdict_reads_adaptive_steps_in_order_of_rate_and_lists_
     assert a.max_sustained_rate == f.max_sustained_rate == 33  # 33/s is within the 5 % tolerance of 31
     assert a.capacity_rps == pytest.approx(31, rel=0.02) and f.capacity_rps == pytest.approx(31, rel=0.02)
     assert a.to_dict()["rate_steps"][2]["offered_rps"] == 40
+
+
+def test_the_lab_tab_without_the_lab_shows_the_rate_hunts_phase_and_how_it_ended():
+    from types import SimpleNamespace
+
+    from locust_tests.plugins.labtab import locust_view
+
+    clock = Clock(Server(16, 0.4))
+    hunt = AdaptiveRateHunt(PLAN, TH)
+    t = 0.0
+    while t < 45:  # into the fifth step (80/s)
+        clock.advance(hunt.tick(t, clock.snapshot))
+        t += 1.0
+    shape = SimpleNamespace(hunt=hunt, hunt_phase=hunt.phase)
+    runner = SimpleNamespace(stats=SimpleNamespace(history=[]), state="running", user_count=100)
+    view = locust_view(SimpleNamespace(runner=runner, shape_class=shape))  # type: ignore[arg-type]
+    assert view["current"]["phase"] == GROW and view["current"]["step"] == 5
+    assert view["summary"][0] == "rate hunt: 4 steps judged (each in Locust's log)"
+    while (rate := hunt.tick(t, clock.snapshot)) is not None:
+        clock.advance(rate)
+        t += 1.0
+    runner.state = "stopped"
+    view = locust_view(SimpleNamespace(runner=runner, shape_class=shape))  # type: ignore[arg-type]
+    assert "not sustained from" in view["summary"][0] and view["notes"] == []
