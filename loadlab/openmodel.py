@@ -9,8 +9,9 @@ hold, and that corrected p95 meets the SLO: the step is *sustained*
 outpace completions, a queue grows without draining, and the throughput stays at the ceiling:
 
 - `break`: the first step that was not sustained, with its offered `rate` and `reasons`;
-- `capacity_rps`: the median throughput achieved by the steps that fell short of their arrivals
-  (or dropped some): the ceiling, measured while overloaded. None when no step was overloaded;
+- `capacity_rps`: the median throughput achieved by the steps from the break up that fell short of
+  their arrivals (or dropped some; `at_ceiling`): the ceiling, measured while overloaded. None when
+  no step was overloaded;
 - `max_sustained_rate`: the highest offered rate sustained before the break;
 - `limiting_resource`: judged at the break by `analysis.limiting_resource` as for a closed run,
   except `generator_concurrency` when the generator's own request slots were the limit.
@@ -32,6 +33,8 @@ from loadlab.contract.openmodel import (
     ARRIVALS_WERE_DROPPED,
     LATENCY_GROWING,
     THROUGHPUT_BELOW_OFFERED,
+    edge_allowance,
+    refuted_rate,
 )
 from loadlab.contract.slo import LATENCY_P95
 from loadlab.contract.thresholds import DEFAULT_THRESHOLDS, Thresholds
@@ -68,6 +71,19 @@ def overloaded(step: RateStep) -> bool:
     return THROUGHPUT_BELOW_OFFERED in step.reasons or ARRIVALS_WERE_DROPPED in step.reasons
 
 
+def at_ceiling(step: RateStep, light_load_ms: float | None) -> bool:
+    """An unsustained step whose throughput is the ceiling: `overloaded`, or it completed fewer
+    requests than arrived by more than the requests in flight at its edges explain (the judge's
+    `edge_allowance`, without the shortfall it tolerates in a sustained step). An adaptive hunt's
+    steps just past the capacity are often unsustained on latency alone (a queue growing within a
+    short hold) while already at the ceiling; a step whose only fault is latency and that kept up
+    with its arrivals (a tight SLO below the capacity) is not."""
+    if step.sustained:
+        return False
+    return overloaded(step) or step.scheduled - step.requests > edge_allowance(step.scheduled, step.end - step.hold_start,
+                                                                               light_load_ms)
+
+
 def generator_slots_limited(rate_steps: list[RateStep], brk: int) -> str | None:
     """Why the generator's request slots, not the API, limited the break step's throughput (or None)."""
     step = rate_steps[brk]
@@ -94,7 +110,8 @@ def limiting_resource(summaries: list[StepSummary], rate_steps: list[RateStep], 
 
 
 def signals(rate_steps: list[RateStep], summaries: list[StepSummary], th: Thresholds) -> list[Signal]:
-    """The first step at which each reason (and each CPU saturation) appeared, in time order."""
+    """The first step at which each reason (and each CPU saturation) appeared, in order of offered rate
+    (`rate_steps` and `summaries` in that order, `by_rate`), then time."""
     crossings: dict[str, Signal] = {}
     for step, summary in zip(rate_steps, summaries):
         values = {THROUGHPUT_BELOW_OFFERED: step.achieved_rps, ARRIVALS_WERE_DROPPED: float(step.dropped),
@@ -108,19 +125,43 @@ def signals(rate_steps: list[RateStep], summaries: list[StepSummary], th: Thresh
         if signal.signal not in crossings and signal.signal not in (LATENCY_P95, "error_ratio"):
             rate = next(r.offered_rps for r, s in zip(rate_steps, summaries) if s.start == signal.time)
             crossings[signal.signal] = replace(signal, rate=rate)
-    return sorted(crossings.values(), key=lambda c: c.time)
+    return sorted(crossings.values(), key=lambda c: (c.rate or 0.0, c.time))
+
+
+def by_rate(rate_steps: list[RateStep]) -> list[int]:
+    """Positions of the steps in order of offered rate (ties in the order they ran). A fixed rate hunt
+    runs in this order already; the adaptive one grows, refines below a step that was not sustained
+    and may back off, and in order of rate its steps are one curve again, every measured rate in it."""
+    return sorted(range(len(rate_steps)), key=lambda i: (rate_steps[i].offered_rps, rate_steps[i].start))
+
+
+def refuted_steps(rate_steps: list[RateStep]) -> list[RateStep]:
+    """Steps not sustained on latency alone while a step offered more arrivals/s was (a hiccup)."""
+    held = [s.offered_rps for s in rate_steps if s.sustained]
+    return [s for s in rate_steps if not s.sustained and refuted_rate(s.reasons, s.offered_rps, held)]
 
 
 def analyze_rate_steps(rate_steps: list[RateStep], summaries: list[StepSummary],
                        th: Thresholds = DEFAULT_THRESHOLDS, errors: functional.ErrorEvidence | None = None) -> Verdict:
-    """The verdict for a run's rate steps (`summaries`: the same steps from `step_summaries`).
-    `errors`: the run's failure texts, to tell an API that fails functionally at light load (exit 3,
-    no break or capacity) from one that ran out of capacity, as for a closed run (`loadlab.functional`)."""
-    brk = next((i for i, s in enumerate(rate_steps) if not s.sustained), None)
+    """The verdict for a run's rate steps (`summaries`: the same steps from `step_summaries`), in any
+    order they ran: the verdict lists them so, every rule reads them in order of offered rate
+    (`by_rate`). `errors`: the run's failure texts (per step in the order the steps ran), to tell an
+    API that fails functionally at light load (exit 3, no break or capacity) from one that ran out of
+    capacity, as for a closed run (`loadlab.functional`)."""
     verdict = Verdict(steps=summaries, thresholds=th, open_model=True, rate_steps=rate_steps)
+    order = by_rate(rate_steps)
+    ran = rate_steps
+    rate_steps, summaries = [ran[i] for i in order], [summaries[i] for i in order]
+    hiccups = {id(s) for s in refuted_steps(rate_steps)}
+    brk = next((i for i, s in enumerate(rate_steps) if not s.sustained and id(s) not in hiccups), None)
     verdict.signals = signals(rate_steps, summaries, th)
+    verdict.notes.extend(
+        f"not the break: {s.offered_rps:g} arrivals/s was not sustained on latency alone ({s.detail}) but "
+        f"{min(u.offered_rps for u in rate_steps if u.sustained and u.offered_rps > s.offered_rps):g}/s was "
+        f"(a hiccup of the host or the target)" for s in rate_steps if id(s) in hiccups)
     if errors is not None:  # light load: the steps sustained before the break (and the first step)
-        failure, notes = functional.judge(summaries, brk, errors)
+        by_step = [errors.by_step[i] if i < len(errors.by_step) else None for i in order]
+        failure, notes = functional.judge(summaries, brk, replace(errors, by_step=by_step))
         verdict.notes.extend(notes)
         if failure is not None:
             rate = next(r.offered_rps for r in rate_steps if r.start == failure.time)
@@ -132,9 +173,10 @@ def analyze_rate_steps(rate_steps: list[RateStep], summaries: list[StepSummary],
         return verdict
     step = rate_steps[brk]
     verdict.brk = Break(**StepPoint.fields_of(summaries[brk]), reasons=tuple(step.reasons), rate=step.offered_rps)
-    ceiling = [s.achieved_rps for s in rate_steps[brk:] if overloaded(s)]
+    light = min((s.mean_response_ms for s in rate_steps if s.mean_response_ms), default=None)
+    ceiling = [s.achieved_rps for s in rate_steps[brk:] if at_ceiling(s, light)]
     verdict.capacity_rps = round(statistics.median(ceiling), 2) if ceiling else None
-    sustained = [s.offered_rps for s in rate_steps[:brk]]
+    sustained = [s.offered_rps for s in rate_steps[:brk] if s.sustained]
     verdict.max_sustained_rate = max(sustained) if sustained else None
     slots_basis = generator_slots_limited(rate_steps, brk)
     if slots_basis is not None:
@@ -172,4 +214,5 @@ def timeline(samples: Samples) -> dict[str, list[Point]]:
     }
 
 
-__all__ = ["analyze_rate_steps", "analyze_samples", "generator_slots_limited", "step_summaries", "timeline"]
+__all__ = ["analyze_rate_steps", "analyze_samples", "at_ceiling", "by_rate", "generator_slots_limited", "refuted_steps",
+           "step_summaries", "timeline"]

@@ -14,8 +14,10 @@ buckets, `histograms.histogram_quantile`), so the hunt stops on the step the ver
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from .slo import LATENCY_P95
 from .slo import judge as judge_slo
 from .thresholds import Thresholds
 
@@ -95,3 +97,11 @@ def judge_step(scheduled: int, requests: int, failures: int, dropped: int, corre
     if slo.detail:
         details.append(("corrected " if corrected_p95_ms is not None and requests else "") + slo.detail)
     return StepJudgement(tuple(reasons), "; ".join(details))
+
+
+def refuted_rate(reasons: Sequence[str], rate: float, sustained_at: Iterable[float]) -> bool:
+    """Is an unsustained step at `rate` contradicted by the run? Yes when it failed on latency alone
+    (growing or past the SLO's p95) and a step offered more arrivals per second was sustained: in an
+    open model more arrivals only queue more, so that was a hiccup (a busy host, a warming target),
+    as `slo.refuted` says of a closed loop. Throughput shortfalls, drops and failures are never refuted."""
+    return bool(reasons) and set(reasons) <= {LATENCY_GROWING, LATENCY_P95} and any(u > rate for u in sustained_at)

@@ -92,6 +92,16 @@ HUNT_MAX_STEPS = 30  # a hard bound on every hunt's length (a bounded load loop)
 # A breach is bad (the hunt backs off and lets the target drain) when requests failed beyond the
 # SLO, none completed, or p95 exceeded this multiple of the SLO's p95.
 BAD_BREACH_P95_FACTOR = 2.0
+# The adaptive rate hunt (locust_tests/plugins/rateadaptive.py; the default of `*-rate-step`) reuses
+# the hunt constants above: x2 arrivals/s from DEFAULT_START_RATE while each step is sustained, then
+# refine until the last sustained and the first unsustained rate lie within HUNT_BRACKET of each
+# other, then confirm the break up to HUNT_CONFIRM_GROWTH above it. Its first step is the fixed
+# rate hunt's first; giving --step-rate chooses the fixed hunt.
+DEFAULT_START_RATE = DEFAULT_STEP_RATE
+# An unsustained step is a bad breach (the hunt offers 0 arrivals until the queue drains) when
+# requests failed beyond the SLO, none completed, this share of its arrivals was dropped, or its
+# corrected p95 exceeded BAD_BREACH_P95_FACTOR x the SLO's.
+BAD_BREACH_DROPPED_FRACTION = 0.05
 
 # Locust's --stop-timeout for every run of the suite (and the lab): when a run ends, or a step
 # goes down, each user finishes the request it is in before it stops, so a request the target

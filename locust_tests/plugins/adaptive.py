@@ -30,7 +30,7 @@ import math
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from loadlab.contract.knee import collapse, find_knee, is_linear, knee_users, light_load_per_user, linear_share
 from loadlab.contract.scenarios import (
@@ -339,9 +339,144 @@ def _refine(s: _State, lowest_breach: float) -> tuple[int, str] | None:
     return None
 
 
+R = TypeVar("R")
+M = TypeVar("M", bound="Stepping")
+
+
+class Stepping(Protocol):
+    """What the clock reads of a hunt's move: its phase and the back-off it asks for first."""
+
+    @property
+    def phase(self) -> str: ...
+
+    @property
+    def drain_s(self) -> float: ...
+
+
+class SteppedClock(Generic[R, M]):
+    """The clock both adaptive hunts run on (this module's of users; `rateadaptive.AdaptiveRateHunt`
+    of arrival rate): hold each step for the plan's step time, judge its steady part (after the
+    transient; with a snapshot halfway through it too), ask the hunt's decision for the next move,
+    and back off for a move's `drain_s` (longer while `_drained` says the target is still busy).
+
+    A subclass says what a step offers (`_hold`), what a drain offers (`_idle`), how a step is
+    judged (`_judge`) and how the next move is decided (`_decide`). `_start_clock` gives it fresh state.
+    """
+
+    thresholds: Thresholds
+    on_result: Callable[[R], None] | None
+    on_move: Callable[[R, M], None] | None
+
+    def _start_clock(self) -> None:
+        self.results: list[R] = []
+        self.phases: list[str] = []  # the phase each result ran in
+        self.phase = GROW
+        self.step = -1  # 0-based index of the running step
+        self.started = 0.0  # run time the running step began
+        self.drain_from = self.drain_until = 0.0
+        self.done = False
+        self.last_move: M | None = None
+        self._step_phase = GROW
+        self._pending: M | None = None
+        self._window: tuple[float, Any] | None = None
+        self._mid: Any = None
+        self._opening: tuple[float, Any] | None = None
+
+    # What a subclass provides.
+    def _step_time(self) -> float:
+        raise NotImplementedError
+
+    def _first(self) -> M:
+        raise NotImplementedError
+
+    def _ends(self, move: M) -> bool:
+        raise NotImplementedError
+
+    def _enter(self, move: M) -> None:
+        """Take up the move's level (the step about to begin)."""
+        raise NotImplementedError
+
+    def _enter_drain(self) -> None:
+        raise NotImplementedError
+
+    def _hold(self) -> Any:
+        raise NotImplementedError
+
+    def _idle(self) -> Any:
+        raise NotImplementedError
+
+    def _judge(self, before: Any, mid: Any, after: Any, seconds: float) -> R:
+        raise NotImplementedError
+
+    def _decide(self) -> M:
+        raise NotImplementedError
+
+    def _drained(self, run_time: float) -> bool:
+        """Whether the drain may end (its minimum, `drain_until`, has passed)."""
+        return True
+
+    @property
+    def current_step(self) -> int:
+        """1-based index of the running (or last) step; 0 before the first tick."""
+        return self.step + 1
+
+    def tick(self, run_time: float, snapshot: Callable[[], Any]) -> Any:
+        if self.done:
+            return None
+        if self.step < 0:
+            self._begin(self._first(), run_time, snapshot)
+        elif self.phase == DRAIN:
+            if run_time < self.drain_until or not self._drained(run_time):
+                return self._idle()
+            assert self._pending is not None
+            self._begin(self._pending, run_time, snapshot)
+        elif run_time >= self.started + self._step_time():
+            result = self._close(run_time, snapshot)
+            move = self._decide()
+            self.last_move = move
+            if self.on_move is not None:
+                self.on_move(result, move)
+            if self._ends(move):
+                self.done, self.phase = True, DONE
+                return None
+            if move.drain_s > 0:
+                self.phase, self._pending = DRAIN, move
+                self.drain_from, self.drain_until = run_time, run_time + move.drain_s
+                self._enter_drain()
+                return self._idle()
+            self._begin(move, run_time, snapshot)
+        transient = self.thresholds.step_transient_fraction * self._step_time()
+        steady_from = self.started + transient
+        halfway = steady_from + (self._step_time() - transient) / 2
+        if self._window is None and run_time >= steady_from:
+            self._window = (run_time, snapshot())
+        elif self._window is not None and self._mid is None and run_time >= halfway:
+            self._mid = snapshot()
+        return self._hold()
+
+    def _begin(self, move: M, run_time: float, snapshot: Callable[[], Any]) -> None:
+        self._enter(move)
+        self.step += 1
+        self.phase = self._step_phase = move.phase
+        self.started = run_time
+        self._window, self._mid = None, None
+        self._opening = (run_time, snapshot())
+
+    def _close(self, run_time: float, snapshot: Callable[[], Any]) -> R:
+        # The steady part; a step whose ticks came too late for one is judged whole (never skipped:
+        # the next move needs a result).
+        started, before = self._window or self._opening or (run_time, snapshot())
+        result = self._judge(before, self._mid, snapshot(), run_time - started)
+        self.results.append(result)
+        self.phases.append(self._step_phase)
+        if self.on_result is not None:
+            self.on_result(result)
+        return result
+
+
 @dataclass
-class AdaptiveHunt:
-    """The adaptive hunt as a state machine driven by a clock and Locust's stats.
+class AdaptiveHunt(SteppedClock[StepResult, Move]):
+    """The adaptive hunt of users on the shared clock (`SteppedClock`).
 
     At each tick it returns (users, spawn rate) for the running step, or (0, rate) while the
     target drains after a bad breach, or None once the hunt is over (which stops the test).
@@ -353,82 +488,45 @@ class AdaptiveHunt:
     on_result: Callable[[StepResult], None] | None = None
     on_move: Callable[[StepResult, Move], None] | None = None
 
-    results: list[StepResult] = field(default_factory=list, init=False)
-    phases: list[str] = field(default_factory=list, init=False)  # the phase each result ran in
-    phase: str = field(default=GROW, init=False)
-    step: int = field(default=-1, init=False)  # 0-based index of the running step
-    users: int = field(default=0, init=False)
-    spawn_rate: float = field(default=1.0, init=False)
-    started: float = field(default=0.0, init=False)  # run time the running step began
-    drain_until: float = field(default=0.0, init=False)
-    done: bool = field(default=False, init=False)
-    last_move: Move | None = field(default=None, init=False)
-    _step_phase: str = field(default=GROW, init=False)
-    _pending: Move | None = field(default=None, init=False)
-    _window: tuple[float, Snapshot] | None = field(default=None, init=False)
-    _opening: tuple[float, Snapshot] | None = field(default=None, init=False)
+    def __post_init__(self) -> None:
+        self._start_clock()
+        self.users = 0
+        self.spawn_rate = 1.0
 
-    @property
-    def current_step(self) -> int:
-        """1-based index of the running (or last) step; 0 before the first tick."""
-        return self.step + 1
+    def _step_time(self) -> float:
+        return self.plan.step_time_s
 
-    def tick(self, run_time: float, snapshot: Callable[[], Snapshot]) -> Tick:
-        if self.done:
-            return None
-        if self.step < 0:
-            self._begin(Move(GROW, self.plan.start_users, "the first step"), run_time, snapshot)
-        elif self.phase == DRAIN:
-            if run_time < self.drain_until:
-                return 0, self.spawn_rate
-            assert self._pending is not None
-            self._begin(self._pending, run_time, snapshot)
-        elif run_time >= self.started + self.plan.step_time_s:
-            result = self._close(run_time, snapshot)
-            move = next_move(self.results, self.phases, self.plan, self.thresholds, self.stop_on_break)
-            self.last_move = move
-            if self.on_move is not None:
-                self.on_move(result, move)
-            if move.users is None:
-                self.done, self.phase = True, DONE
-                return None
-            if move.drain_s > 0:
-                self.phase, self._pending = DRAIN, move
-                self.drain_until = run_time + move.drain_s
-                self.spawn_rate = self._rate(self.users)
-                self.users = 0
-                return 0, self.spawn_rate
-            self._begin(move, run_time, snapshot)
-        steady_from = self.started + self.thresholds.step_transient_fraction * self.plan.step_time_s
-        if self._window is None and run_time >= steady_from:
-            self._window = (run_time, snapshot())
+    def _first(self) -> Move:
+        return Move(GROW, self.plan.start_users, "the first step")
+
+    def _ends(self, move: Move) -> bool:
+        return move.users is None
+
+    def _enter(self, move: Move) -> None:
+        assert move.users is not None
+        self.spawn_rate = self._rate(move.users - self.users)
+        self.users = move.users
+
+    def _enter_drain(self) -> None:
+        self.spawn_rate = self._rate(self.users)
+        self.users = 0
+
+    def _hold(self) -> Tick:
         return self.users, self.spawn_rate
+
+    _idle = _hold  # 0 users while draining
+
+    def _judge(self, before: Snapshot, mid: Snapshot | None, after: Snapshot, seconds: float) -> StepResult:
+        return judge(self.step, self.users, before, after, seconds, self.thresholds)
+
+    def _decide(self) -> Move:
+        return next_move(self.results, self.phases, self.plan, self.thresholds, self.stop_on_break)
 
     def _rate(self, jump: int) -> float:
         # The whole jump within about a second, as the fixed hunt adds a step; beyond 100 users at
         # 100/s unless that would not fit in half the transient.
         transient = self.thresholds.step_transient_fraction * self.plan.step_time_s
         return float(max(1, min(abs(jump), max(SPAWN_RATE_CAP, abs(jump) / max(1.0, transient / 2)))))
-
-    def _begin(self, move: Move, run_time: float, snapshot: Callable[[], Snapshot]) -> None:
-        assert move.users is not None
-        self.spawn_rate = self._rate(move.users - self.users)
-        self.step += 1
-        self.users, self.phase, self._step_phase = move.users, move.phase, move.phase
-        self.started = run_time
-        self._window = None
-        self._opening = (run_time, snapshot())
-
-    def _close(self, run_time: float, snapshot: Callable[[], Snapshot]) -> StepResult:
-        # The steady part; a step whose ticks came too late for one is judged whole (never skipped:
-        # the next move needs a result).
-        started, before = self._window or self._opening or (run_time, snapshot())
-        result = judge(self.step, self.users, before, snapshot(), run_time - started, self.thresholds)
-        self.results.append(result)
-        self.phases.append(self._step_phase)
-        if self.on_result is not None:
-            self.on_result(result)
-        return result
 
 
 def hunt_kind(options: Any) -> str:
@@ -450,4 +548,5 @@ def hunt_kind(options: Any) -> str:
     return FIXED if step_users is not None else ADAPTIVE
 
 
-__all__ = ["AdaptiveHunt", "AdaptivePlan", "Move", "bad_breach", "drain_seconds", "failed", "hunt_kind", "next_move"]
+__all__ = ["AdaptiveHunt", "AdaptivePlan", "Move", "SteppedClock", "Stepping", "bad_breach", "drain_seconds", "failed",
+           "hunt_kind", "next_move"]

@@ -5,12 +5,15 @@
 
 Options (each also an env var, or a key in locust.conf):
     --arrival-rate R      LOCUST_ARRIVAL_RATE     R arrivals per second, constant, for --run-time (or until stopped)
-    --step-rate R         LOCUST_STEP_RATE        the rate hunt (= --scenario rate-step): +R arrivals/s per step
+    --start-rate R        LOCUST_START_RATE       the adaptive rate hunt (the default): its first step (default 5)
+    --step-rate R         LOCUST_STEP_RATE        the fixed rate hunt (= --scenario rate-step --hunt fixed): +R arrivals/s per step
     --max-rate M          LOCUST_MAX_RATE         the rate hunt's last step (default 500)
     --arrivals KIND       LOCUST_ARRIVALS         poisson (default: independent visitors) or uniform (evenly spaced)
     --max-concurrency C   LOCUST_MAX_CONCURRENCY  requests in flight at most, over all load processes (default 100)
     --arrival-timeout S   LOCUST_ARRIVAL_TIMEOUT  an arrival still waiting for a free slot after S seconds is dropped
-The rate hunt shares --step-time, --time-scale and --no-stop-on-break with the user hunt (shapes.py).
+The rate hunt shares --hunt, --step-time, --time-scale and --no-stop-on-break with the user hunt (shapes.py):
+adaptive by default (x2 while sustained, refine to 4 %, confirm; rateadaptive.py), fixed with
+--hunt fixed or --step-rate.
 
 How it runs. Locust spawns C users, the *request slots*, which its own dispatch splits over the
 load processes. Each slot runs a copy of the locustfile's User class (same name, same client,
@@ -31,6 +34,7 @@ Without --arrival-rate, --step-rate or --scenario rate-step nothing here is acti
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -49,7 +53,7 @@ from locust.user.task import LOCUST_STATE_RUNNING, LOCUST_STATE_WAITING
 from locust.util.timespan import parse_timespan
 
 from loadlab.contract.openmodel import DROPPED_TEST_ENDED, DROPPED_WAITED_TOO_LONG
-from loadlab.contract.scenarios import RATE_STEP
+from loadlab.contract.scenarios import DEFAULT_START_RATE, FIXED, RATE_STEP
 from loadlab.contract.thresholds import Thresholds
 
 from .openmodel import (
@@ -66,6 +70,7 @@ from .openmodel import (
     RateStepResult,
     shares,
 )
+from .rateadaptive import AdaptiveRateHunt, RateAdaptivePlan, RateMove, bad_breach, rate_hunt_kind
 from .roles import is_coordinator
 
 logger = logging.getLogger(__name__)
@@ -86,6 +91,7 @@ clock = time.perf_counter  # scheduled times, lateness: one monotonic clock
 def open_mode(options: Any) -> bool:
     """Whether these options ask for an open-model (arrival-rate) run."""
     return options is not None and bool(getattr(options, "arrival_rate", 0) or getattr(options, "step_rate", 0)
+                                        or getattr(options, "start_rate", None)
                                         or getattr(options, "scenario", "") == RATE_STEP)
 
 
@@ -168,6 +174,15 @@ class OpenLoad:
                            "totals may miss them", WIND_DOWN_S)
             return True
         return settled
+
+    def quiet(self) -> bool:
+        """No arrival queued or in flight on any load process (a drain may end): a master asks every
+        worker's latest report (sent every few seconds), a standalone process itself."""
+        runner = self.environment.runner
+        if isinstance(runner, MasterRunner):
+            ids = [node.id for node in runner.clients.ready + runner.clients.spawning + runner.clients.running]
+            return all(self.reported_idle.get(client_id) for client_id in ids)
+        return not self.busy()
 
     # ------------------------------------------------------------ load processes
 
@@ -354,25 +369,38 @@ class ConstantRateShape(LoadTestShape):
 
 
 class RateStepShape(LoadTestShape):
-    """The rate hunt: equal steps of offered rate, each judged by the contract's open-model judge
-    (throughput against arrivals, drops, growing latency, the SLO on corrected latency); stops one
-    step after the first step that was not sustained."""
+    """The rate hunt: adaptive (`RateAdaptivePlan`: x2 while sustained, refine, confirm; see
+    rateadaptive.py) or fixed (`RatePlan`: equal steps), each step judged by the contract's
+    open-model judge (throughput against arrivals, drops, growing latency, the SLO on corrected
+    latency); it stops by itself once the break is confirmed."""
 
     abstract = True  # activated by --scenario rate-step / --step-rate only
 
-    def __init__(self, plan: RatePlan, slots: int, thresholds: Thresholds, stop_on_break: bool = True) -> None:
+    def __init__(self, plan: RatePlan | RateAdaptivePlan, slots: int, thresholds: Thresholds,
+                 stop_on_break: bool = True) -> None:
         super().__init__()
         self.slots = slots
-        self.hunt = RateHunt(plan, thresholds, stop_on_break, on_result=self._log_result)
+        self.hunt: RateHunt | AdaptiveRateHunt
+        if isinstance(plan, RateAdaptivePlan):
+            self.hunt = AdaptiveRateHunt(plan, thresholds, stop_on_break, on_result=self._log_result,
+                                         on_move=self._log_move, quiet=self._quiet, on_drained=self._log_drained)
+        else:
+            self.hunt = RateHunt(plan, thresholds, stop_on_break, on_result=self._log_result)
 
     @property
     def current_step(self) -> int:
         """1-based index of the running step (exported as the gauge locust_step)."""
         return self.hunt.current_step
 
+    @property
+    def hunt_phase(self) -> str:
+        """fixed | grow | refine | confirm | drain | done (exported as locust_hunt_phase)."""
+        return self.hunt.phase
+
     def reset_time(self) -> None:
         super().reset_time()
-        self.hunt = RateHunt(self.hunt.plan, self.hunt.thresholds, self.hunt.stop_on_break, self.hunt.on_result)
+        # A new test hunts from the first step again, with the same settings.
+        self.hunt = dataclasses.replace(self.hunt)
 
     def tick(self) -> tuple[int, float] | None:
         assert self.runner is not None
@@ -380,11 +408,14 @@ class RateStepShape(LoadTestShape):
         ended_before = self.hunt.done
         rate = self.hunt.tick(self.get_run_time(), self._snapshot)
         if rate is None:
-            if not ended_before:
+            if not ended_before and isinstance(self.hunt, RateHunt):
                 self._log_end()
             return None if model.wound_down() else (self.slots, min(float(self.slots), MAX_SPAWN_RATE))
         model.offer(rate)
         return self.slots, min(float(self.slots), MAX_SPAWN_RATE)
+
+    def _quiet(self) -> bool:
+        return self.runner is not None and open_load(self.runner.environment).quiet()
 
     def _snapshot(self) -> RateSnapshot:
         assert self.runner is not None
@@ -403,8 +434,27 @@ class RateStepShape(LoadTestShape):
                     result.achieved_rps, result.late, result.dropped, ms(result.corrected_p95_ms), ms(result.p95_ms),
                     verdict)
 
+    def _log_move(self, result: RateStepResult, move: RateMove) -> None:
+        hunt = self.hunt
+        assert isinstance(hunt, AdaptiveRateHunt)
+        if move.rate is None:
+            logger.info("adaptive rate hunt: done after %d steps: %s", len(hunt.results), move.why)
+            return
+        if move.drain_s > 0 and bad_breach(result, hunt.thresholds):
+            logger.warning("adaptive rate hunt: step %d (%g/s) breached badly (%s): backing off to 0 arrivals/s for at "
+                           "least %.1f s until the queue drains, then %s at %g/s (no step goes to %g/s again)",
+                           result.step, result.rate, result.judgement.detail, move.drain_s, move.phase, move.rate,
+                           result.rate)
+            return
+        logger.info("adaptive rate hunt: %s -> %g/s (%s)", move.phase, move.rate, move.why)
+
+    def _log_drained(self, seconds: float, quiet: bool) -> None:
+        logger.info("adaptive rate hunt: %s after %.1f s at 0 arrivals/s", "queue drained (nothing queued or in flight)"
+                    if quiet else "drain ended at --arrival-timeout, arrivals still queued or in flight", seconds)
+
     def _log_end(self) -> None:
         hunt = self.hunt
+        assert isinstance(hunt, RateHunt)
         if hunt.break_step is None:
             logger.info("rate hunt: sustained every step up to %g arrivals/s", hunt.plan.max_rate)
         else:
@@ -431,8 +481,16 @@ def build_rate_step_shape(options: Any, time_scale: float = 1.0) -> RateStepShap
         step_time = float(parse_timespan(str(options.step_time)))
     except ValueError:
         raise ValueError(f"--step-time {options.step_time!r} is not a duration: use e.g. 150, 150s or 2m30s") from None
-    step_rate = _positive("--step-rate", options.step_rate) if options.step_rate else DEFAULT_STEP_RATE
-    plan = RatePlan(step_rate, step_time * time_scale, _positive("--max-rate", options.max_rate))
+    max_rate = _positive("--max-rate", options.max_rate)
+    plan: RatePlan | RateAdaptivePlan
+    if rate_hunt_kind(options) == FIXED:
+        step_rate = _positive("--step-rate", options.step_rate) if options.step_rate else DEFAULT_STEP_RATE
+        plan = RatePlan(step_rate, step_time * time_scale, max_rate)
+    else:
+        start = getattr(options, "start_rate", None)
+        start_rate = _positive("--start-rate", start) if start is not None else DEFAULT_START_RATE
+        plan = RateAdaptivePlan(start_rate, step_time * time_scale, max_rate,
+                                _positive("--arrival-timeout", options.arrival_timeout))
     return RateStepShape(plan, slots(options), test_config.THRESHOLDS, not options.no_stop_on_break)
 
 
@@ -450,6 +508,10 @@ def check_options(options: Any) -> None:
                          "(or use --scenario rate-step / --step-rate for the rate hunt)")
     if options.step_rate and options.scenario not in ("", RATE_STEP):
         raise ValueError(f"--step-rate belongs to the rate hunt (--scenario rate-step), not --scenario {options.scenario}")
+    if getattr(options, "start_rate", None) is not None and (options.arrival_rate
+                                                             or options.scenario not in ("", RATE_STEP)):
+        raise ValueError("--start-rate belongs to the adaptive rate hunt (--scenario rate-step), not "
+                         + ("--arrival-rate" if options.arrival_rate else f"--scenario {options.scenario}"))
     if options.arrival_rate:
         _positive("--arrival-rate", options.arrival_rate)
     _positive("--arrival-timeout", options.arrival_timeout)
@@ -464,8 +526,12 @@ def _add_arguments(parser: Any) -> None:
     add = parser.add_argument
     add("--arrival-rate", type=float, default=0.0, env_var="LOCUST_ARRIVAL_RATE", include_in_web_ui=False,
         help="Open model: R requests arrive per second, whatever the API does, for --run-time (default: off)")
+    add("--start-rate", type=float, default=None, env_var="LOCUST_START_RATE", include_in_web_ui=False,
+        help=f"Adaptive rate hunt (the default of --scenario rate-step): arrivals/s of the first step, doubled while "
+             f"sustained (default {DEFAULT_START_RATE:g})")
     add("--step-rate", type=float, default=0.0, env_var="LOCUST_STEP_RATE", include_in_web_ui=False,
-        help=f"Rate hunt (= --scenario rate-step): arrivals/s added per step (default {DEFAULT_STEP_RATE:g})")
+        help=f"Fixed rate hunt (= --scenario rate-step --hunt fixed): arrivals/s added per step (default "
+             f"{DEFAULT_STEP_RATE:g}); giving it chooses the fixed hunt")
     add("--max-rate", type=float, default=DEFAULT_MAX_RATE, env_var="LOCUST_MAX_RATE", include_in_web_ui=False,
         help=f"Rate hunt: arrivals/s of the last step (default {DEFAULT_MAX_RATE:g})")
     add("--arrivals", choices=ARRIVALS, default=ARRIVALS[0], env_var="LOCUST_ARRIVALS", include_in_web_ui=False,
@@ -532,9 +598,16 @@ def describe(shape: LoadTestShape, options: Any) -> None:
     if isinstance(shape, ConstantRateShape):
         until = f"for {shape.run_time_s:g} s" if shape.run_time_s else "until stopped"
         logger.info("open model: %g arrivals/s %s; %s", shape.rate, until, common)
-    elif isinstance(shape, RateStepShape):
+    elif isinstance(shape, RateStepShape) and isinstance(shape.hunt, AdaptiveRateHunt):
+        aplan, th = shape.hunt.plan, shape.hunt.thresholds
+        logger.info("scenario rate-step (adaptive hunt): from %g arrivals/s, x%g while sustained, then refine to %.0f%% "
+                    "and confirm the break; %g s per step, at most %g/s; %s; sustained = throughput within %.0f%% of "
+                    "arrivals, nothing dropped, latency not growing, corrected p95 <= %g ms, errors <= %.1f%%",
+                    aplan.start_rate, aplan.growth, 100 * aplan.bracket, aplan.step_time_s, aplan.max_rate, common,
+                    100 * th.throughput_shortfall_fraction, th.latency_p95_ms, 100 * th.error_ratio)
+    elif isinstance(shape, RateStepShape) and isinstance(shape.hunt, RateHunt):
         plan, th = shape.hunt.plan, shape.hunt.thresholds
-        logger.info("scenario rate-step: +%g arrivals/s every %g s up to %g/s; %s; sustained = throughput within "
+        logger.info("scenario rate-step (fixed hunt): +%g arrivals/s every %g s up to %g/s; %s; sustained = throughput within "
                     "%.0f%% of arrivals, nothing dropped, latency not growing, corrected p95 <= %g ms, errors <= %.1f%%",
                     plan.step_rate, plan.step_time_s, plan.max_rate, common, 100 * th.throughput_shortfall_fraction,
                     th.latency_p95_ms, 100 * th.error_ratio)

@@ -40,6 +40,8 @@ from loadlab.contract.live import LIVE_FILE, LIVE_PANEL_FILE, RUN_DIR_ENV, SCHEM
 
 from . import labview
 from .adaptive import AdaptiveHunt
+from .openmodel import RateHunt
+from .rateadaptive import AdaptiveRateHunt
 from .roles import is_coordinator
 
 logger = logging.getLogger(__name__)
@@ -88,7 +90,11 @@ def locust_view(environment: Environment) -> dict[str, Any]:
     hunt = getattr(environment.shape_class, "hunt", None)
     steps, summary = [], []
     th = hunt.thresholds if hunt is not None else test_config.THRESHOLDS
-    if hunt is not None:
+    if isinstance(hunt, (RateHunt, AdaptiveRateHunt)):  # the open model's rate hunt: its steps are rates
+        ending = hunt.last_move.why if isinstance(hunt, AdaptiveRateHunt) and hunt.done and hunt.last_move else ""
+        summary.append(f"rate hunt: {len(hunt.results)} steps judged (each in Locust's log)"
+                       + (f"; {ending}" if ending else ""))
+    elif hunt is not None:
         for r in hunt.results:
             steps.append({"step": r.step, "users": r.users, "start": None, "rps": round(r.rps, 2),
                           "p95_ms": None if r.p95_ms is None else round(r.p95_ms, 1),

@@ -31,6 +31,8 @@ from loadlab.contract.scenarios import (
 )
 from loadlab.contract.thresholds import Thresholds
 
+from .presets import DONE, FIXED_PHASE
+
 __all__ = ["ARRIVALS", "DEFAULT_ARRIVAL_TIMEOUT_S", "DEFAULT_MAX_CONCURRENCY", "DEFAULT_MAX_RATE", "DEFAULT_STEP_RATE",
            "ArrivalClock", "LatencyHistogram", "OpenStats", "RateHunt", "RatePlan", "RateSnapshot", "RateStepResult",
            "judge_rate", "shares"]
@@ -302,6 +304,11 @@ class RateHunt:
     def current_step(self) -> int:
         """1-based index of the running step (0 before the first tick)."""
         return self.step + 1
+
+    @property
+    def phase(self) -> str:
+        """What the hunt is doing (exported as locust_hunt_phase): equal steps, or done."""
+        return DONE if self.done else FIXED_PHASE
 
     def tick(self, run_time: float, snapshot: Callable[[], RateSnapshot]) -> float | None:
         if self.done:

@@ -13,11 +13,16 @@ no think time against the same server miss it, and the test prints all three sid
 
 from __future__ import annotations
 
+import json
+import math
+import re
+
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from loadlab.contract import openmodel as names
 from loadlab.contract.histograms import histogram_quantile
+from loadlab.history import read_samples
 from tests.helpers import free_port
 from tests.loadlab.conftest import assert_all_gone, run_loadlab
 from tests.locust_tests.conftest import locust_args, run_locust
@@ -116,3 +121,69 @@ def test_corrected_latency_finds_the_stalls_a_closed_model_hides(ground_truth, s
     # in each stall (the ones in flight), not the arrivals that queued behind them.
     assert uncorrected < truth / 2 and closed < truth / 2
     assert late > 0.1 * scheduled  # the stalls' arrivals found all 4 slots busy
+
+
+@pytest.mark.timeout(360)
+def test_the_adaptive_rate_hunt_finds_the_capacity_in_fewer_steps_than_the_fixed_one(ground_truth, tmp_path):
+    # The capacity proof's server (W=16, S=400 ms sleeping: X = 40 req/s) and SLO, hunted adaptively
+    # (the default of login-rate-step) from 6/s: 6, 12, 24 sustained, 48 (1.2 X) not, then refine
+    # around the capacity the overloaded step measured, then confirm. 8 s steps, uniform arrivals.
+    from loadlab.contract.scenarios import HUNT_BRACKET
+    from tests.loadlab.served import served_seconds
+
+    step_s = 8
+    gt = ground_truth(16, 400, "sleep")
+    run = run_loadlab(["run", "login-rate-step", "--host", gt.url, "--target-pid", str(gt.pid), "--target-workers",
+                       str(gt.workers), "--prometheus", "off", "--slo-p95-ms", "1000", "--",
+                       "--start-rate", "6", "--step-time", f"{step_s}s", "--max-rate", "200", "--arrivals", "uniform"],
+                      tmp_path / "reports", env={"LOGIN_USERS": "20"}, timeout=300)
+    assert run.returncode == 0, run.output
+    assert_all_gone(run.started_pids())
+    verdict = run.verdict()
+    detail = rate_table(verdict)
+    log = (run.run_dir / "logs" / "locust.log").read_text()
+    hunt = [line.split(": ", 1)[1] for line in log.splitlines()
+            if "/INFO/locust_tests.plugins.arrivals: rate step" in line or "adaptive rate hunt" in line]
+    steps = verdict["rate_steps"]
+    rates = [s["offered_rps"] for s in steps]  # as they ran
+    # The truth as this run's server delivered it: X = W / D, D its own mean time per login over the
+    # holds of the overloaded steps (all 16 workers busy), from its request-duration histogram.
+    samples = read_samples(run.run_dir / "samples.jsonl")
+    served = [served_seconds(samples, s["hold_start"], s["end"]) for s in steps
+              if "throughput_below_offered" in s["reasons"]]
+    seconds, count = sum(t for t, _ in served), sum(c for _, c in served)
+    assert count > 0, detail
+    truth = gt.workers / (seconds / count)
+    # The same precision by the fixed hunt: its step is the bracket the adaptive hunt reached (its
+    # highest sustained rate to its break, as its last log line gives them); it runs to the first
+    # step at or past that break, and one more.
+    found = re.search(r"adaptive rate hunt: done after \d+ steps: not sustained from .*sustained ([\d.]+)/s, "
+                      r"not ([\d.]+)/s", log)
+    assert found, "\n".join(hunt)
+    hunt_held, hunt_brk = float(found[1]), float(found[2])
+    fixed_step = hunt_brk - hunt_held
+    fixed_steps = math.ceil(hunt_brk / fixed_step - 1e-9) + 1
+    brk, held = verdict["break"]["rate"], verdict["max_sustained_rate"]
+    adaptive_s = steps[-1]["end"] - steps[0]["start"]
+    print(f"\nW={gt.workers} S={gt.service_s * 1000:g} ms: X = W/S = {gt.capacity_rps:g} req/s; as served: D = "
+          f"{seconds / count * 1000:.1f} ms, X = {truth:.1f} req/s\n"
+          + "\n".join(["the live hunt's log:", *hunt, "the verdict:", detail])
+          + f"\nadaptive: {len(steps)} steps {rates}, {adaptive_s:.0f} s (drains included) | fixed to the same "
+            f"precision ({fixed_step:.3g}/s steps, the hunt's bracket {hunt_held:g}-{hunt_brk:g}/s; the verdict's "
+            f"{held:g}-{brk:g}/s): {fixed_steps} steps, {fixed_steps * step_s} s | adaptive / fixed "
+            f"{adaptive_s / (fixed_steps * step_s):.2f}")
+    assert rates[:4] == [6, 12, 24, 48], detail  # x2 while sustained
+    assert verdict["open_model"] is True and held is not None, detail
+    assert verdict["capacity_rps"] == pytest.approx(truth, rel=0.05), detail
+    # The hunt's break lies past the capacity, by at most what the judge tolerates of a short hold:
+    # a 5 % shortfall plus the requests in flight at its edges (~6 % at 40/s, 400 ms, a 5.6 s window).
+    assert truth * 0.98 <= hunt_brk <= truth * 1.12, "\n".join(hunt)
+    # The verdict judges the same steps again from the lab's samples (its own hold): its break is the
+    # hunt's, or (a step at the judge's edge) a higher rate the hunt found unsustained too.
+    unsustained = [float(m[1]) for m in re.finditer(r"rate step \d+: offered ([\d.]+)/s .* NOT SUSTAINED", log)]
+    assert brk in unsustained and brk >= hunt_brk and held < brk, detail
+    assert fixed_step <= HUNT_BRACKET * hunt_brk + 0.01, "\n".join(hunt)  # bracketed to a few percent
+    assert adaptive_s <= fixed_steps * step_s, detail
+    phases = {labels["phase"] for line in (run.run_dir / "samples.jsonl").read_text().splitlines()
+              for name, labels, value in json.loads(line).get("samples", []) if name == "locust_hunt_phase" and value == 1}
+    assert {"grow", "refine"} <= phases, phases
