@@ -269,6 +269,12 @@ def render_load_curve(verdict: Verdict) -> str:
     return _png(fig)
 
 
+def load_curve_section(verdict: Verdict) -> str:
+    """The closed model's X(N) chart; an open-model run's users are request slots, not load."""
+    return ('<h2>Against users</h2>\n<figure><img class="chart" alt="Throughput against users" '
+            f'src="data:image/png;base64,{render_load_curve(verdict)}"></figure>')
+
+
 def _fmt(value: Any, digits: int = 1) -> str:
     if value is None:
         return "–"
@@ -347,8 +353,7 @@ tr.knee td {{ background: #fff3e0; }} tr.break td {{ background: #fdecea; }}
 <p class="muted">Dashed lines: knee (orange) and break (red). Grey bands: the part of each step the verdict
 measures (the hold, after the transient). Dots: the per-step values the verdict uses.</p>
 {images}
-<h2>Against users</h2>
-<figure><img class="chart" alt="Throughput against users" src="data:image/png;base64,{render_load_curve(verdict)}"></figure>
+{"" if verdict.open_model else load_curve_section(verdict)}
 {report_section(verdict)}
 <h2>Steps</h2>
 {_rate_step_table(verdict) if verdict.open_model else f'<table id="steps">{head}{"".join(rows)}</table>'}
