@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loadlab import profiling
+from loadlab import profiling, server_latency
 from loadlab.analysis import analyze_steps
 from loadlab.contract import thresholds
 from loadlab.contract.thresholds import Thresholds
 from loadlab.functional import ErrorEvidence, read_failures_csv, step_errors
 from loadlab.history import Damage, DamagedInput, LocustHistory, Samples, read_samples, read_stats_history
+from loadlab.remote import apply_outages
 from loadlab.report import write_report
 from loadlab.steps import resource_series, summarize_steps
 from loadlab.verdict import Source, Verdict
@@ -91,7 +92,8 @@ def locate(path: Path | str, damage: Damage | None = None) -> RunInputs:
 
 def analysis_meta(meta: dict[str, Any]) -> dict[str, Any]:
     """The parts of run.json the step summaries use."""
-    keys = ("target_workers", "host_cores", "generator_processes")
+    keys = ("target_workers", "host_cores", "generator_processes", "target_group", "target_sidecar",
+            "target_host_cores")
     return {k: meta[k] for k in keys if meta.get(k) is not None}
 
 
@@ -130,9 +132,14 @@ def analyze(path: Path | str, th: Thresholds | None = None, write: bool = True,
     resources = resource_series(samples, meta)  # once: the step summaries and the report's charts share it
     steps = summarize_steps(history, samples, meta, transient_fraction=th.step_transient_fraction,
                             resources=resources)
+    server_latency.fill(steps, samples)  # the API's own latency beside Locust's, when its metrics were sampled
+    remote = inputs.meta.get("remote_sources")
+    remote_notes = apply_outages(steps, {str(k): str(v) for k, v in remote.items()} if isinstance(remote, dict) else {},
+                                 samples)  # a source on the API's machine that stopped answering
     evidence = ErrorEvidence(by_step=[step_errors(samples, s) for s in steps], run=run_errors,
                              failures_csv=str(failures_path) if failures_path.is_file() else None)
     verdict = analyze_steps(steps, th, evidence)
+    verdict.notes.extend(remote_notes)
     verdict.skipped_rows = len(damage.skipped)
     inputs.skipped = damage.skipped
     verdict.source = Source(
@@ -160,5 +167,6 @@ def analyze(path: Path | str, th: Thresholds | None = None, write: bool = True,
     if write:
         (inputs.out_dir / VERDICT).write_text(json.dumps(verdict.to_dict(), indent=2) + "\n")
         write_report(inputs.out_dir / REPORT, verdict, history, resources,
-                     title or f"loadlab report: {inputs.meta.get('scenario') or inputs.history_csv.name}")
+                     title or f"loadlab report: {inputs.meta.get('scenario') or inputs.history_csv.name}",
+                     server_p95=server_latency.p95_series(samples))
     return verdict, inputs
