@@ -786,6 +786,9 @@ class Lab:
                 return 1
             for line in suite_errors(self.locust_master.log_path).splitlines():  # e.g. seeding failed
                 self.say(f"locust: {line}")
+            # E.g. the test accounts stay on your API (a target the lab started keeps them in the run directory).
+            for line in suite_notes(self.locust_master.log_path) if self.opts.host else []:
+                self.say(f"locust: {line}")
             verdict = self.finish()
             if verdict is None:
                 self.say(f"error: Locust wrote no stats history; see {self.locust_master.log_path}")
@@ -828,3 +831,13 @@ def suite_errors(log_path: Path, plugin: str | None = None) -> str:
     except OSError:
         return ""
     return "\n".join(line.split(": ", 1)[1] for line in lines if marker in line and ": " in line)
+
+
+def suite_notes(log_path: Path) -> list[str]:
+    """The Locust suite's notes worth the console (`cleanup: note: the test accounts stay on ...`), once each."""
+    try:
+        lines = Path(log_path).read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    notes = [line.split(": ", 1)[1] for line in lines if "/locust_tests.plugins." in line and ": note: " in line]
+    return list(dict.fromkeys(notes))

@@ -134,6 +134,9 @@ def test_the_bundled_login_hunt_on_another_api_names_its_cpu_with_the_right_capa
     assert {"target_sidecar", "sidecar", "locust"} <= sources
     assert all(s["target_cpu_cores"] is not None and s["generator_cpu_cores"] is not None for s in verdict["steps"])
     assert "target sidecar " + other_api.sidecar_url in run.output
+    # No admin endpoint there: a note that the test accounts stay, with their prefix, and no failure.
+    assert f"locust: cleanup: note: the test accounts stay on {other_api.url}" in run.output
+    assert "their usernames start with lt_data_" in run.output
     assert verdict["limiting_resource"] == "target_cpu", detail
 
     # Ground truth: W workers each spend D (the hash) per login. With whole cores X = W/D; on a
