@@ -244,21 +244,29 @@ def signals(steps: list[StepSummary], knee: KneeResult | None, th: Thresholds = 
     return sorted(crossings.values(), key=lambda c: c.time)
 
 
+def findings(steps: list[StepSummary], th: Thresholds = DEFAULT_THRESHOLDS) -> tuple[KneeResult | None, int | None,
+                                                                                  float | None]:
+    """(knee, index of the break step, capacity): the verdict's findings, and all that
+    `loadlab.uncertainty` recomputes on every bootstrap replicate."""
+    knee = find_knee(steps, th)
+    brk = find_break(steps, th)
+    if knee is not None and brk is not None and brk < knee.step:
+        knee = None  # the SLO broke before throughput flattened: the break is the finding
+    return knee, brk, capacity(steps, knee, brk, th)
+
+
 def analyze_steps(steps: list[StepSummary], th: Thresholds = DEFAULT_THRESHOLDS,
                   errors: functional.ErrorEvidence | None = None) -> Verdict:
     """The verdict for a run's step summaries. `errors`: the run's failure texts, to tell an API that
     fails functionally at light load from one that ran out of capacity (without them, not judged)."""
-    knee = find_knee(steps, th)
-    brk = find_break(steps, th)
     notes: list[str] = []
     if errors is not None:  # light load is below where throughput flattened, whatever the SLO said
-        failure, notes = functional.judge(steps, None if knee is None else knee.step, errors)
+        flat = find_knee(steps, th)
+        failure, notes = functional.judge(steps, None if flat is None else flat.step, errors)
         if failure is not None:  # not a capacity result: no knee, break, capacity or limiting resource
             return Verdict(steps=steps, thresholds=th, limiting_resource_basis="the API failed functionally",
                            signals=signals(steps, None, th), notes=notes, functional_failure=failure)
-    if knee is not None and brk is not None and brk < knee.step:
-        knee = None  # the SLO broke before throughput flattened: the break is the finding
-    cap = capacity(steps, knee, brk, th)
+    knee, brk, cap = findings(steps, th)
     ref = knee.step if knee is not None else brk
     resource, basis = limiting_resource(steps, ref, brk, th, knee=knee is not None)
     return Verdict(

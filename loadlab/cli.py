@@ -5,6 +5,8 @@
     loadlab run --locustfile mine.py --host http://127.0.0.1:8000 -- --step-users 5   # your own locustfile
     loadlab up                                                 # Locust web UI + the lab, until Ctrl-C
     loadlab analyze reports/20250101-120000-login-step         # or any Locust --csv prefix
+    loadlab compare reports/BASE reports/NEW                   # did it get worse, and are we sure?
+    loadlab run login-step --time-scale 0.1 --gate 'capacity_rps>=40' --baseline reports/BASE
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from loadlab import compare as comparing
+from loadlab import gates as gating
 from loadlab import rundir
-from loadlab.contract.exits import EXIT_API_FAILED, EXIT_USAGE
+from loadlab.contract.exits import COMPARE_REGRESSED as EXIT_REGRESSED
+from loadlab.contract.exits import EXIT_API_FAILED, EXIT_GATE, EXIT_USAGE
 from loadlab.contract.names import DEFAULT_PORTS
 from loadlab.history import Damage, DamagedInput
 from loadlab.processes import LabError
@@ -63,6 +68,23 @@ def _add_slo_options(p: argparse.ArgumentParser) -> None:
                    help="the p95 latency SLO in ms (beats $SLO_P95_MS; default 500)")
     p.add_argument("--slo-error-ratio", type=float, metavar="R",
                    help="the error-ratio SLO, 0-1 (beats $SLO_ERROR_RATIO; default 0.01)")
+
+
+def _min_change(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a percentage, got {text!r}") from None
+    if not 0 <= value < 1000:
+        raise argparse.ArgumentTypeError(f"a percentage from 0 up, got {text}")
+    return value
+
+
+def _add_check_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gate", action="append", default=[], metavar="EXPR",
+                   help="fail (exit 4) unless the verdict meets EXPR, e.g. 'capacity_rps>=40', 'knee.users>=80', "
+                        "'p95_ms@50users<=300', 'error_ratio<=0.01'; repeatable; results in verdict.json `gates`")
+    p.add_argument("--junit", type=Path, metavar="FILE", help="write the gates (and comparisons) as JUnit XML")
 
 
 def _add_lab_options(p: argparse.ArgumentParser, mode: str) -> None:
@@ -122,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("scenario", nargs="?", choices=list(SCENARIOS), metavar="SCENARIO",
                      help=", ".join(SCENARIOS) + " (or --locustfile PATH)")
     _add_lab_options(run, "run")
+    _add_check_options(run)
+    run.add_argument("--baseline", type=Path, metavar="DIR",
+                     help="after the run, compare it with this run directory (loadlab compare); a regression "
+                          "exits 4 like a failed gate")
+    run.add_argument("--min-change", type=_min_change, default=comparing.DEFAULT_MIN_CHANGE_PCT, metavar="PCT",
+                     help="with --baseline: the smallest change in percent judged a regression (default: %(default)s)")
 
     up = sub.add_parser("up", help="the same components with Locust's web UI, until Ctrl-C; prints the URLs",
                         description="Arguments after `--` go to Locust unchanged.")
@@ -137,7 +165,24 @@ def build_parser() -> argparse.ArgumentParser:
                          help="skip unreadable rows of the input files (counted in the verdict as skipped_rows, "
                               "and warned about) instead of refusing them (exit 2)")
     _add_slo_options(analyze)
+    _add_check_options(analyze)
     analyze.epilog = "A run directory is judged by the thresholds its run recorded (run.json) unless a flag overrides them."
+
+    comp = sub.add_parser("compare", help="did NEW get worse than BASE, beyond the noise? (exit 1: it regressed)",
+                          description="Compares the capacity, the knee, the break, and the throughput and p95 at "
+                                      "every step load both runs held, each with its change, a 95%% confidence "
+                                      "interval and a judgement. Exit 0: no regression; 1: a regression beyond "
+                                      "--min-change; 2: the runs cannot be compared (the reason is printed).")
+    comp.add_argument("base", type=Path, metavar="BASE", help="run directory or Locust --csv prefix (the reference)")
+    comp.add_argument("new", type=Path, metavar="NEW", help="run directory or Locust --csv prefix (the candidate)")
+    comp.add_argument("--min-change", type=_min_change, default=comparing.DEFAULT_MIN_CHANGE_PCT, metavar="PCT",
+                      help="the smallest change in percent worth judging (default: %(default)s)")
+    comp.add_argument("--json", action="store_true", help="print the comparison as JSON instead of the table")
+    comp.add_argument("--out", type=Path, metavar="DIR",
+                      help="where compare.html and compare.json go (default: NEW's directory)")
+    comp.add_argument("--no-write", action="store_true", help="print only; write no compare.html/compare.json")
+    comp.add_argument("--junit", type=Path, metavar="FILE", help="write each figure's judgement as JUnit XML")
+    _add_slo_options(comp)
 
     data = sub.add_parser("data", help="regenerate the test users file (python -m locust_tests.data)")
     data.add_argument("--count", type=int, help="number of users")
@@ -168,19 +213,23 @@ def _lab_options(args: argparse.Namespace, mode: str, locust_args: list[str]) ->
                       locust_args=locust_args, slo_p95_ms=args.slo_p95_ms, slo_error_ratio=args.slo_error_ratio,
                       profile=args.profile, profile_rate=args.profile_rate, locustfile=args.locustfile,
                       target_sidecar=args.target_sidecar, target_metrics=args.target_metrics,
-                      target_group=args.target_group)
+                      target_group=args.target_group,
+                      gates=gating.parse_all(getattr(args, "gate", [])), junit=getattr(args, "junit", None),
+                      baseline=getattr(args, "baseline", None),
+                      min_change_pct=getattr(args, "min_change", comparing.DEFAULT_MIN_CHANGE_PCT))
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     try:
+        gates = gating.parse_all(args.gate)
         located = rundir.locate(args.path, Damage(lenient=args.lenient))
         th = rundir.run_thresholds(located, os.environ, args.slo_p95_ms, args.slo_error_ratio)
-        verdict, inputs = rundir.analyze(args.path, th, write=not args.no_write, lenient=args.lenient)
+        verdict, inputs = rundir.analyze(args.path, th, write=not args.no_write, lenient=args.lenient, gates=gates)
     except DamagedInput as exc:
         print(f"loadlab analyze: {exc}. The verdict would not be of the run's data: repair or remove that line, "
               f"or pass --lenient to skip unreadable rows (they are counted in the verdict)", file=sys.stderr)
         return EXIT_USAGE
-    except (FileNotFoundError, ValueError) as exc:  # ThresholdError is a ValueError
+    except (FileNotFoundError, ValueError) as exc:  # ThresholdError and GateError are ValueErrors
         print(f"loadlab analyze: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:  # a directory where a file should be, no permission...
@@ -196,10 +245,39 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     else:
         for line in verdict.summary():
             print(line)
+        for result in verdict.gates or []:
+            print(result.line())
         if not args.no_write:
             print(f"verdict: {inputs.out_dir / rundir.VERDICT}")
             print(f"report: {inputs.out_dir / rundir.REPORT}")
-    return EXIT_API_FAILED if verdict.functional_failure is not None else 0
+    if args.junit:
+        gating.write_junit(args.junit, [("loadlab gates", gating.gate_cases(verdict.gates or []))])
+    if verdict.functional_failure is not None:
+        return EXIT_API_FAILED
+    return EXIT_GATE if gating.failed(verdict.gates) else 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    try:
+        comparing.precheck(args.base, args.new, args.slo_p95_ms, args.slo_error_ratio)
+        base = comparing.load("BASE", args.base, args.slo_p95_ms, args.slo_error_ratio)
+        new = comparing.load("NEW", args.new, args.slo_p95_ms, args.slo_error_ratio)
+        result = comparing.compare(base, new, args.min_change)
+    except comparing.CompareError as exc:
+        print(f"loadlab compare: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        for line in comparing.table(result):
+            print(line)
+    if not args.no_write:
+        page, _ = comparing.write(result, args.out or new.out_dir)
+        if not args.json:
+            print(f"compare: {page}")
+    if args.junit:
+        gating.write_junit(args.junit, [("loadlab compare", comparing.junit_cases(result))])
+    return EXIT_REGRESSED if result.regressions else 0
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -239,6 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "analyze":
         return cmd_analyze(args)
+    if args.command == "compare":
+        return cmd_compare(args)
     if args.command == "data":
         return cmd_data(args)
     if args.command == "cleanup":
@@ -246,6 +326,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         lab = Lab(_lab_options(args, args.command, passthrough))
         return lab.execute()
+    except gating.GateError as exc:
+        print(f"loadlab {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except LabError as exc:
         print(f"loadlab {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

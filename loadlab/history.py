@@ -158,17 +158,7 @@ def read_stats_history(path: Path | str, damage: Damage | None = None) -> Locust
             per_name = True
             continue
         try:
-            t, users, requests, failures = (_num(rec[c]) for c in ("Timestamp", "User Count", "Total Request Count",
-                                                                    "Total Failure Count"))
-            row = HistoryRow(
-                t=_required(t),
-                users=int(_required(users)),
-                requests=int(_required(requests)),
-                failures=int(_required(failures)),
-                p50_ms=_num(rec.get("50%")),
-                p95_ms=_num(rec.get("95%")),
-                avg_ms=_num(rec.get("Total Average Response Time")),
-            )
+            row = parse_history_row(rec)
         except ValueError as exc:
             damage.found(path, line_no, f"an Aggregated row with a value that is not a number ({exc})")
             continue
@@ -182,6 +172,40 @@ def _required(value: float | None) -> float:
     if value is None:
         raise ValueError("an empty cell where a count or time must be")
     return value
+
+
+def parse_history_row(rec: dict) -> HistoryRow:
+    """One Aggregated record of the CSV as a row; ValueError (what is wrong) when a cell is no number."""
+    t, users, requests, failures = (_num(rec[c]) for c in ("Timestamp", "User Count", "Total Request Count",
+                                                            "Total Failure Count"))
+    return HistoryRow(
+        t=_required(t),
+        users=int(_required(users)),
+        requests=int(_required(requests)),
+        failures=int(_required(failures)),
+        p50_ms=_num(rec.get("50%")),
+        p95_ms=_num(rec.get("95%")),
+        avg_ms=_num(rec.get("Total Average Response Time")),
+    )
+
+
+def check_columns(path: Path, columns: Iterable[str]) -> None:
+    """ValueError unless the header has the columns the analysis reads."""
+    missing = set(HISTORY_REQUIRED) - set(columns)
+    if missing:
+        raise ValueError(f"{path}: not a Locust stats history CSV (missing columns: {', '.join(sorted(missing))})")
+
+
+def history_row(rec: dict) -> HistoryRow | None:
+    """One Aggregated record of a CSV still being written (the live view): None for a torn record (a
+    run still writing, or killed mid-line: the reader leaves the fields it did not get None, and a
+    counter cut short would read as a drop) or one that is no row; the final analysis names those."""
+    if None in rec.values():
+        return None
+    try:
+        return parse_history_row(rec)
+    except ValueError:
+        return None
 
 
 # ---------------------------------------------------------------- resource samples
@@ -286,6 +310,17 @@ def read_samples(path: Path | str, damage: Damage | None = None) -> Samples:
     for scrapes in result.by_source.values():
         scrapes.sort(key=lambda s: s.t)
     return result
+
+
+def scrape_of(rec: dict) -> Scrape | None:
+    """One line of `samples.jsonl` being written (the live view) as a Scrape; None for a failed
+    scrape or a line that is no scrape record (the final analysis names those)."""
+    if not rec.get("ok", True):
+        return None
+    try:
+        return _scrape(rec)
+    except ValueError:
+        return None
 
 
 def _matches(labels: Labels, match: Labels | None) -> bool:

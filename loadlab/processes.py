@@ -201,8 +201,9 @@ class Component:
             try:
                 with urllib.request.urlopen(self.ready_url, timeout=2):
                     break
-            except urllib.error.HTTPError:
-                break
+            except urllib.error.HTTPError as exc:
+                if exc.code != 503:  # any answer but "not ready yet" (Prometheus' /-/ready says 503 until it is)
+                    break
             except OSError:
                 pass
             time.sleep(0.2)

@@ -37,7 +37,8 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _csv_series(history: LocustHistory) -> dict[str, list[tuple[float, float]]]:
+def csv_series(history: LocustHistory) -> dict[str, list[tuple[float, float]]]:
+    """Per-second series from Locust's history: users, req/s and failures/s (counter deltas), p50 and p95."""
     rows = history.rows
     out: dict[str, list[tuple[float, float]]] = {"users": [(r.t, r.users) for r in rows], "rps": [], "fail_per_s": [],
                                                  "p50_ms": [], "p95_ms": []}
@@ -112,7 +113,7 @@ def render_charts(verdict: Verdict, history: LocustHistory, resources: ResourceS
                   server_p95: list[tuple[float, float]] | None = None) -> list[tuple[str, str]]:
     """[(title, base64 PNG)] for the five charts; `resources` is the run's `steps.resource_series`,
     `server_p95` the API's own p95 over time (`server_latency.p95_series`), drawn beside Locust's."""
-    csv_series = _csv_series(history)
+    locust = csv_series(history)
     timeline = resource_timeline(resources)
     times = [r.t for r in history.rows]
     t0 = times[0] if times else time.time()
@@ -122,9 +123,9 @@ def render_charts(verdict: Verdict, history: LocustHistory, resources: ResourceS
     out = []
 
     fig, ax = charts.figure("Users and throughput", "users")
-    charts.line(ax, csv_series["users"], color="tab:blue", label="users")
+    charts.line(ax, locust["users"], color="tab:blue", label="users")
     ax2 = ax.twinx()
-    charts.line(ax2, csv_series["rps"], color="tab:green", lw=1, label="req/s")
+    charts.line(ax2, locust["rps"], color="tab:green", lw=1, label="req/s")
     ax2.scatter([s.hold_start - t0 for s in steps], [s.rps for s in steps], color="tab:green", s=14, zorder=3)
     if verdict.capacity_rps and verdict.breaking_point_reached:
         ax2.axhline(verdict.capacity_rps, color="tab:green", ls=":", lw=1)
@@ -134,14 +135,14 @@ def render_charts(verdict: Verdict, history: LocustHistory, resources: ResourceS
     out.append(("Users and throughput", _png(fig)))
 
     fig, ax = charts.figure("Failures", "failures/s")
-    charts.line(ax, csv_series["fail_per_s"], color="tab:red")
+    charts.line(ax, locust["fail_per_s"], color="tab:red")
     ax.set_ylim(bottom=0)
     charts.mark(ax)
     out.append(("Failures", _png(fig)))
 
     fig, ax = charts.figure("Latency (Locust, ~10 s window) with the SLO", "ms")
-    charts.line(ax, csv_series["p50_ms"], color="tab:blue", label="p50")
-    charts.line(ax, csv_series["p95_ms"], color="tab:purple", label="p95")
+    charts.line(ax, locust["p50_ms"], color="tab:blue", label="p50")
+    charts.line(ax, locust["p95_ms"], color="tab:purple", label="p95")
     if server_p95:  # the gap to the client's p95 is the network plus the queue in front of the app
         charts.line(ax, server_p95, color="tab:cyan", lw=1, label="server-side p95 (the API's own metrics)")
     ax.scatter([s.hold_start - t0 for s in steps if s.p95_ms is not None],

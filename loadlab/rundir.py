@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loadlab import profiling, server_latency
+from loadlab import gates as gating
+from loadlab import profiling, server_latency, uncertainty
 from loadlab.analysis import analyze_steps
 from loadlab.contract import thresholds
 from loadlab.contract.thresholds import Thresholds
@@ -22,7 +23,7 @@ from loadlab.functional import ErrorEvidence, read_failures_csv, step_errors
 from loadlab.history import Damage, DamagedInput, LocustHistory, Samples, read_samples, read_stats_history
 from loadlab.remote import apply_outages
 from loadlab.report import write_report
-from loadlab.steps import resource_series, summarize_steps
+from loadlab.steps import ResourceSeries, resource_series, summarize_steps
 from loadlab.verdict import Source, Verdict
 
 LOCUST_PREFIX = "locust"  # Locust's --csv prefix inside a run directory
@@ -112,22 +113,11 @@ def failures_csv(history_csv: Path) -> Path:
     return history_csv.with_name(history_csv.name[: -len(HISTORY_SUFFIX)] + FAILURES_SUFFIX)
 
 
-def analyze(path: Path | str, th: Thresholds | None = None, write: bool = True,
-            title: str | None = None, lenient: bool = False) -> tuple[Verdict, RunInputs]:
-    """Verdict for a run; writes verdict.json and report.html beside the inputs when `write`.
-    `th`: the thresholds to judge by (default: `run_thresholds` without flags). An unreadable row of
-    any input raises `DamagedInput` (file and line); with `lenient` it is skipped and counted."""
-    damage = Damage(lenient=lenient)
-    inputs = locate(path, damage)
-    if th is None:
-        th = run_thresholds(inputs, os.environ)
-    history: LocustHistory = read_stats_history(inputs.history_csv, damage)
-    cut = inputs.meta.get("incomplete_at") if inputs.meta.get("incomplete") else None
-    if isinstance(cut, (int, float)):  # a run that did not finish: judge only what ran before the fault
-        history.rows = [row for row in history.rows if row.t <= cut]
-    samples: Samples = read_samples(inputs.samples_path, damage) if inputs.samples_path else Samples()
-    failures_path = failures_csv(inputs.history_csv)
-    run_errors = read_failures_csv(failures_path, damage) if failures_path.is_file() else []
+def judge(inputs: RunInputs, history: LocustHistory, samples: Samples, th: Thresholds,
+          run_errors: list | None = None, failures_path: Path | None = None) -> tuple[Verdict, ResourceSeries | None]:
+    """The verdict of a run's history and samples (and the resource series it was built from). The
+    final analysis and the live one (`loadlab.live`, on the steps finished so far) both call this.
+    `run_errors`: the rows of Locust's failures CSV (`failures_path`), for a functional failure's top errors."""
     meta = analysis_meta(inputs.meta)
     resources = resource_series(samples, meta)  # once: the step summaries and the report's charts share it
     steps = summarize_steps(history, samples, meta, transient_fraction=th.step_transient_fraction,
@@ -136,12 +126,11 @@ def analyze(path: Path | str, th: Thresholds | None = None, write: bool = True,
     remote = inputs.meta.get("remote_sources")
     remote_notes = apply_outages(steps, {str(k): str(v) for k, v in remote.items()} if isinstance(remote, dict) else {},
                                  samples)  # a source on the API's machine that stopped answering
-    evidence = ErrorEvidence(by_step=[step_errors(samples, s) for s in steps], run=run_errors,
-                             failures_csv=str(failures_path) if failures_path.is_file() else None)
+    has_failures_csv = failures_path is not None and failures_path.is_file()
+    evidence = ErrorEvidence(by_step=[step_errors(samples, s) for s in steps], run=run_errors or [],
+                             failures_csv=str(failures_path) if has_failures_csv else None)
     verdict = analyze_steps(steps, th, evidence)
     verdict.notes.extend(remote_notes)
-    verdict.skipped_rows = len(damage.skipped)
-    inputs.skipped = damage.skipped
     verdict.source = Source(
         stats_history=str(inputs.history_csv),
         resource_samples=str(inputs.samples_path) if inputs.samples_path else None,
@@ -156,6 +145,41 @@ def analyze(path: Path | str, th: Thresholds | None = None, write: bool = True,
                              "percentile, not the step's own")
     if steps and not samples:
         verdict.notes.append("note: no resource samples beside the CSV, so CPU fields are null")
+    return verdict, resources
+
+
+def add_intervals(verdict: Verdict, history: LocustHistory, samples: Samples, th: Thresholds) -> None:
+    """95% intervals on the verdict's figures (loadlab.uncertainty), unless it has none (a functional
+    failure). The final analysis, and the live view once a test has stopped, add them."""
+    if verdict.functional_failure is not None:
+        return
+    boot = uncertainty.attach(verdict, history, samples, th)
+    if verdict.steps and not boot.complete:
+        verdict.notes.append("note: " + "; ".join(boot.notes))
+
+
+def analyze(path: Path | str, th: Thresholds | None = None, write: bool = True,
+            title: str | None = None, lenient: bool = False,
+            gates: Sequence[gating.Gate] = ()) -> tuple[Verdict, RunInputs]:
+    """Verdict for a run; writes verdict.json and report.html beside the inputs when `write`.
+    `th`: the thresholds to judge by (default: `run_thresholds` without flags). An unreadable row of
+    any input raises `DamagedInput` (file and line); with `lenient` it is skipped and counted.
+    `gates`: checked on the verdict, results in verdict.json `gates`."""
+    damage = Damage(lenient=lenient)
+    inputs = locate(path, damage)
+    if th is None:
+        th = run_thresholds(inputs, os.environ)
+    history: LocustHistory = read_stats_history(inputs.history_csv, damage)
+    cut = inputs.meta.get("incomplete_at") if inputs.meta.get("incomplete") else None
+    if isinstance(cut, (int, float)):  # a run that did not finish: judge only what ran before the fault
+        history.rows = [row for row in history.rows if row.t <= cut]
+    samples: Samples = read_samples(inputs.samples_path, damage) if inputs.samples_path else Samples()
+    failures_path = failures_csv(inputs.history_csv)
+    run_errors = read_failures_csv(failures_path, damage) if failures_path.is_file() else []
+    verdict, resources = judge(inputs, history, samples, th, run_errors, failures_path)
+    add_intervals(verdict, history, samples, th)
+    verdict.skipped_rows = len(damage.skipped)
+    inputs.skipped = damage.skipped
     profiling.attach(verdict, inputs.out_dir, inputs.meta, write=write)  # --profile: hotspots, flame graph
     for torn in damage.torn:
         verdict.notes.append(f"note: {torn} was torn (a process killed while writing it) and was left out; "
@@ -164,6 +188,8 @@ def analyze(path: Path | str, th: Thresholds | None = None, write: bool = True,
         verdict.notes.append(f"note: --lenient skipped {len(damage.skipped)} unreadable rows, so this verdict "
                              f"is of what was left: {'; '.join(damage.skipped[:3])}"
                              + (f"; and {len(damage.skipped) - 3} more" if len(damage.skipped) > 3 else ""))
+    if gates:
+        verdict.gates = gating.evaluate(gates, verdict)
     if write:
         (inputs.out_dir / VERDICT).write_text(json.dumps(verdict.to_dict(), indent=2) + "\n")
         write_report(inputs.out_dir / REPORT, verdict, history, resources,

@@ -23,16 +23,18 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from loadlab import own_locustfile, remote, rundir
 from loadlab.contract import thresholds
 from loadlab.contract.cores import usable_cores
-from loadlab.contract.exits import EXIT_API_FAILED
+from loadlab.contract.exits import EXIT_API_FAILED, EXIT_GATE, EXIT_USAGE
+from loadlab.contract.live import RUN_DIR_ENV
 from loadlab.contract.names import DEFAULT_BIND, DEFAULT_PORTS, GENERATOR_GROUP, LOCUST_JOB, SIDECAR_JOB, TARGET_GROUP, TARGET_JOB
 from loadlab.contract.scenarios import STOP_TIMEOUT_S, lab_scenarios
 from loadlab.contract.thresholds import DEFAULT_THRESHOLDS, Thresholds
 from loadlab.history import read_stats_history
+from loadlab.live import LiveView
 from loadlab.processes import (
     Component,
     ComponentDied,
@@ -108,6 +110,11 @@ class LabOptions:
     target_metrics: str | None = None  # the API's own /metrics URL
     target_group: str | None = None  # the remote sidecar's group of the API's processes (default: target)
 
+    gates: list[Any] = field(default_factory=list)  # loadlab.gates.Gate, checked on the verdict (exit 4)
+    junit: Path | None = None  # JUnit XML of the gates and the baseline comparison
+    baseline: Path | None = None  # compare with this run directory after the run (a regression: exit 4)
+    min_change_pct: float = 5.0  # loadlab.compare.DEFAULT_MIN_CHANGE_PCT
+
 
 _LOG_PREFIX = re.compile(r"^\[[^]]*\] [^/]*/(ERROR|CRITICAL)/[^:]*: ")
 
@@ -173,6 +180,7 @@ class Lab:
         self.sup = Supervisor()
         self.sampler: Sampler | None = None
         self.profiler: StepProfiler | None = None
+        self.live: LiveView | None = None  # `up` only: live.json for Locust's Lab tab
         self._run_dir: Path | None = None
         self.ports: dict[str, int] = {}
         self._locust_master: Component | None = None
@@ -236,6 +244,7 @@ class Lab:
             raise LabError(f"--host {opts.host!r} names no host: give it like http://127.0.0.1:5000")
         self.check_remote_flags()
         self.check_port_flags()
+        self.check_baseline()
         self.allocate_ports()
         self.check_ports_distinct()
         self.check_remote_sources()
@@ -301,6 +310,8 @@ class Lab:
         env = {**os.environ, **self.opts.env, **thresholds.to_env(self.thresholds)}
         env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env.setdefault("PYTHONUNBUFFERED", "1")
+        if self._run_dir is not None:  # where Locust's Lab tab finds live.json
+            env[RUN_DIR_ENV] = str(self._run_dir.resolve())
         return env
 
     def component(self, name: str, args: list[str], ready_url: str | None = None,
@@ -437,6 +448,9 @@ class Lab:
         self._locust_master = comp
         try:
             comp.wait_ready(timeout=120)  # preflight + seeding happen before the exporter serves
+            if self.opts.mode == "up":  # the web UI starts after the exporter: print its URL once it answers
+                comp.ready_url = f"http://{DEFAULT_BIND}:{self.ports['web']}/"
+                comp.wait_ready(timeout=120)
         except ComponentDied:
             failed = api_failed(comp)
             if failed:
@@ -453,6 +467,8 @@ class Lab:
             self.meta["step_hunt"] = False
         if self.opts.mode == "up":
             self.say(f"locust UI  http://{DEFAULT_BIND}:{self.ports['web']}")
+            self.say(f"lab tab    http://{DEFAULT_BIND}:{self.ports['web']}/lab  (target and Locust CPU, "
+                     f"memory, users, throughput and the live verdict)")
 
     def start_sampler(self) -> None:
         sources = {SIDECAR_JOB: f"http://{DEFAULT_BIND}:{self.ports['sidecar']}/metrics",
@@ -491,6 +507,13 @@ class Lab:
                      f"each step's hold -> {self.run_dir / 'profiles'}")
         self.meta["profiling"] = info
 
+    def start_live(self) -> None:
+        """`up`: analyse the run so far every few seconds into live.json, for Locust's Lab tab."""
+        if self.opts.mode != "up" or self.sampler is None:
+            return
+        self.live = LiveView(self.run_dir, self.sampler.sources, title=f"loadlab up: {self.scenario_label()}")
+        self.live.start()
+
     def write_meta(self, **extra) -> None:
         self.meta.update(extra)
         self.meta["components"] = [
@@ -519,6 +542,7 @@ class Lab:
         self.say_remote()
         self.start_sampler()
         self.start_profiler(target_pid)
+        self.start_live()
         self.start_prometheus()
         self.write_meta()
         self.start_locust()
@@ -719,11 +743,14 @@ class Lab:
         history = self.run_dir / f"{rundir.LOCUST_PREFIX}{rundir.HISTORY_SUFFIX}"
         if not history.is_file():
             return None
-        verdict, _ = rundir.analyze(self.run_dir, title=f"loadlab {self.opts.mode}: {self.scenario_label()}")
+        verdict, _ = rundir.analyze(self.run_dir, title=f"loadlab {self.opts.mode}: {self.scenario_label()}",
+                                    gates=self.opts.gates)
         self.say("")
         self.say("verdict:")
         for line in verdict.summary():
             self.say(f"  {line}")
+        for result in verdict.gates or []:
+            self.say(f"  {result.line()}")
         self.say(f"report: {self.run_dir / rundir.REPORT}")
         self.say(f"verdict: {self.run_dir / rundir.VERDICT}")
         return verdict
@@ -756,7 +783,8 @@ class Lab:
                 if self.opts.mode == "run" and locust_code != 0:
                     incomplete = {"incomplete": f"Locust exited with {describe_exit(locust_code)}"}
             except Interrupted as exc:
-                incomplete = {"incomplete": f"interrupted by {exc}", "incomplete_at": time.time()}
+                if self.opts.mode == "run":  # `up` ends with Ctrl-C by design: its tests ran as the user chose
+                    incomplete = {"incomplete": f"interrupted by {exc}", "incomplete_at": time.time()}
                 self.say(f"\ninterrupted ({exc}): stopping every component this run started")
                 raise
             except ComponentDied as exc:
@@ -767,6 +795,8 @@ class Lab:
                 hold_signals()  # a second Ctrl-C must not cut the cleanup short
                 if self.profiler:  # before the target stops: py-spy writes the last step's stacks
                     self.profiler.stop()
+                if self.live:
+                    self.live.stop()
                 if self.sampler:
                     self.sampler.stop()
                 self.sup.stop_all()
@@ -793,7 +823,9 @@ class Lab:
             if verdict is None:
                 self.say(f"error: Locust wrote no stats history; see {self.locust_master.log_path}")
                 return 1
-            return EXIT_API_FAILED if verdict.functional_failure is not None else 0
+            if verdict.functional_failure is not None:
+                return EXIT_API_FAILED
+            return self.after_checks(verdict)
         except Interrupted:
             self.say("stopped every component this run started")
             self.finish_partial()
@@ -813,6 +845,51 @@ class Lab:
             code = 1
         finally:
             restore()
+        return code
+
+    # ------------------------------------------------------------------ CI checks (gates, --baseline)
+
+    def check_baseline(self) -> None:
+        """A --baseline must be a run this one can be compared with: said before anything starts."""
+        if self.opts.baseline is None:
+            return
+        try:
+            inputs = rundir.locate(self.opts.baseline)
+        except FileNotFoundError as exc:
+            raise LabError(f"--baseline: {exc}") from None
+        scenario = inputs.meta.get("scenario")
+        if scenario and scenario != self.scenario_label():
+            raise LabError(f"--baseline {self.opts.baseline} ran {scenario}, this run is {self.scenario_label()}: "
+                           "compare runs of the same scenario")
+
+    def after_checks(self, verdict: Verdict) -> int:
+        """Compare with --baseline, write --junit; 4 when a gate failed or the run regressed, 2 when
+        the baseline could not be compared, else 0."""
+        from loadlab import compare as comparing
+        from loadlab import gates as gating
+
+        code = EXIT_GATE if gating.failed(verdict.gates) else 0
+        suites: list[tuple[str, list[gating.Case]]] = [("loadlab gates", gating.gate_cases(verdict.gates or []))]
+        if self.opts.baseline is not None:
+            self.say("")
+            self.say(f"compared with the baseline {self.opts.baseline}:")
+            try:
+                base = comparing.load("BASE", self.opts.baseline, self.opts.slo_p95_ms, self.opts.slo_error_ratio)
+                new = comparing.load("NEW", self.run_dir, verdict=verdict)
+                result = comparing.compare(base, new, self.opts.min_change_pct)
+            except comparing.CompareError as exc:
+                self.say(f"  error: {exc}")
+                code = EXIT_USAGE
+            else:
+                for line in comparing.table(result):
+                    self.say(f"  {line}")
+                page, _ = comparing.write(result, self.run_dir)
+                self.say(f"compare: {page}")
+                suites.append(("loadlab compare", comparing.junit_cases(result)))
+                if result.regressions:
+                    code = EXIT_GATE
+        if self.opts.junit is not None:
+            self.say(f"junit: {gating.write_junit(self.opts.junit, suites)}")
         return code
 
 

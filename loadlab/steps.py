@@ -67,6 +67,9 @@ class StepSummary:
     # Why this step's target resources are unknown although the run sampled them elsewhere: a
     # remote source that did not answer during its hold (loadlab.remote.apply_outages).
     resource_gap: str | None = None
+    # 95% confidence intervals [low, high] (loadlab.uncertainty); None when the hold is too short
+    rps_ci: tuple[float, float | None] | None = None
+    p95_ms_ci: tuple[float, float | None] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -232,6 +235,13 @@ def _resource_fields(res: ResourceSeries, start: float, end: float, meta: dict) 
     return out
 
 
+def hold_scrapes(scrapes: list[Scrape], hold_start: float, hold_end: float, users: int) -> list[Scrape]:
+    """The exporter's scrapes inside a hold that saw its user count (CSV timestamps are truncated to
+    the second, so the hold's last second is included)."""
+    return [sc for sc in scrapes
+            if hold_start <= sc.t < hold_end + 1 and scrape_value(sc, "locust_users") == users]
+
+
 def _histogram_p(scrapes: list[Scrape], q: float) -> float | None:
     """Quantile (ms) of Locust's request histogram between the first and the last of `scrapes`."""
     if len(scrapes) < 2:
@@ -269,9 +279,7 @@ def summarize_steps(history: LocustHistory, samples: Samples | None = None, meta
         hold = hold_rows(plateau, transient_fraction)
         rates = _interval_rates(hold)
         requests = max(0, hold[-1].requests - hold[0].requests)
-        # Only scrapes that saw this step's user count: CSV timestamps are truncated to the second.
-        same_level = [sc for sc in samples.scrapes("locust")
-                      if hold[0].t <= sc.t < hold[-1].t + 1 and scrape_value(sc, "locust_users") == plateau[0].users]
+        same_level = hold_scrapes(samples.scrapes("locust"), hold[0].t, hold[-1].t, plateau[0].users)
         # Mean over the hold. Per-second counts of a few requests are integers, so their median
         # is off by up to half a request per second; the mean is not. Locust's exporter samples
         # carry exact timestamps; the CSV's are whole seconds, so it is the fallback.

@@ -6,10 +6,14 @@ and tests read them.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loadlab.contract.thresholds import Thresholds, as_dict
 from loadlab.steps import StepSummary
+
+if TYPE_CHECKING:
+    from loadlab.gates import GateResult
+    from loadlab.uncertainty import Bootstrap
 
 TARGET_CPU = "target_cpu"
 GENERATOR_CPU = "generator_cpu"
@@ -43,11 +47,13 @@ class StepPoint:
 class Knee(StepPoint):
     rule: str = ""  # marginal_gain | plateau_fraction
     light_load_rps_per_user: float = 0.0
+    users_ci: tuple[float, float | None] | None = None  # 95% CI of `users` (loadlab.uncertainty); high None: open
 
 
 @dataclass(frozen=True)
 class Break(StepPoint):
     reasons: tuple[str, ...] = ()  # the SLO signals breached (loadlab.contract.slo)
+    users_ci: tuple[float, float | None] | None = None  # 95%: the break lies above low and at or below high users
 
 
 @dataclass(frozen=True)
@@ -147,6 +153,10 @@ class Verdict:
     profiles: Profiles | None = None  # None: the run was not profiled
     functional_failure: FunctionalFailure | None = None  # set: no knee, break or capacity (exit 3)
     skipped_rows: int = 0  # unreadable input rows left out (`loadlab analyze --lenient`)
+    capacity_ci: tuple[float, float | None] | None = None  # 95% CI (loadlab.uncertainty)
+    uncertainty: dict[str, Any] | None = None  # how the intervals were computed (verdict.json "uncertainty")
+    bootstrap: Bootstrap | None = field(default=None, repr=False, compare=False)  # replicates, for compare
+    gates: list[GateResult] | None = None  # loadlab.gates, when the run was given --gate
 
     @property
     def capacity_is_lower_bound(self) -> bool:
@@ -180,10 +190,10 @@ class Verdict:
             lines.append(f"breaking point not reached: {'throughput still rose and ' if rose else ''}the SLO held "
                          f"up to {top} users (at least {cap} req/s); raise --max-users or the scenario's users")
         if knee:
-            lines.append(f"knee: ~{knee.users:g} users (first flat step {knee.step_users} users, "
-                         f"{knee.rps} req/s, p95 {knee.p95_ms} ms)")
+            lines.append(f"knee: ~{knee.users:g} users ({ci_text(knee.users_ci, '; ')}first flat step "
+                         f"{knee.step_users} users, {knee.rps} req/s, p95 {knee.p95_ms} ms)")
         if brk:
-            lines.append(f"break: {brk.users} users ({brk.rps} req/s, p95 {brk.p95_ms} ms, "
+            lines.append(f"break: {brk.users} users ({ci_text(brk.users_ci, '; ')}{brk.rps} req/s, p95 {brk.p95_ms} ms, "
                          f"errors {brk.error_ratio:.2%}): {', '.join(brk.reasons)} over the SLO")
         if self.breaking_point_reached:
             if cap is None:
@@ -193,7 +203,7 @@ class Verdict:
                 lines.append(f"capacity: at least {cap} req/s (a lower bound: the best step that met the SLO; "
                              f"throughput never flattened into a knee)")
             else:
-                lines.append(f"capacity: {cap} req/s")
+                lines.append(f"capacity: {cap} req/s" + (f" ({ci_text(self.capacity_ci)})" if self.capacity_ci else ""))
         if self.limiting_resource or self.breaking_point_reached:
             lines.append(f"limiting resource: {self.limiting_resource or 'unknown'} ({self.limiting_resource_basis})")
         if not self.measurement_valid:
@@ -251,4 +261,17 @@ class Verdict:
         out["functional_failure"] = None if self.functional_failure is None else (
             asdict(self.functional_failure) | {"top_errors": [asdict(e) for e in self.functional_failure.top_errors]})
         out["skipped_rows"] = self.skipped_rows
+        out["capacity_ci"] = self.capacity_ci
+        if self.uncertainty is not None:
+            out["uncertainty"] = self.uncertainty
+        if self.gates is not None:
+            out["gates"] = [g.to_dict() for g in self.gates]
         return out
+
+
+def ci_text(ci: tuple[float, float | None] | None, end: str = "") -> str:
+    """`95% CI 44.9-47.5` (with `end` appended), `95% CI 90 and up` when open-ended, "" without one."""
+    if ci is None:
+        return ""
+    low, high = ci
+    return f"95% CI {low:g}-{high:g}{end}" if high is not None else f"95% CI {low:g} and up{end}"

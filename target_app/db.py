@@ -52,6 +52,11 @@ class Storage(Protocol):
     def delete_users_with_prefix(self, prefix: str) -> int:
         """Delete users whose username starts with `prefix`; return how many."""
 
+    # Optional (the API works without them, see auth.PasswordChecks):
+    #   password_hash_methods() -> set[str]: the distinct werkzeug methods of the stored hashes,
+    #     e.g. {"scrypt:16384:8:1"}, read once per worker at startup;
+    #   set_password_hash(user_id, password_hash) -> None: replace a user's hash (rehash on login).
+
     def ping(self) -> bool:
         """True if the database answers a trivial query."""
 
@@ -99,6 +104,17 @@ class SQLiteStorage:
             f"SELECT id, username, email, password_hash FROM users WHERE {column} = ?", (login,)
         ).fetchone()
         return User(*row) if row else None
+
+    def password_hash_methods(self) -> set[str]:
+        # "method$salt$hash" (werkzeug): the method is everything before the first '$'. One scan of
+        # the table per worker start.
+        rows = self.conn.execute(
+            "SELECT DISTINCT substr(password_hash, 1, instr(password_hash, '$') - 1) FROM users"
+        ).fetchall()
+        return {row[0] for row in rows if row[0]}
+
+    def set_password_hash(self, user_id: int, password_hash: str) -> None:
+        self.conn.execute("UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id))
 
     def delete_users_with_prefix(self, prefix: str) -> int:
         # substr instead of LIKE: '_' and '%' are ordinary characters in a prefix like "lt_".

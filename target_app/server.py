@@ -1,4 +1,4 @@
-"""Serving a Flask app: under gunicorn with N sync workers (`serve`), or Flask's dev server (`serve_dev`).
+"""Serving a Flask app: under gunicorn with N gevent workers (`serve`), or Flask's dev server (`serve_dev`).
 
 `serve` takes any app factory, so the same launcher (port check, Prometheus multiprocess
 directory, gunicorn) serves the target API and any other Flask app built for the lab. Gunicorn
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import socket
 import sys
@@ -82,6 +83,41 @@ def memory_tmp_dir() -> str | None:
     the page for writeback, on tmpfs it is plain memory."""
     shm = "/dev/shm"
     return shm if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK) else None
+
+
+MULTIPROC_PREFIX = "target_app-prometheus-"
+# <prefix><arbiter pid>-<random>: the owner's PID in the name, so a later start can tell a dead
+# server's leftover (SIGKILL skips the cleanup in serve()) from a live server's directory.
+_MULTIPROC_NAME = re.compile(re.escape(MULTIPROC_PREFIX) + r"(\d+)-[A-Za-z0-9_]+")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: no signal sent, only the existence check
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def make_multiproc_dir(parent: str | None) -> str:
+    """A fresh multiprocess directory in `parent` (None: the system temp dir) named after this
+    process, after removing the directories that dead servers left there.
+
+    Only directories named by this function whose PID is not running are removed: a live server's
+    directory, or one of another naming, is never touched. (A recycled PID keeps a stale directory
+    until that process ends too: the safe side.)"""
+    parent_dir = parent or tempfile.gettempdir()
+    try:
+        names = os.listdir(parent_dir)
+    except OSError:
+        names = []
+    for name in names:
+        match = _MULTIPROC_NAME.fullmatch(name)
+        if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
+            shutil.rmtree(os.path.join(parent_dir, name), ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{MULTIPROC_PREFIX}{os.getpid()}-", dir=parent)
 
 
 def enable_multiprocess_metrics(directory: str) -> None:
@@ -155,12 +191,14 @@ def serve(
     metrics_port: int = 0,
     gunicorn_options: Mapping[str, Any] | None = None,
 ) -> None:
-    """Serve the app built by `app_factory()` under gunicorn with `workers` sync workers until
-    SIGTERM/SIGINT. Raises ServeError (one line) if host:port (or host:metrics_port) cannot be bound.
+    """Serve the app built by `app_factory()` under gunicorn with `workers` gevent workers (see
+    target_app.worker) until SIGTERM/SIGINT. Raises ServeError (one line) if host:port (or
+    host:metrics_port) cannot be bound.
 
-    With `metrics`, a fresh PROMETHEUS_MULTIPROC_DIR is created (and removed at exit) before any
-    worker starts, and dead workers are marked with mark_process_dead, so an app instrumented
-    with target_app.instrumentation.instrument reports all workers' totals on every /metrics.
+    With `metrics`, a fresh PROMETHEUS_MULTIPROC_DIR is created (and removed at exit; one left by a
+    killed server is removed at the next start) before any worker starts, and dead workers are
+    marked with mark_process_dead, so an app instrumented with
+    target_app.instrumentation.instrument reports all workers' totals on every /metrics.
     A non-zero `metrics_port` (needs `metrics`) makes the arbiter serve the same totals at
     http://host:metrics_port/metrics, which does not queue behind the load.
     `gunicorn_options` override gunicorn settings (e.g. {"timeout": 60}); overriding the
@@ -171,7 +209,10 @@ def serve(
     options: dict[str, Any] = {
         "bind": bind,
         "workers": workers or usable_cores(),
-        "worker_class": "sync",  # the lab's endpoints are CPU-bound (password hashing)
+        # gevent with a deadline on request headers, so slow clients cannot stop the API; still one
+        # core per worker process at most, and one request per connection (see worker.py).
+        "worker_class": "target_app.worker.HeaderTimeoutGeventWorker",
+        "keepalive": 0,
         "proc_name": "target_app",
         "graceful_timeout": 10,
         "accesslog": None,  # access logs would cost throughput under load; metrics count requests
@@ -187,7 +228,7 @@ def serve(
     multiproc_dir: str | None = None
     metrics_port_failures: list[ServeError] = []
     if metrics:
-        multiproc_dir = tempfile.mkdtemp(prefix="target_app-prometheus-", dir=tmp_dir)
+        multiproc_dir = make_multiproc_dir(tmp_dir)
         enable_multiprocess_metrics(multiproc_dir)
 
         def child_exit(server: Any, worker: Any) -> None:

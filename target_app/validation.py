@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 from flask import request
+from werkzeug.exceptions import HTTPException
 
 USERNAME_MIN, USERNAME_MAX = 3, 64
 EMAIL_MAX, EMAIL_LOCAL_MAX = 254, 64
@@ -41,11 +42,13 @@ class ApiError(Exception):
 
 
 def json_body() -> dict[str, Any]:
-    """The request's JSON object, or ApiError 415/400 saying exactly what is wrong with it."""
+    """The request's JSON object, or ApiError 415/400 saying exactly what is wrong with it (the
+    content type, a compressed or unreadable body, the encoding, the JSON, its shape)."""
     if request.mimetype != "application/json":
         raise ApiError(415, "unsupported_media_type",
                        "send the body as JSON with the header Content-Type: application/json")
-    raw = request.get_data(cache=False)  # raises 413 if larger than MAX_CONTENT_LENGTH
+    check_content_encoding()
+    raw = read_body()
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -57,6 +60,36 @@ def json_body() -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_body", "the body must be a JSON object")
     return data
+
+
+def check_content_encoding() -> None:
+    """ApiError 415 naming the coding if the body is compressed (Content-Encoding other than
+    identity): the API reads plain JSON only, and would otherwise call gzip "not valid UTF-8"."""
+    header = request.headers.get("Content-Encoding", "")
+    codings = [c.strip().lower() for c in header.split(",") if c.strip()]
+    unsupported = [c for c in codings if c != "identity"]
+    if unsupported:
+        raise ApiError(415, "unsupported_content_encoding",
+                       f"the body is {', '.join(unsupported)[:80]}-encoded (Content-Encoding: {header.strip()[:80]}); "
+                       f"this API reads only uncompressed JSON: send it without Content-Encoding")
+
+
+def read_body() -> bytes:
+    """The raw request body, or ApiError 400 if the server cannot read it (a malformed chunked
+    body: bad chunk size, missing CRLF, bad trailer; or a body cut short)."""
+    try:
+        return request.get_data(cache=False)
+    except HTTPException:  # 413 when larger than MAX_CONTENT_LENGTH
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the WSGI server's body reader raises
+        # The server decodes the framing lazily, while the app reads: gunicorn raises its
+        # InvalidChunkSize/ChunkMissingTerminator/InvalidHeader (ParseException, not OSError),
+        # werkzeug's dev server an OSError. Either way the body is at fault, not the app.
+        chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+        framing = "its chunked encoding is malformed" if chunked else "it ended early"
+        raise ApiError(400, "malformed_body",
+                       f"the request body could not be read: {framing} ({str(exc)[:120]}); "
+                       f"send a complete body with valid Content-Length or chunked framing") from None
 
 
 def string_field(data: dict[str, Any], name: str, min_len: int, max_len: int) -> str:

@@ -109,7 +109,8 @@ def spawn(tmp_path):
 
 
 def wait_for_http(url: str, timeout: float = 20.0, proc: ManagedProcess | None = None) -> None:
-    """Poll `url` until it answers (any HTTP status); fail with the process log if it never does."""
+    """Poll `url` until it answers (any HTTP status but 503, which readiness endpoints such as
+    Prometheus' /-/ready give until they are ready); fail with the process log if it never does."""
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
     while time.monotonic() < deadline:
@@ -118,8 +119,11 @@ def wait_for_http(url: str, timeout: float = 20.0, proc: ManagedProcess | None =
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return
-        except urllib.error.HTTPError:
-            return
+        except urllib.error.HTTPError as exc:
+            if exc.code != 503:
+                return
+            last_error = exc
+            time.sleep(0.1)
         except OSError as exc:
             last_error = exc
             time.sleep(0.1)

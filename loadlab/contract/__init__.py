@@ -12,4 +12,5 @@ here and every part changes with it.
     histograms  latency buckets, histogram quantile, counter increase
     cores       how many cores a process group can use
     exits       exit codes (0 verdict, 1 component failed, 2 usage/input, 3 API failed, 130 interrupted)
+    live        the live view's file (`live.json`) the lab writes and Locust's Lab tab shows
 """

@@ -5,6 +5,7 @@
     2    usage or input error: a flag, a path, a damaged input file; nothing was measured
     3    the API failed functionally: its answers are errors at light load (or to the preflight's
          own requests), so there is no capacity to report; fix the API or the suite's settings
+    4    a --gate failed, or `run --baseline` found a regression (`loadlab compare` says 1 for that)
     130  interrupted (Ctrl-C, SIGTERM)
 """
 
@@ -14,4 +15,7 @@ EXIT_VERDICT = 0
 EXIT_COMPONENT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_API_FAILED = 3
+EXIT_GATE = 4
 EXIT_INTERRUPTED = 130
+# `loadlab compare` alone: 1 is "regressed" (no component runs there, so 1 cannot mean a failure).
+COMPARE_REGRESSED = 1

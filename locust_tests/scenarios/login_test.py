@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a check
 from locust import FastHttpUser, between, task  # noqa: E402
 
 from locust_tests.config import test_config as cfg  # noqa: E402
-from locust_tests.plugins import cleanup, exporter, preflight, seeding, shapes, testdata  # noqa: E402,F401
+from locust_tests.plugins import cleanup, exporter, labtab, preflight, seeding, shapes, testdata, webauth  # noqa: E402,F401
 from locust_tests.plugins.checks import expect_token  # noqa: E402
 
 ACCOUNTS = testdata.load_users(cfg.TEST_USERS_FILE, limit=cfg.LOGIN_USERS)

@@ -16,7 +16,7 @@ from faker import Faker  # noqa: E402
 from locust import FastHttpUser, between, task  # noqa: E402
 
 from locust_tests.config import test_config as cfg  # noqa: E402
-from locust_tests.plugins import cleanup, exporter, preflight, runid, shapes  # noqa: E402,F401 (event listeners)
+from locust_tests.plugins import cleanup, exporter, labtab, preflight, runid, shapes, webauth  # noqa: E402,F401 (listeners)
 from locust_tests.plugins.checks import expect_registered  # noqa: E402
 from locust_tests.plugins.testdata import registration_user, request_fields  # noqa: E402
 

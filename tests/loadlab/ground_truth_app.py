@@ -91,7 +91,9 @@ def main() -> None:
     parser.add_argument("--service-ms", type=float, required=True)
     parser.add_argument("--mode", choices=("sleep", "burn", "lock"), required=True)
     args = parser.parse_args()
-    options: dict[str, object] = {"timeout": 120, "backlog": 2048}
+    # sync workers: one request at a time per worker is the model (a sleeping request would yield
+    # to others in the target's gevent workers).
+    options: dict[str, object] = {"timeout": 120, "backlog": 2048, "worker_class": "sync"}
     if args.mode == "lock":
         options.update(worker_class="gthread", threads=LOCK_THREADS)
     serve(functools.partial(create_app, args.service_ms / 1000.0, args.mode), args.host, args.port, args.workers,

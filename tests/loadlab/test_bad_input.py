@@ -200,6 +200,6 @@ def test_readme_lists_every_exit_code():
     section = readme[readme.index("**Failures.**"): readme.index("**An API that fails functionally.**")]
     assert "**Exit codes**" in section
     codes = {value for name, value in vars(exits).items() if name.startswith("EXIT_")}
-    assert codes == {0, 1, 2, 3, 130}
+    assert codes == {0, 1, 2, 3, 4, 130}
     for code in codes:
         assert re.search(rf"`{code}`", section), f"exit code {code} missing from README's failure section"

@@ -69,7 +69,7 @@ def test_a_run_with_its_own_slo_breaks_where_its_hunt_stopped(ground_truth, tmp_
     # 18 users; the verdict must find the break where the hunt (judging the same SLO live) stopped.
     gt = ground_truth(workers=2, service_ms=100, mode="sleep")
     run = run_loadlab(["run", "login-step", "--host", gt.url, "--target-pid", str(gt.pid), "--target-workers", "2",
-                       "--prometheus", "on", "--", "--step-users", "6", "--step-time", "6s", "--max-users", "48"],
+                       "--prometheus", "on", "--", "--step-users", "6", "--step-time", "10s", "--max-users", "48"],
                       tmp_path / "reports", env={"MIN_WAIT_TIME": "400", "MAX_WAIT_TIME": "600", "LOGIN_USERS": "20",
                                                  "SLO_P95_MS": "300"}, timeout=200)
     assert run.returncode == 0, run.output

@@ -33,8 +33,8 @@ class Server:
         self.proc, self.port, self.db = proc, port, db
 
     def request(self, method: str, path: str, body: object | None = None,
-                headers: dict[str, str] | None = None) -> tuple[int, dict | str]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+                headers: dict[str, str] | None = None, timeout: float = 30) -> tuple[int, dict | str]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
             data = json.dumps(body) if body is not None else None
             all_headers = {"Content-Type": "application/json"} if body is not None else {}
@@ -234,22 +234,19 @@ def test_metrics_port_is_served_by_the_arbiter_while_every_worker_is_busy(spawn,
     for worker in workers:  # the inherited listener is closed after the fork
         assert metrics_port not in listening_ports(worker), f"worker {worker.pid} holds the metrics port"
 
-    # Occupy both sync workers: each accepts a request whose headers never end and blocks
-    # reading it (until gunicorn's 30 s worker timeout), so the API port answers nothing.
-    blockers = []
+    # Make every worker unable to answer: SIGSTOP them (a slow client no longer blocks a worker,
+    # see test_hardening), so the API port answers nothing while the arbiter runs on.
+    for worker in workers:
+        worker.suspend()
     try:
-        for _ in workers:
-            sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-            sock.sendall(b"POST /client_login HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-            blockers.append(sock)
         with pytest.raises(TimeoutError):  # the precondition: /metrics on the API port is queued
             scrape(server.port, timeout=3)
         status, text = scrape(metrics_port, timeout=20)
         assert status == 200
         assert "http_requests_total" in text
     finally:
-        for sock in blockers:
-            sock.close()
+        for worker in workers:
+            worker.resume()
     assert server.request("GET", "/healthz")[0] == 200  # the workers are free again
 
 
