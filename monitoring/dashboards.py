@@ -293,10 +293,12 @@ def load_vs_resources(t: Thresholds = DEFAULT_THRESHOLDS) -> dict[str, Any]:
     _group_rows(g, t, r.TARGET_GROUP, "Target")
     g.add(timeseries(
         "Target processes and requests in flight",
-        "gunicorn arbiter + workers, their threads, and requests being handled right now.",
+        "gunicorn arbiter + workers, their threads, and the mean number of requests being handled "
+        "(Little's law: the rate of the time spent in requests).",
         [q(r.by_group("namedprocess_namegroup_num_procs", r.TARGET_GROUP, r.SIDECAR), "processes"),
          q(r.by_group("namedprocess_namegroup_num_threads", r.TARGET_GROUP, r.SIDECAR), "threads"),
-         q(f"sum(http_requests_in_progress{{{r.TARGET}}})", "requests in flight")], "none"), w=12, h=7)
+         q(f"sum(rate(http_request_duration_seconds_sum{{{r.TARGET}}}[$__rate_interval]))", "requests in flight")],
+        "none"), w=12, h=7)
     g.add(timeseries(
         "Target open file descriptors", "Sockets, the SQLite file and its WAL across the target's processes.",
         [q(r.by_group("namedprocess_namegroup_open_filedesc", r.TARGET_GROUP, r.SIDECAR), "open fds")],
