@@ -2,15 +2,18 @@
 
 Different paths and body fields, a registration that answers 200 with {"user": {"id": N}}, a
 login that answers {"access_token": ...}, werkzeug's default password hashing (scrypt), no
-/healthz, no admin endpoint and no metrics. It is plain Flask + SQLite, run the way a user runs
-theirs, under plain gunicorn:
+/healthz and no admin endpoint. It is plain Flask + SQLite with the lab's instrumentation added
+the way a user adds it (`instrument(app)`, one line), run under plain gunicorn with the lab's
+config module:
 
-    OTHER_API_DB=/tmp/other.db gunicorn -w 2 -b 127.0.0.1:8000 tests.loadlab.other_api:app
+    OTHER_API_DB=/tmp/other.db LOADLAB_METRICS_PORT=9101 \
+        gunicorn -c python:loadlab.gunicorn_conf -w 2 -b 127.0.0.1:8000 tests.loadlab.other_api:app
 
     POST /api/v2/accounts    {"account": {"login", "mail", "secret", "display_name"}}
                              -> 200 {"user": {"id": N}} | 409 {"detail": ...} | 422 {"detail": ...}
     POST /api/v2/auth/token  {"login", "secret"} -> 200 {"access_token", "token_type"} | 401 {"detail": ...}
     GET  /api/v2/status      -> 200 {"ok": true}
+    GET  /metrics            -> every worker's totals (and on LOADLAB_METRICS_PORT, from the arbiter)
 
 The suite drives it with settings only (tests/loadlab/test_your_api.py, README "Use it on your own API").
 """
@@ -24,6 +27,8 @@ import sqlite3
 from flask import Flask, g, jsonify, request
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from loadlab.instrument import instrument
+
 SCHEMA = """CREATE TABLE IF NOT EXISTS accounts (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     login TEXT NOT NULL UNIQUE,
@@ -35,6 +40,7 @@ SCHEMA = """CREATE TABLE IF NOT EXISTS accounts (
 
 def create_app(db_path: str | None = None) -> Flask:
     app = Flask("other_api")
+    instrument(app)
     path = db_path or os.environ.get("OTHER_API_DB", "other_api.db")
     with sqlite3.connect(path, timeout=30) as conn:
         conn.execute("PRAGMA journal_mode=WAL")

@@ -2,9 +2,12 @@
 
 `other_api.py` has other paths and body fields, answers registration with 200 {"user": {"id"}},
 login with {"access_token"}, hashes with werkzeug's default (scrypt). It runs under plain
-`gunicorn -w 2 tests.loadlab.other_api:app`, and a sidecar watches it by a command-line regex, as
+`gunicorn -c python:loadlab.gunicorn_conf -w 2 tests.loadlab.other_api:app` (instrumented with
+`loadlab.instrument`, as a user would), and a sidecar watches it by a command-line regex, as
 one would on a test server: the lab never gets its PID and reads that sidecar through
 `--target-sidecar` as if it ran on another machine. Then:
+
+- /metrics totals are exact across the two workers, from either worker and from the arbiter's port;
 
 - the bundled login step hunt, told the API's contract only through the suite's settings, runs
   without one failed request, and its verdict names target_cpu (from that sidecar) with a capacity
@@ -18,20 +21,30 @@ one would on a test server: the lab never gets its PID and reads that sidecar th
 from __future__ import annotations
 
 import ast
+import collections
+import glob
 import json
 import os
+import random
 import re
 import signal
 import statistics
 import subprocess
+import tempfile
 import time
+import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
+from prometheus_client.mmap_dict import MmapedDict
+from prometheus_client.parser import text_string_to_metric_families
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from loadlab.multiproc import MULTIPROC_PREFIX, memory_tmp_dir
 from tests.helpers import PYTHON, REPO_ROOT, VENV_BIN, ManagedProcess, free_port, wait_for_http
 from tests.loadlab.conftest import LOADLAB, assert_all_gone, run_loadlab, step_table
 
@@ -57,6 +70,7 @@ LOAD = {"MIN_WAIT_TIME": "400", "MAX_WAIT_TIME": "600", "LOGIN_USERS": "20"}
 class OtherApi:
     url: str
     sidecar_url: str
+    metrics_url: str  # the arbiter's merged metrics (LOADLAB_METRICS_PORT)
     gunicorn: ManagedProcess
 
 
@@ -67,21 +81,25 @@ def other_api(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("other-api")
     started: list[ManagedProcess] = []
     try:
-        port, sidecar_port = free_port(), free_port()
+        port, sidecar_port, metrics_port = free_port(), free_port(), free_port()
         bind = f"127.0.0.1:{port}"
-        gunicorn = ManagedProcess([str(VENV_BIN / "gunicorn"), "-w", str(WORKERS), "-b", bind, "tests.loadlab.other_api:app"],
-                                  tmp / "gunicorn.log", env={**os.environ, "OTHER_API_DB": str(tmp / "other.db")})
+        env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+        gunicorn = ManagedProcess([str(VENV_BIN / "gunicorn"), "-c", "python:loadlab.gunicorn_conf", "-w", str(WORKERS),
+                                   "-b", bind, "tests.loadlab.other_api:app"], tmp / "gunicorn.log",
+                                  env={**env, "OTHER_API_DB": str(tmp / "other.db"), "LOADLAB_METRICS_PORT": str(metrics_port)})
         started.append(gunicorn)
         url = f"http://{bind}"
         wait_for_http(f"{url}/api/v2/status", timeout=30, proc=gunicorn)
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        wait_for_http(metrics_url, timeout=30, proc=gunicorn)
         # As on a server: the regex of the command line (this test's port keeps other runs out).
-        regex = rf"gunicorn -w {WORKERS} -b {re.escape(bind)} tests\.loadlab\.other_api:app"
+        regex = rf"gunicorn .*-b {re.escape(bind)} tests\.loadlab\.other_api:app"
         sidecar = ManagedProcess([PYTHON, "-m", "monitoring.sidecar", "--port", str(sidecar_port),
                                   "--group", f"target={regex}"], tmp / "sidecar.log")
         started.append(sidecar)
         sidecar_url = f"http://127.0.0.1:{sidecar_port}/metrics"
         wait_for_http(sidecar_url, timeout=30, proc=sidecar)
-        yield OtherApi(url, sidecar_url, gunicorn)
+        yield OtherApi(url, sidecar_url, metrics_url, gunicorn)
     finally:
         for proc in reversed(started):
             proc.stop()
@@ -109,6 +127,64 @@ def failures(run_dir: Path) -> int:
         header, *rows = [line.rstrip("\n").split(",") for line in fh]
     aggregated = next(row for row in rows if row[header.index("Name")] == "Aggregated")
     return int(aggregated[header.index("Failure Count")])
+
+
+def metrics_total(url: str, name: str, **labels: str) -> float:
+    """Sum of the samples `name` with these labels in one scrape of `url`."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def requests_counted_per_process(arbiter_pid: int) -> dict[int, float]:
+    """http_requests_total in each process's own multiprocess file (what one worker alone would report)."""
+    parent = memory_tmp_dir() or tempfile.gettempdir()
+    [directory] = glob.glob(os.path.join(parent, f"{MULTIPROC_PREFIX}{arbiter_pid}-*"))
+    counts: dict[int, float] = {}
+    for path in glob.glob(os.path.join(directory, "counter_*.db")):
+        pid = int(Path(path).stem.split("_")[1])
+        counts[pid] = sum(value for key, value, _ts, _pos in MmapedDict.read_all_values_from_file(path)
+                          if json.loads(key)[1] == "http_requests_total")
+    return counts
+
+
+@pytest.mark.timeout(60)
+def test_metrics_totals_are_exact_across_two_workers(other_api):
+    # Plain gunicorn with `-c python:loadlab.gunicorn_conf`: any worker's /metrics, and the arbiter's
+    # port, must count every request of both workers. Without the config module each worker reports
+    # only its own (the issue's 195, then 187, for 382).
+    worker_pids = {p.pid for p in psutil.Process(other_api.gunicorn.pid).children()}
+    assert len(worker_pids) == WORKERS
+    plan = ([("GET", "/api/v2/status", None)] * 300 + [("GET", "/no/such/path", None)] * 40
+            + [("POST", "/api/v2/accounts", b'{"account": {}}')] * 22)
+    random.Random(11).shuffle(plan)
+    api_metrics = other_api.url + "/metrics"
+    before = metrics_total(other_api.metrics_url, "http_requests_total")
+
+    def send(request: tuple[str, str, bytes | None]) -> int:
+        method, path, body = request
+        req = urllib.request.Request(other_api.url + path, data=body, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as response:
+                return response.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = collections.Counter(pool.map(send, plan))
+    assert statuses == {200: 300, 404: 40, 422: 22}
+    per_process = requests_counted_per_process(other_api.gunicorn.pid)
+    served = {pid: n for pid, n in per_process.items() if pid in worker_pids}
+    assert len(served) == WORKERS and all(n > 0 for n in served.values()), per_process  # both workers served
+    for _ in range(3):  # scrapes land on either worker; the scrapes themselves are not counted
+        assert metrics_total(api_metrics, "http_requests_total") == before + len(plan)
+    assert metrics_total(other_api.metrics_url, "http_requests_total") == before + len(plan)
+    assert metrics_total(other_api.metrics_url, "http_requests_total", endpoint="/api/v2/status", status="200") >= 300
+    assert metrics_total(other_api.metrics_url, "http_requests_total", endpoint="<unmatched>", status="404") == 40
+    assert metrics_total(other_api.metrics_url, "http_request_duration_seconds_count",
+                         endpoint="/api/v2/accounts") == 22
 
 
 @pytest.mark.timeout(300)
