@@ -194,6 +194,7 @@ def test_the_bundled_login_hunt_on_another_api_names_its_cpu_with_the_right_capa
     env = {**CONTRACT, **LOAD, "SLO_P95_MS": "5000"}
     cost_before = hash_cost_s()
     run = run_loadlab(["run", "login-step", "--host", other_api.url, "--target-sidecar", other_api.sidecar_url,
+                       "--target-metrics", other_api.metrics_url,  # the arbiter's port: no queue behind the load
                        "--target-workers", str(WORKERS), "--prometheus", "off", "--",
                        "--step-users", "2", "--step-time", "10s", "--max-users", "16", "--no-stop-on-break"],
                       tmp_path / "reports", env=env, timeout=280)
@@ -209,6 +210,9 @@ def test_the_bundled_login_hunt_on_another_api_names_its_cpu_with_the_right_capa
     sources = {json.loads(line)["source"] for line in (run.run_dir / "samples.jsonl").read_text().splitlines()}
     assert {"target_sidecar", "sidecar", "locust"} <= sources
     assert all(s["target_cpu_cores"] is not None and s["generator_cpu_cores"] is not None for s in verdict["steps"])
+    # The API's own latency (loadlab.instrument, merged by loadlab.gunicorn_conf) beside Locust's, every step.
+    assert all(s["server_p95_ms"] is not None for s in verdict["steps"]), detail
+    assert "stopped answering" not in run.output, run.output
     assert "target sidecar " + other_api.sidecar_url in run.output
     # No admin endpoint there: a note that the test accounts stay, with their prefix, and no failure.
     assert f"locust: cleanup: note: the test accounts stay on {other_api.url}" in run.output
