@@ -1,14 +1,15 @@
-"""Throughput cost of target_app's Prometheus instrumentation, measured side by side.
+"""Throughput cost of the Prometheus instrumentation (`loadlab.instrument`, as the bundled target
+uses it), measured side by side, with 1 and with 2 gunicorn workers in one run.
 
-Starts the same app twice, `--no-metrics` (bare) and with metrics (instrumented), same number
-of gunicorn workers, and drives GET /healthz on each with wrk in alternating rounds (bare first
+For each worker count, starts the target twice, `--no-metrics` (bare) and with metrics
+(instrumented), same number of gunicorn workers, and drives GET /healthz on each with wrk in alternating rounds (bare first
 in even rounds, instrumented first in odd ones) so drift in machine load hits both alike.
 Prints each round, the throughput of each, and the ratio instrumented/bare (goal: >= 0.95).
 Then it loads both servers at once (same noise at the same moment for both) and prints that
 ratio too, and the workers' CPU time per request of each server (from psutil), which a busy
-machine disturbs less than wall-clock throughput.
+machine disturbs less than wall-clock throughput. A final table puts the worker counts side by side.
 
-    .venv/bin/python benchmarks/bench_instrumentation.py [--workers 2] [--rounds 6] [--duration 5]
+    .venv/bin/python benchmarks/bench_instrumentation.py [--workers 1 2] [--rounds 6] [--duration 5]
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import psutil
@@ -74,26 +76,16 @@ def server_cpu_seconds(server: Component) -> float:
     return total
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="instrumented vs bare throughput of target_app on /healthz")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
-    parser.add_argument("--connections", type=int, default=16)
-    args = parser.parse_args()
-    wrk_path = shutil.which("wrk")
-    if not wrk_path:
-        raise SystemExit("wrk not found on PATH: install it with `apt-get install wrk`")
-
-    workdir = Path(tempfile.mkdtemp(prefix="bench_instrumentation-"))
-    sup = Supervisor()  # stops every server started, by PID group, however main() ends
+def measure(args: argparse.Namespace, wrk_path: str, workers: int, workdir: Path) -> dict[str, float]:
+    """Bare and instrumented servers with `workers` workers, side by side; their figures."""
+    sup = Supervisor()  # stops every server started, by PID group, however this ends
     servers: dict[str, tuple[Component, int]] = {}
     try:
-        servers["bare"] = start_server(sup, "bare", args.workers, workdir, ["--no-metrics"])
-        servers["instrumented"] = start_server(sup, "instrumented", args.workers, workdir, [])
+        servers["bare"] = start_server(sup, f"bare-w{workers}", workers, workdir, ["--no-metrics"])
+        servers["instrumented"] = start_server(sup, f"instrumented-w{workers}", workers, workdir, [])
         for _, port in servers.values():  # warm up: imports, first connections, page cache
             wrk(wrk_path, port, 2, args.connections)
-        print(f"cpus={os.cpu_count()} workers={args.workers} rounds={args.rounds} x {args.duration}s "
+        print(f"\n== {workers} worker(s): cpus={os.cpu_count()} rounds={args.rounds} x {args.duration}s "
               f"connections={args.connections} loadavg(1m) at start={os.getloadavg()[0]:.2f}")
         results: dict[str, list[float]] = {"bare": [], "instrumented": []}
         cpu = {"bare": 0.0, "instrumented": 0.0}
@@ -112,9 +104,6 @@ def main() -> None:
                   f"ratio {results['instrumented'][-1] / results['bare'][-1]:.3f}")
         bare, instrumented = (statistics.mean(results[k]) for k in ("bare", "instrumented"))
         per_round = [i / b for i, b in zip(results["instrumented"], results["bare"])]
-        print(f"mean throughput: bare {bare:.1f} req/s, instrumented {instrumented:.1f} req/s")
-        print(f"ratio instrumented/bare: {instrumented / bare:.3f} (of means), "
-              f"{statistics.median(per_round):.3f} (median of rounds); goal >= 0.95")
         # Simultaneous runs: both servers share the CPUs under the very same noise at the same
         # moment, so the ratio is close to the ratio of CPU per request.
         together: dict[str, list[float]] = {"bare": [], "instrumented": []}
@@ -122,19 +111,85 @@ def main() -> None:
             rates = wrk_both(wrk_path, [servers["bare"][1], servers["instrumented"][1]], args.duration, args.connections)
             together["bare"].append(rates[0])
             together["instrumented"].append(rates[1])
-        both_bare, both_instrumented = (sum(together[k]) for k in ("bare", "instrumented"))
-        print(f"simultaneous runs ({len(together['bare'])} x {args.duration}s, both servers loaded at once): "
-              f"bare {both_bare / len(together['bare']):.1f} req/s, "
-              f"instrumented {both_instrumented / len(together['bare']):.1f} req/s, "
-              f"ratio {both_instrumented / both_bare:.3f}")
         cpu_bare, cpu_instrumented = (cpu[k] / served[k] * 1e6 for k in ("bare", "instrumented"))
-        print(f"worker CPU per request over the alternating rounds: bare {cpu_bare:.1f} us, "
-              f"instrumented {cpu_instrumented:.1f} us, ratio bare/instrumented {cpu_bare / cpu_instrumented:.3f} "
-              f"(the throughput ratio a CPU-bound server would show, little disturbed by other load)")
-        print(f"loadavg(1m) at end={os.getloadavg()[0]:.2f}")
+        figures = {
+            "bare": bare, "instrumented": instrumented, "ratio": instrumented / bare,
+            "median_round_ratio": statistics.median(per_round),
+            "simultaneous_ratio": sum(together["instrumented"]) / sum(together["bare"]),
+            "cpu_us_bare": cpu_bare, "cpu_us_instrumented": cpu_instrumented,
+            "cpu_ratio": cpu_bare / cpu_instrumented, "loadavg_end": os.getloadavg()[0],
+        }
+        print(f"mean throughput: bare {bare:.1f} req/s, instrumented {instrumented:.1f} req/s; "
+              f"worker CPU per request: bare {cpu_bare:.1f} us, instrumented {cpu_instrumented:.1f} us")
+        return figures
     finally:
         sup.stop_all()
+
+
+def inprocess_cost_us(batches: int = 40, per_batch: int = 2000) -> tuple[float, float]:
+    """(bare, instrumented) CPU microseconds per GET /healthz through Flask's WSGI app in this
+    process, multiprocess mode on, alternating batches, the median of each: the instrumentation's
+    own cost, which other load disturbs much less than a server's throughput."""
+    import io
+    import statistics as stats
+
+    from loadlab.multiproc import enable_multiprocess_metrics, memory_tmp_dir
+    enable_multiprocess_metrics(tempfile.mkdtemp(prefix="bench_instrumentation-mp-", dir=memory_tmp_dir()))
+    from prometheus_client import CollectorRegistry
+
+    from loadlab.instrument import instrument
+    from target_app import create_app
+
+    apps = {}
+    db_dir = tempfile.mkdtemp(prefix="bench_instrumentation-db-")
+    for name in ("bare", "instrumented"):
+        app = create_app({"METRICS": False, "DATABASE": os.path.join(db_dir, f"{name}.db"), "HASH_PROFILE": "lab"})
+        if name == "instrumented":
+            instrument(app, CollectorRegistry())
+        apps[name] = app.wsgi_app
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/healthz", "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "80",
+               "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(), "SERVER_PROTOCOL": "HTTP/1.1", "QUERY_STRING": ""}
+    costs: dict[str, list[float]] = {"bare": [], "instrumented": []}
+    for _ in range(batches):
+        for name, wsgi in apps.items():
+            start = time.thread_time()
+            for _ in range(per_batch):
+                wsgi(dict(environ), lambda status, headers, exc_info=None: None).close()
+            costs[name].append((time.thread_time() - start) / per_batch * 1e6)
+    shutil.rmtree(db_dir, ignore_errors=True)
+    shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+    return stats.median(costs["bare"]), stats.median(costs["instrumented"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="instrumented vs bare throughput of target_app on /healthz")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2],
+                        help="gunicorn worker counts to measure, one after the other (default: 1 2)")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    parser.add_argument("--connections", type=int, default=16)
+    args = parser.parse_args()
+    wrk_path = shutil.which("wrk")
+    if not wrk_path:
+        raise SystemExit("wrk not found on PATH: install it with `apt-get install wrk`")
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench_instrumentation-"))
+    try:
+        figures = {w: measure(args, wrk_path, w, workdir) for w in args.workers}
+    finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    # Side by side: the ratio instrumented/bare (goal >= 0.95) with each worker count.
+    print("\nworkers  bare req/s  instr. req/s  ratio (of means)  median of rounds  simultaneous  "
+          "CPU/request bare/instr.  loadavg at end")
+    for w, f in figures.items():
+        print(f"{w:>7}  {f['bare']:10.1f}  {f['instrumented']:12.1f}  {f['ratio']:16.3f}  {f['median_round_ratio']:16.3f}  "
+              f"{f['simultaneous_ratio']:12.3f}  {f['cpu_ratio']:23.3f}  {f['loadavg_end']:14.2f}")
+    bare_us, instrumented_us = inprocess_cost_us()
+    print(f"in one process (Flask's WSGI app, multiprocess mode): GET /healthz {bare_us:.1f} us bare, "
+          f"{instrumented_us:.1f} us instrumented: the instrumentation costs {instrumented_us - bare_us:.1f} us of CPU "
+          "a request")
+    print("goal: ratio >= 0.95 with 1 and with 2 workers. Wall-clock ratios move with the machine's other load "
+          "(loadavg above the CPU count means noise); CPU per request is the least disturbed figure.")
 
 
 if __name__ == "__main__":

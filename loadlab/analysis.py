@@ -153,6 +153,13 @@ def limiting_resource(steps: list[StepSummary], ref: int | None, brk: int | None
         return TARGET_CPU, (
             f"the target used {peak.target_cpu_cores:.2f} of its {peak.target_cores_available:g} usable cores "
             f"(>= {th.cpu_saturation_fraction:.0%}) at {peak.users} users")
+    for s in known:
+        if cpu_starved(s, th):
+            used, wait = s.target_cpu_cores or 0.0, s.target_cpu_wait_cores or 0.0
+            return TARGET_CPU, (
+                f"the target used {used:.2f} cores and its processes waited for a CPU another {wait:.2f} cores' worth "
+                f"at {s.users} users ({used + wait:.2f} of its {s.target_cores_available:g} usable cores, "
+                f">= {th.cpu_saturation_fraction:.0%}): CPU-bound, and other processes on its host had the CPU it waited for")
     r0 = min((s.mean_response_ms for s in steps if s.mean_response_ms is not None), default=None)
     for s in known:
         if cpu_bound_on_busy_host(s, r0, th):
@@ -170,6 +177,17 @@ def limiting_resource(steps: list[StepSummary], ref: int | None, brk: int | None
         + (" and the generator had CPU to spare" if generator else
            " (the generator's CPU was not sampled, so a generator limit is not ruled out)")
         + ": a pool, lock or I/O limit (workers, threads, connections, database)")
+
+
+def cpu_starved(step: StepSummary, th: Thresholds = DEFAULT_THRESHOLDS) -> bool:
+    """The target wanted the cores it can use but the host's other processes had them: the CPU it
+    used plus the time its threads sat runnable waiting for a CPU (the sidecar's run delay, in
+    cores) reaches the saturation line. A server waiting on I/O, a lock or a pool is not runnable
+    then, so it never counts here however busy the host is."""
+    used, wait, available = step.target_cpu_cores, step.target_cpu_wait_cores, step.target_cores_available
+    if used is None or wait is None or not available:
+        return False
+    return used + wait >= th.cpu_saturation_fraction * available
 
 
 def cpu_bound_on_busy_host(step: StepSummary, light_response_ms: float | None,
@@ -203,7 +221,7 @@ def signals(steps: list[StepSummary], knee: KneeResult | None, th: Thresholds = 
             note(reason, s, s.p95_ms if reason == LATENCY_P95 else s.error_ratio)
         if knee is not None and i == knee.step:
             note("throughput_plateau", s, s.rps)
-        if _saturated(s.target_cpu_cores, s.target_cores_available, th):
+        if _saturated(s.target_cpu_cores, s.target_cores_available, th) or cpu_starved(s, th):
             note(TARGET_CPU, s, s.target_cpu_cores)
         if _saturated(s.generator_cpu_cores, s.generator_cores_available, th):
             note(GENERATOR_CPU, s, s.generator_cpu_cores)

@@ -2,6 +2,7 @@
 
     loadlab run login-step --time-scale 0.1
     loadlab run login-stress --workers 2 -- --users 300        # after `--`: passed to Locust as is
+    loadlab run --locustfile mine.py --host http://127.0.0.1:8000 -- --step-users 5   # your own locustfile
     loadlab up                                                 # Locust web UI + the lab, until Ctrl-C
     loadlab analyze reports/20250101-120000-login-step         # or any Locust --csv prefix
     loadlab compare reports/BASE reports/NEW                   # did it get worse, and are we sure?
@@ -87,15 +88,27 @@ def _add_check_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_lab_options(p: argparse.ArgumentParser, mode: str) -> None:
+    p.add_argument("--locustfile", type=Path, metavar="PATH",
+                   help="your own locustfile in place of a SCENARIO: the lab adds its plugins (exporter, step hunt) "
+                        "beside it, so it needs no import from this project; the run is named after it")
     p.add_argument("--host", help="drive this API instead of starting the bundled target (e.g. http://127.0.0.1:8000)")
     p.add_argument("--target-pid", type=int,
                    help="with --host on this machine: PID of that server's main process, so the sidecar samples "
                         "its CPU and memory (it and its children)")
+    p.add_argument("--target-sidecar", metavar="URL",
+                   help="with --host: a sidecar you started on the API's machine (python -m monitoring.sidecar "
+                        "--host 0.0.0.0 --group target=REGEX); the API's CPU and memory come from it")
+    p.add_argument("--target-metrics", metavar="URL",
+                   help="with --host: your API's own /metrics (server-side latency beside Locust's); default: "
+                        "HOST/metrics when it answers")
+    p.add_argument("--target-group", metavar="NAME",
+                   help="with --target-sidecar: its group of the API's processes (default: target)")
     p.add_argument("--workers", type=int, default=0,
                    help="Locust workers (Locust's own master/worker mode); default 0 = one Locust process")
     p.add_argument("--target-workers", type=int,
-                   help="gunicorn workers of the bundled target (default: CPU count); with --host and "
-                        "--target-pid: how many worker processes that server has, for the CPU verdict")
+                   help="gunicorn workers of the bundled target (default: CPU count); with --host: how many "
+                        "worker processes your server has, for the CPU verdict (default: its processes minus one, "
+                        "as the sidecar counts them)")
     p.add_argument("--hash-profile", choices=("default", "lab"), default="default",
                    help="password hash cost of the bundled target (default: %(default)s)")
     p.add_argument("--time-scale", type=_positive_float,
@@ -128,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a scenario headless, then print the verdict and write the report",
                          description="Arguments after `--` go to Locust unchanged (e.g. -- --step-users 5).")
-    run.add_argument("scenario", choices=list(SCENARIOS), metavar="SCENARIO", help=", ".join(SCENARIOS))
+    run.add_argument("scenario", nargs="?", choices=list(SCENARIOS), metavar="SCENARIO",
+                     help=", ".join(SCENARIOS) + " (or --locustfile PATH)")
     _add_lab_options(run, "run")
     _add_check_options(run)
     run.add_argument("--baseline", type=Path, metavar="DIR",
@@ -139,8 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="the same components with Locust's web UI, until Ctrl-C; prints the URLs",
                         description="Arguments after `--` go to Locust unchanged.")
-    up.add_argument("scenario", nargs="?", default="login-step", choices=list(SCENARIOS), metavar="SCENARIO",
-                    help="locustfile and preset for the UI (default: login-step)")
+    up.add_argument("scenario", nargs="?", choices=list(SCENARIOS), metavar="SCENARIO",
+                    help="locustfile and preset for the UI (default: login-step, unless --locustfile PATH)")
     _add_lab_options(up, "up")
 
     analyze = sub.add_parser("analyze", help="breaking-point verdict of a run directory or a Locust --csv prefix")
@@ -187,12 +201,19 @@ def build_parser() -> argparse.ArgumentParser:
 def _lab_options(args: argparse.Namespace, mode: str, locust_args: list[str]) -> LabOptions:
     ports = {name: value for name, value in ((k[5:], v) for k, v in vars(args).items() if k.startswith("port_"))
              if value is not None}
-    return LabOptions(scenario=args.scenario, mode=mode, host=args.host, workers=args.workers,
+    if args.scenario and args.locustfile:
+        raise LabError(f"give a SCENARIO or --locustfile, not both ({args.scenario} and {args.locustfile})")
+    if not args.scenario and not args.locustfile and mode == "run":
+        raise LabError(f"give a SCENARIO ({', '.join(SCENARIOS)}) or --locustfile PATH")
+    return LabOptions(scenario=args.scenario or ("" if args.locustfile else "login-step"), mode=mode, host=args.host,
+                      workers=args.workers,
                       time_scale=args.time_scale, out=args.out, target_workers=args.target_workers,
                       target_pid=args.target_pid, hash_profile=args.hash_profile, ports=ports,
                       free_ports=getattr(args, "free_ports", False), prometheus=args.prometheus,
                       locust_args=locust_args, slo_p95_ms=args.slo_p95_ms, slo_error_ratio=args.slo_error_ratio,
-                      profile=args.profile, profile_rate=args.profile_rate,
+                      profile=args.profile, profile_rate=args.profile_rate, locustfile=args.locustfile,
+                      target_sidecar=args.target_sidecar, target_metrics=args.target_metrics,
+                      target_group=args.target_group,
                       gates=gating.parse_all(getattr(args, "gate", [])), junit=getattr(args, "junit", None),
                       baseline=getattr(args, "baseline", None),
                       min_change_pct=getattr(args, "min_change", comparing.DEFAULT_MIN_CHANGE_PCT))

@@ -225,6 +225,9 @@ class Samples:
     """All scrapes of a run, by source, in time order."""
 
     by_source: dict[str, list[Scrape]] = field(default_factory=dict)
+    # The sampler's failed scrapes, by source: (time, error). A remote source that stopped
+    # answering mid-run shows here (loadlab.remote).
+    failures: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
 
     def scrapes(self, source: str) -> list[Scrape]:
         return self.by_source.get(source, [])
@@ -293,8 +296,11 @@ def read_samples(path: Path | str, damage: Damage | None = None) -> Samples:
     if not path.is_file():
         return result
     for line_no, rec in iter_sample_lines(path, damage):
-        if not rec.get("ok", True):
-            continue  # the sampler's record of a failed scrape: nothing measured then
+        if not rec.get("ok", True):  # the sampler's record of a failed scrape: nothing measured then
+            t, source = rec.get("t"), rec.get("source")
+            if isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and isinstance(source, str):
+                result.failures.setdefault(source, []).append((float(t), str(rec.get("error", ""))))
+            continue
         try:
             scrape = _scrape(rec)
         except ValueError as exc:

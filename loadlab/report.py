@@ -111,8 +111,10 @@ class _Charts:
         return fig
 
 
-def render_charts(verdict: Verdict, history: LocustHistory, resources: ResourceSeries | None) -> list[tuple[str, str]]:
-    """[(title, base64 PNG)] for the five charts; `resources` is the run's `steps.resource_series`."""
+def render_charts(verdict: Verdict, history: LocustHistory, resources: ResourceSeries | None,
+                  server_p95: list[tuple[float, float]] | None = None) -> list[tuple[str, str]]:
+    """[(title, base64 PNG)] for the five charts; `resources` is the run's `steps.resource_series`,
+    `server_p95` the API's own p95 over time (`server_latency.p95_series`), drawn beside Locust's."""
     locust = csv_series(history)
     timeline = resource_timeline(resources)
     times = [r.t for r in history.rows]
@@ -143,6 +145,8 @@ def render_charts(verdict: Verdict, history: LocustHistory, resources: ResourceS
     fig, ax = charts.figure("Latency (Locust, ~10 s window) with the SLO", "ms")
     charts.line(ax, locust["p50_ms"], color="tab:blue", label="p50")
     charts.line(ax, locust["p95_ms"], color="tab:purple", label="p95")
+    if server_p95:  # the gap to the client's p95 is the network plus the queue in front of the app
+        charts.line(ax, server_p95, color="tab:cyan", lw=1, label="server-side p95 (the API's own metrics)")
     ax.scatter([s.hold_start - t0 for s in steps if s.p95_ms is not None],
                [s.p95_ms for s in steps if s.p95_ms is not None], color="tab:purple", s=14, zorder=3,
                label="p95 per step (hold)")
@@ -161,7 +165,9 @@ def render_charts(verdict: Verdict, history: LocustHistory, resources: ResourceS
         return ax2.get_lines()
 
     def host_busy(ax) -> list:
-        charts.line(ax, timeline.get("host_cpu_busy_cores", []), color="0.6", lw=1, label="host busy (all processes)")
+        # With a remote target, the generator's own machine (host_cpu_busy_cores is the target's then).
+        busy = timeline.get("generator_host_cpu_busy_cores", timeline.get("host_cpu_busy_cores", []))
+        charts.line(ax, busy, color="0.6", lw=1, label="host busy (all processes)")
         return []
 
     out.append(("Target CPU and memory", _png(charts.cpu(
@@ -284,10 +290,11 @@ def _fmt(value: Any, digits: int = 1) -> str:
 
 
 def render_html(verdict: Verdict, history: LocustHistory, resources: ResourceSeries | None, title: str,
-                open_series: dict[str, list[tuple[float, float]]] | None = None) -> str:
+                open_series: dict[str, list[tuple[float, float]]] | None = None,
+                server_p95: list[tuple[float, float]] | None = None) -> str:
     th = verdict.thresholds
     slo_ms = th.latency_p95_ms
-    charts = render_charts(verdict, history, resources)
+    charts = render_charts(verdict, history, resources, server_p95)
     if verdict.open_model:  # offered vs achieved first: in an open model that is the headline
         charts = render_open_charts(verdict, history, open_series or {}) + charts
     esc = html.escape
@@ -315,7 +322,7 @@ def render_html(verdict: Verdict, history: LocustHistory, resources: ResourceSer
         f'<figure><img class="chart" alt="{esc(name)}" src="data:image/png;base64,{data}"></figure>'
         for name, data in charts)
     head = ("<tr><th>step</th><th>users</th><th>t (s)</th><th>hold (s)</th><th>req/s</th><th>p50 ms</th>"
-            "<th>p95 ms</th><th>errors</th><th>target CPU</th><th>target RSS MiB</th><th>Locust CPU</th>"
+            "<th>p95 ms</th><th>server p95 ms</th><th>errors</th><th>target CPU</th><th>target RSS MiB</th><th>Locust CPU</th>"
             "<th>SLO</th></tr>")
     rows = []
     break_time = verdict.brk.time if verdict.brk else None
@@ -328,7 +335,8 @@ def render_html(verdict: Verdict, history: LocustHistory, resources: ResourceSer
         rows.append(
             f'<tr class="{mark.strip()}"><td>{s.index}{esc(mark)}</td><td>{s.users}</td>'
             f'<td>{s.start - t0:.0f}</td><td>{s.end - s.hold_start:.0f}</td><td>{s.rps:.1f}</td>'
-            f'<td>{_fmt(s.p50_ms, 0)}</td><td>{_fmt(s.p95_ms, 0)}</td><td>{s.error_ratio:.2%}</td>'
+            f'<td>{_fmt(s.p50_ms, 0)}</td><td>{_fmt(s.p95_ms, 0)}</td><td>{_fmt(s.server_p95_ms, 0)}</td>'
+            f'<td>{s.error_ratio:.2%}</td>'
             f'<td>{_fmt(s.target_cpu_cores, 2)}</td><td>{_fmt(None if mem is None else mem / 2**20, 0)}</td>'
             f'<td>{_fmt(s.generator_cpu_cores, 2)}</td><td>{"ok" if slo_ok else "breach"}</td></tr>')
     return f"""<!doctype html>
@@ -359,6 +367,8 @@ measures (the hold, after the transient). Dots: the per-step values the verdict 
 {_rate_step_table(verdict) if verdict.open_model else f'<table id="steps">{head}{"".join(rows)}</table>'}
 <p class="muted">SLO: p95 &le; {slo_ms:g} ms and errors &le; {th.error_ratio:.0%}
 (the thresholds this run was judged by). p95 per step: {esc(', '.join(sorted({s.p95_source for s in verdict.steps})) or '–')}.
+Server p95: the API's own request histogram over the same hold (its metrics, when the lab read them); the gap to
+Locust's p95 is the network plus the queue in front of the app.
 Generated {esc(time.strftime('%Y-%m-%d %H:%M:%S'))} by loadlab.</p>
 <script>
 // Mark each chart that decoded (a browser check of the report, and a visible hint if one did not).
@@ -373,8 +383,10 @@ window.addEventListener("load", () => {{
 
 
 def write_report(path: Path, verdict: Verdict, history: LocustHistory, resources: ResourceSeries | None,
-                 title: str, open_series: dict[str, list[tuple[float, float]]] | None = None) -> Path:
-    """`open_series`: an open-model run's `openmodel.timeline` (offered, scheduled, achieved, late, dropped)."""
+                 title: str, open_series: dict[str, list[tuple[float, float]]] | None = None,
+                 server_p95: list[tuple[float, float]] | None = None) -> Path:
+    """`open_series`: an open-model run's `openmodel.timeline` (offered, scheduled, achieved, late, dropped);
+    `server_p95`: the API's own p95 over time, from its metrics."""
     path = Path(path)
-    path.write_text(render_html(verdict, history, resources, title, open_series))
+    path.write_text(render_html(verdict, history, resources, title, open_series, server_p95))
     return path

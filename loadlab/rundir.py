@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from loadlab import gates as gating
-from loadlab import openmodel, profiling, uncertainty
+from loadlab import openmodel, profiling, server_latency, uncertainty
 from loadlab.analysis import analyze_steps
 from loadlab.contract import thresholds
 from loadlab.contract.thresholds import Thresholds
 from loadlab.functional import ErrorEvidence, read_failures_csv, step_errors
 from loadlab.history import Damage, DamagedInput, LocustHistory, Samples, read_samples, read_stats_history
 from loadlab.ratesteps import is_open_run
+from loadlab.remote import apply_outages
 from loadlab.report import write_report
 from loadlab.steps import ResourceSeries, resource_series, summarize_steps
 from loadlab.verdict import Source, Verdict
@@ -93,7 +94,8 @@ def locate(path: Path | str, damage: Damage | None = None) -> RunInputs:
 
 def analysis_meta(meta: dict[str, Any]) -> dict[str, Any]:
     """The parts of run.json the step summaries use."""
-    keys = ("target_workers", "host_cores", "generator_processes")
+    keys = ("target_workers", "host_cores", "generator_processes", "target_group", "target_sidecar",
+            "target_host_cores")
     return {k: meta[k] for k in keys if meta.get(k) is not None}
 
 
@@ -120,6 +122,8 @@ def judge(inputs: RunInputs, history: LocustHistory, samples: Samples, th: Thres
     meta = analysis_meta(inputs.meta)
     resources = resource_series(samples, meta)  # once: the step summaries and the report's charts share it
     failures_csv_name = str(failures_path) if failures_path is not None and failures_path.is_file() else None
+    remote = inputs.meta.get("remote_sources")
+    remote_sources = {str(k): str(v) for k, v in remote.items()} if isinstance(remote, dict) else {}
     if is_open_run(samples):  # an arrival-rate run: its steps are plateaus of offered rate
         cut = inputs.meta.get("incomplete_at") if inputs.meta.get("incomplete") else None
         verdict = openmodel.analyze_samples(samples, meta, th, resources, cut if isinstance(cut, (int, float)) else None,
@@ -128,9 +132,12 @@ def judge(inputs: RunInputs, history: LocustHistory, samples: Samples, th: Thres
     else:
         steps = summarize_steps(history, samples, meta, transient_fraction=th.step_transient_fraction,
                                 resources=resources)
+        server_latency.fill(steps, samples)  # the API's own latency beside Locust's, when its metrics were sampled
+        remote_notes = apply_outages(steps, remote_sources, samples)  # a source on the API's machine that stopped answering
         evidence = ErrorEvidence(by_step=[step_errors(samples, s) for s in steps], run=run_errors or [],
                                  failures_csv=failures_csv_name)
         verdict = analyze_steps(steps, th, evidence)
+        verdict.notes.extend(remote_notes)
     verdict.source = Source(
         stats_history=str(inputs.history_csv),
         resource_samples=str(inputs.samples_path) if inputs.samples_path else None,
@@ -199,5 +206,6 @@ def analyze(path: Path | str, th: Thresholds | None = None, write: bool = True,
         (inputs.out_dir / VERDICT).write_text(json.dumps(verdict.to_dict(), indent=2) + "\n")
         write_report(inputs.out_dir / REPORT, verdict, history, resources,
                      title or f"loadlab report: {inputs.meta.get('scenario') or inputs.history_csv.name}",
-                     open_series=openmodel.timeline(samples) if verdict.open_model else None)
+                     open_series=openmodel.timeline(samples) if verdict.open_model else None,
+                     server_p95=server_latency.p95_series(samples))
     return verdict, inputs

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from loadlab import rundir
+from loadlab import own_locustfile, remote, rundir
 from loadlab.contract import thresholds
 from loadlab.contract.cores import usable_cores
 from loadlab.contract.exits import EXIT_API_FAILED, EXIT_GATE, EXIT_USAGE
@@ -50,6 +50,7 @@ from loadlab.processes import (
     tail,
 )
 from loadlab.profiling import StepProfiler
+from loadlab.remote import RemoteSidecar
 from loadlab.sampler import Sampler, parse_metrics, scrape
 from loadlab.stacks import DEFAULT_RATE as DEFAULT_PROFILE_RATE
 from loadlab.stacks import ProfilerUnavailable, check_attach
@@ -104,6 +105,10 @@ class LabOptions:
     slo_error_ratio: float | None = None
     profile: bool = False  # sample the target's stacks during each step's hold (loadlab.profiling)
     profile_rate: int = DEFAULT_PROFILE_RATE
+    locustfile: Path | None = None  # a locustfile of the user's own, in place of `scenario` (loadlab.own_locustfile)
+    target_sidecar: str | None = None  # a sidecar on the API's machine (loadlab.remote)
+    target_metrics: str | None = None  # the API's own /metrics URL
+    target_group: str | None = None  # the remote sidecar's group of the API's processes (default: target)
 
     gates: list[Any] = field(default_factory=list)  # loadlab.gates.Gate, checked on the verdict (exit 4)
     junit: Path | None = None  # JUnit XML of the gates and the baseline comparison
@@ -168,7 +173,7 @@ def new_run_dir(out: Path, scenario: str) -> Path:
 
 class Lab:
     def __init__(self, opts: LabOptions, stream: TextIO = sys.stdout) -> None:
-        if opts.scenario not in SCENARIOS:
+        if opts.locustfile is None and opts.scenario not in SCENARIOS:
             raise LabError(f"unknown scenario {opts.scenario!r}: choose one of {', '.join(SCENARIOS)}")
         self.opts = opts
         self.out = stream
@@ -183,6 +188,11 @@ class Lab:
         self._worker_gone_at: dict[str, float] = {}
         self.prometheus_bin: str | None = None
         self.meta: dict = {}
+        self.remote: dict[str, str] = {}  # sources on the API's machine: name -> URL (loadlab.remote)
+        self.remote_sidecar: RemoteSidecar | None = None
+        self.no_target_metrics: str | None = None  # why the target's metrics are not read, when they are not
+        self.target_metrics_problem: str | None = None  # they answer, but without the request histogram
+        self._silent: dict[str, tuple[float, str, bool]] = {}  # remote source -> (since, error, said)
         # Chosen once for the whole run: the hunt (through the suite's variables), the live alerts
         # (rules generated for them) and the verdict all apply exactly these.
         try:
@@ -211,7 +221,9 @@ class Lab:
     def check(self) -> None:
         """Everything that can be known before starting anything: binaries, files, ports."""
         opts = self.opts
-        locustfile = SCENARIO_DIR / SCENARIOS[opts.scenario][0]
+        if opts.locustfile is not None:
+            opts.locustfile = own_locustfile.check(opts.locustfile, opts.locust_args)
+        locustfile = own_locustfile.PLUGIN_FILE if opts.locustfile else SCENARIO_DIR / SCENARIOS[opts.scenario][0]
         if not locustfile.is_file():
             raise LabError(f"{locustfile}: the Locust suite's scenario file is missing; is this a complete checkout?")
         if shutil.which("locust") is None and not (Path(sys.executable).parent / "locust").exists():
@@ -230,10 +242,12 @@ class Lab:
             raise LabError(f"--host {opts.host!r} is not a URL: give it like http://127.0.0.1:5000")
         if opts.host and not urllib.parse.urlsplit(opts.host).hostname:
             raise LabError(f"--host {opts.host!r} names no host: give it like http://127.0.0.1:5000")
+        self.check_remote_flags()
         self.check_port_flags()
         self.check_baseline()
         self.allocate_ports()
         self.check_ports_distinct()
+        self.check_remote_sources()
         problem = out_dir_problem(opts.out)  # last: nothing is created when an earlier check fails
         if problem:
             raise LabError(problem)
@@ -284,7 +298,7 @@ class Lab:
             if port_in_use(port):
                 hint = f"choose another with {PORT_FLAGS[name]}" + ("" if explicit else " or pass --free-ports")
                 raise LabError(f"port {port} for {WHAT[name]} is already in use{port_owner(port)}: "
-                               f"stop that process or {hint}")
+                               f"stop that process or {hint}" + (remote.sidecar_hint(port) if name == "sidecar" else ""))
             self.ports[name] = port
 
     # ------------------------------------------------------------------ start
@@ -311,7 +325,12 @@ class Lab:
     def target_metrics_url(self) -> str:
         """Where the target's metrics are read. A target we start serves them from the gunicorn
         arbiter on their own port, so scrapes never queue behind the load in the workers'
-        accept queue; an external --host only has /metrics on its API port."""
+        accept queue; an external --host only has /metrics on its API port, unless --target-metrics
+        (or --target-metrics-port, on the --host machine) says where its metrics are."""
+        if self.opts.target_metrics:
+            return self.opts.target_metrics
+        if self.opts.host and self.opts.ports.get("target_metrics"):
+            return remote.metrics_url_on_host(self.opts.host, self.opts.ports["target_metrics"])
         if self.opts.host:
             return f"{self.target_url()}/metrics"
         return f"http://{DEFAULT_BIND}:{self.ports['target_metrics']}/metrics"
@@ -362,11 +381,18 @@ class Lab:
             from monitoring.generate import write_rules
 
             rules = write_rules(prom_dir / "rules", self.thresholds)
-        targets = {SIDECAR_JOB: f"{DEFAULT_BIND}:{self.ports['sidecar']}",
-                   LOCUST_JOB: f"{DEFAULT_BIND}:{self.ports['exporter']}",
-                   TARGET_JOB: self.target_metrics_url().split("://", 1)[1].split("/", 1)[0]}
+        targets: dict[str, str | list[str]] = {
+            SIDECAR_JOB: [f"{DEFAULT_BIND}:{self.ports['sidecar']}", *([self.opts.target_sidecar]
+                                                                        if self.opts.target_sidecar else [])],
+            LOCUST_JOB: f"{DEFAULT_BIND}:{self.ports['exporter']}"}
+        if not self.no_target_metrics:
+            targets[TARGET_JOB] = self.target_metrics_url()
+        # A remote sidecar's group named otherwise reads as `target` in Prometheus, so rules and dashboards see it.
+        aliases = ({self.opts.target_sidecar: {self.opts.target_group: TARGET_GROUP}}
+                   if self.opts.target_sidecar and self.opts.target_group and self.opts.target_group != TARGET_GROUP
+                   else None)
         config = prom_dir / "prometheus.yml"
-        config.write_text(render(targets, rules, self.thresholds.scrape_interval_seconds))
+        config.write_text(render(targets, rules, self.thresholds.scrape_interval_seconds, group_aliases=aliases))
         url = f"http://{DEFAULT_BIND}:{self.ports['prometheus']}"
         comp = self.component("prometheus", [
             self.prometheus_bin, f"--config.file={config}", f"--storage.tsdb.path={prom_dir / 'data'}",
@@ -376,9 +402,12 @@ class Lab:
         self.say(f"prometheus {url}  (rules: {len(rules)} files, data in {prom_dir / 'data'})")
 
     def locust_args(self) -> list[str]:
-        locustfile, preset = SCENARIOS[self.opts.scenario]
-        args = ["-m", "locust", "-f", str(SCENARIO_DIR / locustfile), "--scenario", preset,
-                "--host", self.target_url()]
+        if self.opts.locustfile is not None:  # the user's file, then the lab's plugins (loadlab.own_locustfile)
+            f, preset = own_locustfile.f_argument(self.opts.locustfile), own_locustfile.STEP
+        else:
+            locustfile, preset = SCENARIOS[self.opts.scenario]
+            f = str(SCENARIO_DIR / locustfile)
+        args = ["-m", "locust", "-f", f, "--scenario", preset, "--host", self.target_url()]
         if self.opts.time_scale is not None:
             args += ["--time-scale", f"{self.opts.time_scale:g}"]
         return args
@@ -428,8 +457,14 @@ class Lab:
                 raise failed from None
             raise LocustStoppedEarly(self.locust_stopped_early(comp.poll())) from None
         what = f"master + {self.opts.workers} workers" if self.opts.workers else "one process"
-        self.say(f"locust     {SCENARIOS[self.opts.scenario][0]} --scenario {SCENARIOS[self.opts.scenario][1]} "
+        file, preset = ((self.opts.locustfile.name, own_locustfile.STEP) if self.opts.locustfile
+                        else SCENARIOS[self.opts.scenario])
+        self.say(f"locust     {file} --scenario {preset} "
                  f"({what}, pid {comp.pid}); exporter http://{DEFAULT_BIND}:{self.ports['exporter']}/metrics")
+        own_shape = own_locustfile.own_shape(comp.log_path) if self.opts.locustfile else None
+        if own_shape:
+            self.say(f"locust     {file}: {own_shape}")
+            self.meta["step_hunt"] = False
         if self.opts.mode == "up":
             self.say(f"locust UI  http://{DEFAULT_BIND}:{self.ports['web']}")
             self.say(f"lab tab    http://{DEFAULT_BIND}:{self.ports['web']}/lab  (target and Locust CPU, "
@@ -439,7 +474,12 @@ class Lab:
         sources = {SIDECAR_JOB: f"http://{DEFAULT_BIND}:{self.ports['sidecar']}/metrics",
                    TARGET_JOB: self.target_metrics_url(),
                    LOCUST_JOB: f"http://{DEFAULT_BIND}:{self.ports['exporter']}/metrics"}
-        self.sampler = Sampler(self.run_dir / rundir.SAMPLES, sources)
+        if self.no_target_metrics:  # an API without /metrics: nothing to sample (said once at start)
+            del sources[TARGET_JOB]
+        sources.update(self.remote)
+        side = self.remote_sidecar
+        self.sampler = Sampler(self.run_dir / rundir.SAMPLES, sources,
+                               target=(remote.TARGET_SIDECAR_SOURCE, side.group) if side else (SIDECAR_JOB, TARGET_GROUP))
         self.sampler.start()
 
     def start_profiler(self, target_pid: int | None) -> None:
@@ -475,7 +515,7 @@ class Lab:
         """`up`: analyse the run so far every few seconds into live.json, for Locust's Lab tab."""
         if self.opts.mode != "up" or self.sampler is None:
             return
-        self.live = LiveView(self.run_dir, self.sampler.sources, title=f"loadlab up: {self.opts.scenario}")
+        self.live = LiveView(self.run_dir, self.sampler.sources, title=f"loadlab up: {self.scenario_label()}")
         self.live.start()
 
     def write_meta(self, **extra) -> None:
@@ -485,22 +525,25 @@ class Lab:
         (self.run_dir / rundir.RUN_META).write_text(json.dumps(self.meta, indent=2) + "\n")
 
     def start_all(self) -> None:
-        self._run_dir = new_run_dir(self.opts.out, self.opts.scenario)
+        self._run_dir = new_run_dir(self.opts.out, self.run_name())
         self.say(f"run directory {self.run_dir}")
         # First, so that from the first component on, a killed loadlab leaves nothing running.
         self.sup.watchdog = watchdog = Watchdog(self.run_dir / "logs" / "watchdog.log")
         self.meta = {
-            "scenario": self.opts.scenario, "mode": self.opts.mode, "started_at": time.time(),
+            "scenario": self.scenario_label(), "mode": self.opts.mode, "started_at": time.time(),
             "argv": sys.argv, "ports": self.ports, "host": self.target_url(),
-            "target_workers": None if self.opts.host and not self.opts.target_pid
+            # With --host and no PID the lab cannot count the workers: only --target-workers tells them.
+            "target_workers": self.opts.target_workers if self.opts.host and not self.opts.target_pid
             else (self.opts.target_workers or usable_cores()),
             "host_cores": usable_cores(), "generator_processes": max(1, self.opts.workers),
             "time_scale": self.opts.time_scale, "prometheus": bool(self.prometheus_bin),
             "thresholds": thresholds.as_dict(self.thresholds), "watchdog_pid": watchdog.pid,
         }
+        self.meta.update(self.remote_meta())
         self.write_meta()
         target_pid = self.start_target()
         self.start_sidecar(target_pid)
+        self.say_remote()
         self.start_sampler()
         self.start_profiler(target_pid)
         self.start_live()
@@ -550,6 +593,7 @@ class Lab:
             if dead is not None:
                 raise ComponentDied(dead.died_message(), dead.exit_summary())
             self.sup.check_alive()
+            self.report_remote_sources(tty)
             line = self.progress_line(started, levels)
             if tty:
                 self.out.write("\r" + line[: shutil.get_terminal_size().columns - 1])
@@ -596,6 +640,106 @@ class Lab:
         except (OSError, ValueError):
             return False
 
+    # ------------------------------------------------------------------ your locustfile, a remote target
+
+    def scenario_label(self) -> str:
+        """What the run, the console and the report are named after: the scenario or the user's file."""
+        return self.opts.locustfile.name if self.opts.locustfile else self.opts.scenario
+
+    def run_name(self) -> str:
+        return own_locustfile.run_name(self.opts.locustfile) if self.opts.locustfile else self.opts.scenario
+
+    def check_remote_flags(self) -> None:
+        """--target-sidecar/--target-metrics/--target-group: only with --host, one source per fact."""
+        opts = self.opts
+        if opts.target_sidecar is not None:
+            if not opts.host:
+                raise LabError("--target-sidecar needs --host: it reads a sidecar beside your API; without --host the "
+                               "lab starts the bundled target and measures it itself")
+            if opts.target_pid:
+                raise LabError("--target-sidecar and --target-pid both say where the API's CPU is measured: give "
+                               "--target-pid for a server on this machine, --target-sidecar for one elsewhere")
+            opts.target_sidecar = remote.metrics_url(opts.target_sidecar, "--target-sidecar")
+        if opts.target_group is not None:
+            if not opts.target_sidecar:
+                raise LabError("--target-group names a group of the sidecar given by --target-sidecar: pass that too")
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", opts.target_group):
+                raise LabError(f"--target-group {opts.target_group!r} is not a sidecar group name (letters, digits, "
+                               f"'_', '.', '-'; not starting with a digit)")
+        if opts.target_metrics is not None:
+            if not opts.host:
+                raise LabError("--target-metrics needs --host: the bundled target's metrics port is the lab's own "
+                               "(--target-metrics-port)")
+            if opts.ports.get("target_metrics"):
+                raise LabError("--target-metrics and --target-metrics-port both say where the API's metrics are: "
+                               "give one")
+            opts.target_metrics = remote.metrics_url(opts.target_metrics, "--target-metrics")
+
+    def check_remote_sources(self) -> None:
+        """The sources on the API's machine answer as they should, before anything starts."""
+        opts = self.opts
+        if opts.target_sidecar:
+            self.remote_sidecar = remote.check_sidecar(opts.target_sidecar, opts.target_group or TARGET_GROUP)
+            self.remote[remote.TARGET_SIDECAR_SOURCE] = opts.target_sidecar
+        if opts.host:
+            url = self.target_metrics_url()
+            named = ("--target-metrics" if opts.target_metrics else
+                     "--target-metrics-port" if opts.ports.get("target_metrics") else None)
+            problem = remote.check_target_metrics(url, named)  # a URL you named must answer
+            if problem and not named:
+                self.no_target_metrics = problem
+            else:
+                self.remote[TARGET_JOB] = url
+                self.target_metrics_problem = problem
+
+    def remote_meta(self) -> dict:
+        """What run.json records of the sources on the API's machine (the analysis reads it)."""
+        out: dict = {"remote_sources": dict(self.remote)}
+        if self.remote_sidecar is not None:
+            out.update(target_sidecar=self.remote_sidecar.url, target_group=self.remote_sidecar.group,
+                       target_host_cores=self.remote_sidecar.host_cores)
+        if self.opts.host:
+            out["target_metrics"] = None if self.no_target_metrics else self.target_metrics_url()
+        return out
+
+    def report_remote_sources(self, tty: bool) -> None:
+        """Say when a source on the API's machine stops answering (once it has been silent for
+        remote.MIN_NOTED_S: one slow scrape is no news) and when it answers again; the run goes on."""
+        lines = []
+        for name, ok, since, error, _ in self.sampler.changes() if self.sampler else []:
+            if name not in self.remote:
+                continue
+            if not ok:
+                self._silent[name] = (since, error, False)
+                continue
+            was = self._silent.pop(name, None)
+            if was is not None and was[2]:
+                lines.append(remote.describe_change(name, self.remote[name], True, since, "", was[0]))
+        for name, (since, error, announced) in self._silent.items():
+            if not announced and time.time() - since >= remote.MIN_NOTED_S:
+                self._silent[name] = (since, error, True)
+                lines.append(remote.describe_change(name, self.remote[name], False, since, error, None))
+        for line in lines:
+            if tty:
+                self.out.write("\n")
+            self.say(line)
+
+    def say_remote(self) -> None:
+        side = self.remote_sidecar
+        if side is not None:
+            self.say(f"target sidecar {side.url}  (group {side.group}: {side.procs} processes on a {side.host_cores}-core "
+                     f"host; the API's CPU and memory come from it, Locust's from the local sidecar)")
+        if not self.opts.host:
+            return
+        if self.no_target_metrics:
+            self.say(f"target metrics none ({self.no_target_metrics}): the report has no server-side latency; "
+                     f"pass --target-metrics URL of your API's /metrics")
+        elif self.target_metrics_problem:
+            self.say(f"target metrics {self.target_metrics_url()}: {self.target_metrics_problem}, so no server-side "
+                     f"latency")
+        else:
+            self.say(f"target metrics {self.target_metrics_url()}  (server-side latency, beside Locust's)")
+
     # ------------------------------------------------------------------ the two commands
 
     def finish(self) -> Verdict | None:
@@ -605,7 +749,7 @@ class Lab:
         history = self.run_dir / f"{rundir.LOCUST_PREFIX}{rundir.HISTORY_SUFFIX}"
         if not history.is_file():
             return None
-        verdict, _ = rundir.analyze(self.run_dir, title=f"loadlab {self.opts.mode}: {self.opts.scenario}",
+        verdict, _ = rundir.analyze(self.run_dir, title=f"loadlab {self.opts.mode}: {self.scenario_label()}",
                                     gates=self.opts.gates)
         self.say("")
         self.say("verdict:")
@@ -678,6 +822,9 @@ class Lab:
                 return 1
             for line in suite_errors(self.locust_master.log_path).splitlines():  # e.g. seeding failed
                 self.say(f"locust: {line}")
+            # E.g. the test accounts stay on your API (a target the lab started keeps them in the run directory).
+            for line in suite_notes(self.locust_master.log_path) if self.opts.host else []:
+                self.say(f"locust: {line}")
             verdict = self.finish()
             if verdict is None:
                 self.say(f"error: Locust wrote no stats history; see {self.locust_master.log_path}")
@@ -717,8 +864,8 @@ class Lab:
         except FileNotFoundError as exc:
             raise LabError(f"--baseline: {exc}") from None
         scenario = inputs.meta.get("scenario")
-        if scenario and scenario != self.opts.scenario:
-            raise LabError(f"--baseline {self.opts.baseline} ran {scenario}, this run is {self.opts.scenario}: "
+        if scenario and scenario != self.scenario_label():
+            raise LabError(f"--baseline {self.opts.baseline} ran {scenario}, this run is {self.scenario_label()}: "
                            "compare runs of the same scenario")
 
     def after_checks(self, verdict: Verdict) -> int:
@@ -767,3 +914,13 @@ def suite_errors(log_path: Path, plugin: str | None = None) -> str:
     except OSError:
         return ""
     return "\n".join(line.split(": ", 1)[1] for line in lines if marker in line and ": " in line)
+
+
+def suite_notes(log_path: Path) -> list[str]:
+    """The Locust suite's notes worth the console (`cleanup: note: the test accounts stay on ...`), once each."""
+    try:
+        lines = Path(log_path).read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    notes = [line.split(": ", 1)[1] for line in lines if "/locust_tests.plugins." in line and ": note: " in line]
+    return list(dict.fromkeys(notes))

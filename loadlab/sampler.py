@@ -62,16 +62,21 @@ class Sampler(threading.Thread):
     """A daemon thread scraping `sources` ({name: url}) every `interval` seconds into `path`."""
 
     def __init__(self, path: Path, sources: dict[str, str], interval: float = 1.0,
-                 keep: tuple[str, ...] = KEEP_PREFIXES) -> None:
+                 keep: tuple[str, ...] = KEEP_PREFIXES, target: tuple[str, str] = (SIDECAR_JOB, TARGET_GROUP)) -> None:
         super().__init__(name="loadlab-sampler", daemon=True)
         self.path = Path(path)
         self.sources = dict(sources)
         self.interval = interval
         self.keep = keep
+        self.target = target  # (source, group) of the target's CPU: a remote sidecar's when there is one
         self._stop_event = threading.Event()
         self._lock = threading.Lock()
         self.recent: dict[str, deque[Scrape]] = {name: deque(maxlen=15) for name in sources}
         self._fh: IO[str] = open(self.path, "a")
+        # Per source: (answering, since when, last error); and the changes not yet taken by `changes()`.
+        self.state: dict[str, tuple[bool, float, str]] = {}
+        self._changes: list[tuple[str, bool, float, str, float | None]] = []
+        self._answered: set[str] = set()
 
     def run(self) -> None:
         next_at = time.monotonic()
@@ -97,10 +102,31 @@ class Sampler(threading.Thread):
             with self._lock:
                 if self._fh.closed:
                     return
+                self._note_state(name, record)
                 self._fh.write(json.dumps(record, separators=(",", ":")) + "\n")
         with self._lock:
             if not self._fh.closed:
                 self._fh.flush()
+
+    def _note_state(self, name: str, record: dict) -> None:
+        """Keep each source's state; once a source has answered, each change is queued for `changes()`."""
+        ok, t, error = bool(record["ok"]), record["t"], record.get("error", "")
+        before = self.state.get(name)
+        answered_before = name in self._answered
+        if ok:
+            self._answered.add(name)
+        if before is not None and before[0] == ok:
+            return
+        self.state[name] = (ok, t, error)
+        if before is not None and answered_before:  # failures before the first answer are the start-up
+            self._changes.append((name, ok, t, error, None if not ok else before[1]))
+
+    def changes(self) -> list[tuple[str, bool, float, str, float | None]]:
+        """(source, answering now, since, error, down since) of every source that stopped answering or
+        answered again since the last call; a source that never answered yet is not "stopped"."""
+        with self._lock:
+            out, self._changes = self._changes, []
+        return out
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -141,11 +167,12 @@ class Sampler(threading.Thread):
                     out[key] = (b - a) / dt
             q = quantile_between(0.95, first, last, "locust_request_duration_seconds")
             out["p95_ms"] = None if q is None else q * 1000
-        pair = self._window(SIDECAR_JOB, window)
-        if pair:
-            first, last = pair
-            dt = last.t - first.t
-            for key, group in (("target_cpu_cores", TARGET_GROUP), ("generator_cpu_cores", GENERATOR_GROUP)):
+        for key, (source, group) in (("target_cpu_cores", self.target), ("generator_cpu_cores", (SIDECAR_JOB, GENERATOR_GROUP))):
+            answering = self.state.get(source, (True,))[0]
+            pair = self._window(source, window) if answering else None  # a silent source's last figures are stale
+            if pair:
+                first, last = pair
+                dt = last.t - first.t
                 match = {"groupname": group}
                 a = scrape_value(first, "namedprocess_namegroup_cpu_seconds_total", match)
                 b = scrape_value(last, "namedprocess_namegroup_cpu_seconds_total", match)

@@ -8,7 +8,7 @@ connecting, queues filling), so every figure is taken over the rest of it, the *
 from __future__ import annotations
 
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from loadlab.contract.cores import (
     GENERATOR_IDLE_PROCESSES_DISTRIBUTED,
@@ -17,7 +17,7 @@ from loadlab.contract.cores import (
     cores_available,
 )
 from loadlab.contract.histograms import counter_increase, rate_series
-from loadlab.contract.names import GENERATOR_GROUP, TARGET_GROUP
+from loadlab.contract.names import GENERATOR_GROUP, SIDECAR_JOB, TARGET_GROUP, TARGET_SIDECAR_SOURCE
 from loadlab.contract.thresholds import DEFAULT_THRESHOLDS
 from loadlab.history import HistoryRow, LocustHistory, Samples, Scrape, quantile_between, scrape_value, series
 
@@ -27,6 +27,7 @@ LOCUST_PERCENTILE_WINDOW_S = 10
 CPU = "namedprocess_namegroup_cpu_seconds_total"
 MEMORY = "namedprocess_namegroup_memory_bytes"
 PROCS = "namedprocess_namegroup_num_procs"
+RUN_DELAY = "namedprocess_namegroup_run_delay_seconds_total"
 NODE_CPU = "node_cpu_seconds_total"
 LOCUST_HISTOGRAM = "locust_request_duration_seconds"
 
@@ -56,6 +57,16 @@ class StepSummary:
     generator_cores_available: float | None = None
     host_cpu_busy_cores: float | None = None
     host_cores: int | None = None
+    # Cores' worth of time the target's threads were runnable but waiting for a CPU (the sidecar's
+    # run delay): high while its CPU use is low means other processes took the CPU it wanted.
+    target_cpu_wait_cores: float | None = None
+    # Server-side latency over the hold, from the target's own http_request_duration_seconds
+    # (loadlab.server_latency); None without target metrics.
+    server_p95_ms: float | None = None
+    server_mean_ms: float | None = None
+    # Why this step's target resources are unknown although the run sampled them elsewhere: a
+    # remote source that did not answer during its hold (loadlab.remote.apply_outages).
+    resource_gap: str | None = None
     # 95% confidence intervals [low, high] (loadlab.uncertainty); None when the hold is too short
     rps_ci: tuple[float, float | None] | None = None
     p95_ms_ci: tuple[float, float | None] | None = None
@@ -116,7 +127,11 @@ ROLES = ("target", "generator")
 @dataclass
 class ResourceSeries:
     """The sidecar's series a run's analysis reads, built once (`resource_series`) and shared by
-    the step summaries (sliced per step) and the report's charts (`resource_timeline`)."""
+    the step summaries (sliced per step) and the report's charts (`resource_timeline`).
+
+    The host fields are the target's machine. With a remote target (`--target-sidecar`) the
+    generator runs elsewhere: its machine's cores and CPU are the `generator_host_*` fields
+    (None: the same machine as the target)."""
 
     host_cores: int | None
     host_cpu: list[Point]  # node_cpu_seconds_total summed over every CPU and mode
@@ -124,26 +139,56 @@ class ResourceSeries:
     cpu: dict[str, list[Point]]  # process group CPU seconds, by role ("target", "generator")
     procs: dict[str, list[Point]]
     memory: dict[str, list[Point]]  # resident bytes
+    generator_host_cores: int | None = None
+    generator_host_cpu: list[Point] | None = None
+    generator_host_idle: list[Point] | None = None
+    wait: dict[str, list[Point]] = field(default_factory=dict)  # run delay seconds, by role (a sidecar that has it)
+
+
+def _host_cores(scrapes: list[Scrape]) -> int | None:
+    """The CPUs a sidecar's host metrics count (its last scrape)."""
+    cpus = {labels.get("cpu") for s in scrapes[-1:] for name, labels, _ in s.samples if name == NODE_CPU}
+    return len(cpus) or None
 
 
 def resource_series(samples: Samples, meta: dict | None = None) -> ResourceSeries | None:
-    """The resource series of a run (None without sidecar samples)."""
+    """The resource series of a run (None without sidecar samples).
+
+    Two sidecars (a remote target): the target's group and its host (cores, CPU) come from the
+    `target_sidecar` source, the generator's group and host from the lab's own `sidecar`."""
     meta = meta or {}
-    sidecar = samples.scrapes("sidecar")
-    if not sidecar:
+    local = samples.scrapes(SIDECAR_JOB)
+    remote = samples.scrapes(TARGET_SIDECAR_SOURCE)
+    if not local and not remote:
         return None
-    host_cores = meta.get("host_cores")
-    if host_cores is None:
-        cpus = {labels.get("cpu") for s in sidecar[-1:] for name, labels, _ in s.samples if name == NODE_CPU}
-        host_cores = len(cpus) or None
-    groups = {"target": TARGET_GROUP, "generator": GENERATOR_GROUP}
+    target_group = meta.get("target_group") or TARGET_GROUP
+    groups = {"target": target_group, "generator": GENERATOR_GROUP}
+    sources = {"target": remote if remote or meta.get("target_sidecar") else local, "generator": local}
+    local_cores = meta.get("host_cores")
+    if local_cores is None and local:
+        local_cores = _host_cores(local)
+    if not (remote or meta.get("target_sidecar")):
+        return ResourceSeries(
+            host_cores=local_cores,
+            host_cpu=series(local, NODE_CPU),
+            host_idle=series(local, NODE_CPU, {"mode": "idle"}),
+            cpu={role: series(local, CPU, {"groupname": groups[role]}) for role in ROLES},
+            procs={role: series(local, PROCS, {"groupname": groups[role]}) for role in ROLES},
+            memory={role: series(local, MEMORY, {"groupname": groups[role], "memtype": "resident"}) for role in ROLES},
+            wait={role: series(local, RUN_DELAY, {"groupname": groups[role]}) for role in ROLES},
+        )
     return ResourceSeries(
-        host_cores=host_cores,
-        host_cpu=series(sidecar, NODE_CPU),
-        host_idle=series(sidecar, NODE_CPU, {"mode": "idle"}),
-        cpu={role: series(sidecar, CPU, {"groupname": groups[role]}) for role in ROLES},
-        procs={role: series(sidecar, PROCS, {"groupname": groups[role]}) for role in ROLES},
-        memory={role: series(sidecar, MEMORY, {"groupname": groups[role], "memtype": "resident"}) for role in ROLES},
+        host_cores=meta.get("target_host_cores") or (_host_cores(remote) if remote else None),
+        host_cpu=series(remote, NODE_CPU),
+        host_idle=series(remote, NODE_CPU, {"mode": "idle"}),
+        cpu={role: series(sources[role], CPU, {"groupname": groups[role]}) for role in ROLES},
+        procs={role: series(sources[role], PROCS, {"groupname": groups[role]}) for role in ROLES},
+        memory={role: series(sources[role], MEMORY, {"groupname": groups[role], "memtype": "resident"})
+                for role in ROLES},
+        wait={role: series(sources[role], RUN_DELAY, {"groupname": groups[role]}) for role in ROLES},
+        generator_host_cores=local_cores,
+        generator_host_cpu=series(local, NODE_CPU),
+        generator_host_idle=series(local, NODE_CPU, {"mode": "idle"}),
     )
 
 
@@ -184,6 +229,9 @@ def _resource_fields(res: ResourceSeries, start: float, end: float, meta: dict) 
             mem = _inside(res.memory[role], start, end)
             if mem:
                 out["target_memory_bytes"] = statistics.median(mem)
+            wait = counter_increase(res.wait.get(role, []), start, end)
+            if wait and wait[1] >= 0.5:
+                out["target_cpu_wait_cores"] = wait[0] / wait[1]
     # Cores a group can use (loadlab.contract.cores): the workers the run was told about, else its
     # busy processes as sampled.
     workers = meta.get("target_workers")
@@ -193,8 +241,9 @@ def _resource_fields(res: ResourceSeries, start: float, end: float, meta: dict) 
     if gen_procs is None and out.get("generator_procs"):
         distributed = out["generator_procs"] > 1
         gen_procs = busy_processes(out["generator_procs"], GENERATOR_IDLE_PROCESSES_DISTRIBUTED if distributed else 0)
-    for role, busy in (("target", workers), ("generator", gen_procs)):
-        available = cores_available(host_cores, busy)
+    gen_host_cores = res.generator_host_cores if res.generator_host_cores is not None else host_cores
+    for role, busy, cores in (("target", workers, host_cores), ("generator", gen_procs, gen_host_cores)):
+        available = cores_available(cores, busy)
         if available is not None:
             out[f"{role}_cores_available"] = available
     return out
@@ -300,6 +349,11 @@ def resource_timeline(resources: ResourceSeries | None) -> dict[str, list[Point]
     total = rate_series(resources.host_cpu)
     idle_at = dict(rate_series(resources.host_idle))
     out["host_cpu_busy_cores"] = [(t, v - idle_at[t]) for t, v in total if t in idle_at]
+    if resources.generator_host_cpu is not None and resources.generator_host_idle is not None:
+        # Two machines: the generator's chart shows its own host, not the target's.
+        total = rate_series(resources.generator_host_cpu)
+        idle_at = dict(rate_series(resources.generator_host_idle))
+        out["generator_host_cpu_busy_cores"] = [(t, v - idle_at[t]) for t, v in total if t in idle_at]
     return out
 
 

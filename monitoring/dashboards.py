@@ -152,8 +152,9 @@ def _axis_right(series: str, unit: str) -> dict[str, Any]:
             "properties": [{"id": "unit", "value": unit}, {"id": "custom.axisPlacement", "value": "right"}]}
 
 
-def _dashed(series: str) -> dict[str, Any]:
-    return {"matcher": {"id": "byName", "options": series},
+def _dashed(series: str, regexp: bool = False) -> dict[str, Any]:
+    """Draw the series named `series` (or, with `regexp`, every series whose name matches it) dashed."""
+    return {"matcher": {"id": "byRegexp" if regexp else "byName", "options": series},
             "properties": [{"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}}]}
 
 
@@ -321,10 +322,12 @@ def load_vs_resources(t: Thresholds = DEFAULT_THRESHOLDS) -> dict[str, Any]:
     _group_rows(g, t, r.TARGET_GROUP, "Target")
     g.add(timeseries(
         "Target processes and requests in flight",
-        "gunicorn arbiter + workers, their threads, and requests being handled right now.",
+        "gunicorn arbiter + workers, their threads, and the mean number of requests being handled "
+        "(Little's law: the rate of the time spent in requests).",
         [q(r.by_group("namedprocess_namegroup_num_procs", r.TARGET_GROUP, r.SIDECAR), "processes"),
          q(r.by_group("namedprocess_namegroup_num_threads", r.TARGET_GROUP, r.SIDECAR), "threads"),
-         q(f"sum(http_requests_in_progress{{{r.TARGET}}})", "requests in flight")], "none"), w=12, h=7)
+         q(f"sum(rate(http_request_duration_seconds_sum{{{r.TARGET}}}[$__rate_interval]))", "requests in flight")],
+        "none"), w=12, h=7)
     g.add(timeseries(
         "Target open file descriptors", "Sockets, the SQLite file and its WAL across the target's processes.",
         [q(r.by_group("namedprocess_namegroup_open_filedesc", r.TARGET_GROUP, r.SIDECAR), "open fds")],
@@ -340,22 +343,28 @@ def load_vs_resources(t: Thresholds = DEFAULT_THRESHOLDS) -> dict[str, Any]:
 
     g.row("Host")
     g.add(timeseries(
-        "Host CPU by mode", "Share of all host cores by mode (idle left out), stacked.",
-        [q(f'sum by (mode) (rate(node_cpu_seconds_total{{{r.SIDECAR}, mode!="idle"}}[$__rate_interval])) / scalar({r.HOST_CORES})',
-           "{{mode}}")], "percentunit", stack=True, line=t.cpu_saturation_fraction), w=8)
+        "Host CPU by mode", "Share of all host cores by mode (idle left out), stacked; one set per sidecar "
+        "(instance): with a remote target, the lab's host and the API's host.",
+        [q(f'sum by (instance, mode) (rate(node_cpu_seconds_total{{{r.SIDECAR}, mode!="idle"}}[$__rate_interval]))'
+           f' / on(instance) group_left() {r.HOST_CORES}',
+           "{{instance}} {{mode}}")], "percentunit", stack=True, line=t.cpu_saturation_fraction), w=8)
     g.add(timeseries(
-        "Host memory", "Memory in use (total - available) and total.",
-        [q(f"sum(node_memory_MemTotal_bytes{{{r.SIDECAR}}}) - sum(node_memory_MemAvailable_bytes{{{r.SIDECAR}}})", "used"),
-         q(f"sum(node_memory_MemTotal_bytes{{{r.SIDECAR}}})", "total")], "bytes", overrides=[_dashed("total")]), w=8)
+        "Host memory", "Memory in use (total - available) and total, per sidecar (instance).",
+        [q(f"sum by (instance) (node_memory_MemTotal_bytes{{{r.SIDECAR}}}) - sum by (instance) "
+           f"(node_memory_MemAvailable_bytes{{{r.SIDECAR}}})", "{{instance}} used"),
+         q(f"sum by (instance) (node_memory_MemTotal_bytes{{{r.SIDECAR}}})", "{{instance}} total")], "bytes",
+        overrides=[_dashed(".* total$", regexp=True)]), w=8)
     g.add(timeseries(
         "Host network", "Bytes per second received (+) and sent (-) by interface; natively the load runs over `lo`.",
-        [q(f"sum by (device) (rate(node_network_receive_bytes_total{{{r.SIDECAR}}}[$__rate_interval]))", "{{device}} rx"),
-         q(f"-sum by (device) (rate(node_network_transmit_bytes_total{{{r.SIDECAR}}}[$__rate_interval]))", "{{device}} tx")],
+        [q(f"sum by (instance, device) (rate(node_network_receive_bytes_total{{{r.SIDECAR}}}[$__rate_interval]))",
+           "{{instance}} {{device}} rx"),
+         q(f"-sum by (instance, device) (rate(node_network_transmit_bytes_total{{{r.SIDECAR}}}[$__rate_interval]))",
+           "{{instance}} {{device}} tx")],
         "Bps", min_=None), w=8)
     g.add(timeseries(
         "Host load average", "1-minute load average against the number of cores.",
-        [q(f"node_load1{{{r.SIDECAR}}}", "load1"), q(r.HOST_CORES, "cores")], "none",
-        overrides=[_dashed("cores")]), w=12, h=7)
+        [q(f"node_load1{{{r.SIDECAR}}}", "{{instance}} load1"), q(r.HOST_CORES, "{{instance}} cores")], "none",
+        overrides=[_dashed(".* cores$", regexp=True)]), w=12, h=7)
     g.add(table(
         "Alerts in the time range",
         "Every lab alert that was pending or firing at some point of the dashboard's time range.",

@@ -9,6 +9,7 @@ free ports they actually got.
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -58,16 +59,46 @@ def _check_address(what: str, address: str) -> str:
     return address
 
 
-def render(targets: Mapping[str, str], rule_files: Sequence[str], scrape_interval_seconds: int,
-           alertmanager: str | None = None) -> str:
-    """A Prometheus config (YAML text) scraping `targets` (job name -> "host:port").
+def _static_config(job: str, target: str) -> dict:
+    """One static_configs entry: "host:port", or a URL whose scheme and path (when not http and
+    /metrics) become the target's `__scheme__` and `__metrics_path__` labels, which Prometheus
+    takes over the job's defaults; so one job can scrape targets at different paths."""
+    if "://" not in target:
+        return {"targets": [_check_address(f"scrape job {job!r}", target)]}
+    parts = urllib.parse.urlsplit(target)
+    if parts.scheme not in ("http", "https") or parts.query or parts.fragment:
+        raise ConfigRenderError(f"scrape job {job!r}: {target!r} is not an http(s) URL without a query: give it as "
+                                f"e.g. http://10.0.0.5:9256/metrics")
+    entry: dict = {"targets": [_check_address(f"scrape job {job!r}", parts.netloc)]}
+    labels = {}
+    if parts.scheme != "http":
+        labels["__scheme__"] = parts.scheme
+    if parts.path not in ("", "/metrics"):
+        labels["__metrics_path__"] = parts.path
+    if labels:
+        entry["labels"] = labels
+    return entry
+
+
+def _address(target: str) -> str:
+    """The `instance` label Prometheus gives a target: its host:port."""
+    return urllib.parse.urlsplit(target).netloc if "://" in target else target
+
+
+def render(targets: Mapping[str, str | Sequence[str]], rule_files: Sequence[str], scrape_interval_seconds: int,
+           alertmanager: str | None = None, group_aliases: Mapping[str, Mapping[str, str]] | None = None) -> str:
+    """A Prometheus config (YAML text) scraping `targets` (job name -> "host:port", a URL, or a list
+    of them: several sidecars, e.g. the lab's own and one on a remote API's machine, are one job,
+    told apart by their `instance` label).
 
     `targets` may hold any subset of the jobs `target`, `locust`, `sidecar` (unknown names are an
     error: rules and dashboards only know these). `rule_files` are written as given; relative
     paths resolve against the directory the config file is written to. Scrape and rule
     evaluation share `scrape_interval_seconds`, and the scrape timeout equals it, because a
     scrape that takes longer than one interval is a missing point either way. `alertmanager`
-    ("host:port") adds the Alertmanager that firing alerts are sent to.
+    ("host:port") adds the Alertmanager that firing alerts are sent to. `group_aliases` maps a
+    sidecar target (as given in `targets`) to {its groupname: the name rules and dashboards use},
+    applied to that target's samples only (metric relabelling on its `instance`).
     """
     unknown = sorted(set(targets) - set(JOBS))
     if unknown:
@@ -91,10 +122,21 @@ def render(targets: Mapping[str, str], rule_files: Sequence[str], scrape_interva
         config["alerting"] = {"alertmanagers": [
             {"static_configs": [{"targets": [_check_address("alertmanager", alertmanager)]}]}]}
     config["rule_files"] = [str(path) for path in rule_files]
-    config["scrape_configs"] = [
-        {"job_name": job, "static_configs": [{"targets": [_check_address(f"scrape job {job!r}", targets[job])]}]}
-        for job in JOBS if job in targets
-    ]
+    config["scrape_configs"] = []
+    for job in JOBS:
+        if job not in targets:
+            continue
+        given = targets[job]
+        listed = [given] if isinstance(given, str) else list(given)
+        if not listed:
+            raise ConfigRenderError(f"scrape job {job!r}: an empty list of targets")
+        scrape: dict = {"job_name": job, "static_configs": [_static_config(job, t) for t in listed]}
+        relabel = [{"source_labels": ["instance", "groupname"], "regex": f"{re.escape(_address(t))};{re.escape(old)}",
+                    "target_label": "groupname", "replacement": new}
+                   for t in listed for old, new in (group_aliases or {}).get(t, {}).items() if old != new]
+        if relabel:
+            scrape["metric_relabel_configs"] = relabel
+        config["scrape_configs"].append(scrape)
     return GENERATED_HEADER + yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
 
 

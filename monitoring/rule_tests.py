@@ -70,6 +70,9 @@ class World:
     # from the scheduled start. None: a closed-model run, which exports no such series.
     offered: Fn | None = None
     corrected_latency: Fn | None = None
+    # The target on another machine, measured by a second sidecar in the `sidecar` job (its
+    # `instance`, its host's cores): `host_cores` is then the lab's own host (the generator's).
+    remote_target: tuple[str, int] | None = None
 
     def rps(self, t: float) -> float:
         rate = self.users(t) * self.per_user_rps(t)
@@ -130,9 +133,10 @@ def _world_series(world: World, interval: int) -> list[dict[str, str]]:
     """The series of `world`, scraped every `interval` seconds."""
     series: list[dict[str, str]] = []
 
-    def add(job: str, name: str, labels: str, samples: list[float]) -> None:
+    def add(job: str, name: str, labels: str, samples: list[float], instance: str | None = None) -> None:
         extra = f", {labels}" if labels else ""
-        series.append({"series": f'{name}{{job="{job}", instance="{INSTANCES[job]}"{extra}}}', "values": _values(samples)})
+        series.append({"series": f'{name}{{job="{job}", instance="{instance or INSTANCES[job]}"{extra}}}',
+                       "values": _values(samples)})
 
     for job in INSTANCES:
         if job not in world.absent_jobs:
@@ -162,21 +166,34 @@ def _world_series(world: World, interval: int) -> list[dict[str, str]]:
             _counter(world, interval, lambda t: world.rps(t) * world.fail_fraction(t)))
         series += _buckets(world, interval, "target", "http_request_duration_seconds", ep, HTTP_BUCKETS, world.rps, world.server_latency)
     if "sidecar" not in world.absent_jobs:
-        for group, cores, procs, resident in (
-                (r.TARGET_GROUP, world.target_cores, world.target_procs, world.target_resident),
-                (r.GENERATOR_GROUP, world.locust_cores, world.locust_procs, _const(80 * 1024**2))):
+        remote = world.remote_target[0] if world.remote_target else None
+        for group, cores, procs, resident, instance in (
+                (r.TARGET_GROUP, world.target_cores, world.target_procs, world.target_resident, remote),
+                (r.GENERATOR_GROUP, world.locust_cores, world.locust_procs, _const(80 * 1024**2), None)):
             g = f'groupname="{group}"'
-            add("sidecar", "namedprocess_namegroup_cpu_seconds_total", g + ', mode="user"', _counter(world, interval, cores))
-            add("sidecar", "namedprocess_namegroup_num_procs", g, _gauge(world, interval, procs))
-            add("sidecar", "namedprocess_namegroup_memory_bytes", g + ', memtype="resident"', _gauge(world, interval, resident))
-        def busy(t: float) -> float:
-            return min(1.0, (world.target_cores(t) + world.locust_cores(t)) / world.host_cores)
+            add("sidecar", "namedprocess_namegroup_cpu_seconds_total", g + ', mode="user"', _counter(world, interval, cores),
+                instance)
+            add("sidecar", "namedprocess_namegroup_num_procs", g, _gauge(world, interval, procs), instance)
+            add("sidecar", "namedprocess_namegroup_memory_bytes", g + ', memtype="resident"', _gauge(world, interval, resident),
+                instance)
+        hosts: list[tuple[str | None, int, Fn]] = [(None, world.host_cores, world.locust_cores)]
+        if world.remote_target:
+            hosts.append((remote, world.remote_target[1], world.target_cores))
+            add("sidecar", "up", "", _gauge(world, interval, _const(1)), remote)
+        else:
+            hosts[0] = (None, world.host_cores, lambda t: world.target_cores(t) + world.locust_cores(t))
+        for instance, host_cores, used in hosts:
+            def busy(t: float, used: Fn = used, host_cores: int = host_cores) -> float:
+                return min(1.0, used(t) / host_cores)
 
-        for cpu in range(world.host_cores):
-            add("sidecar", "node_cpu_seconds_total", f'cpu="{cpu}", mode="idle"', _counter(world, interval, lambda t: 1 - busy(t)))
-            add("sidecar", "node_cpu_seconds_total", f'cpu="{cpu}", mode="user"', _counter(world, interval, busy))
-        add("sidecar", "node_memory_MemTotal_bytes", "", _gauge(world, interval, _const(8 * 1024**3)))
-        add("sidecar", "node_memory_MemAvailable_bytes", "", _gauge(world, interval, _const(6 * 1024**3)))
+            def idle(t: float, busy: Fn = busy) -> float:
+                return 1 - busy(t)
+
+            for cpu in range(host_cores):
+                add("sidecar", "node_cpu_seconds_total", f'cpu="{cpu}", mode="idle"', _counter(world, interval, idle), instance)
+                add("sidecar", "node_cpu_seconds_total", f'cpu="{cpu}", mode="user"', _counter(world, interval, busy), instance)
+            add("sidecar", "node_memory_MemTotal_bytes", "", _gauge(world, interval, _const(8 * 1024**3)), instance)
+            add("sidecar", "node_memory_MemAvailable_bytes", "", _gauge(world, interval, _const(6 * 1024**3)), instance)
     return series
 
 
@@ -322,7 +339,8 @@ def rule_test_files(t: Thresholds = DEFAULT_THRESHOLDS) -> dict[str, dict[str, A
     healthy = [b.case(
         "healthy linear ramp: no alert", ramp, {}, {at: names for at in (10, 30, 60, 120, 180)},
         exprs=[
-            {"expr": r.HOST_CORES, "eval_time": "60s", "exp_samples": [{"labels": r.HOST_CORES, "value": 2}]},
+            {"expr": r.HOST_CORES, "eval_time": "60s",
+             "exp_samples": [{"labels": f'{r.HOST_CORES}{{instance="{INSTANCES["sidecar"]}"}}', "value": 2}]},
             {"expr": r.by_group(r.GROUP_CORES_AVAILABLE, r.TARGET_GROUP), "eval_time": "60s",
              "exp_samples": [{"labels": r.by_group(r.GROUP_CORES_AVAILABLE, r.TARGET_GROUP), "value": 2}]},
             {"expr": r.by_group(r.GROUP_CORES_AVAILABLE, r.GENERATOR_GROUP), "eval_time": "60s",
@@ -398,6 +416,24 @@ def rule_test_files(t: Thresholds = DEFAULT_THRESHOLDS) -> dict[str, dict[str, A
                          queries={**load, r.by_group(r.GROUP_CPU_CORES, r.TARGET_GROUP): used,
                                   r.by_group(r.GROUP_CORES_AVAILABLE, r.TARGET_GROUP): cores_available})]},
             {50: ("TargetCPUSaturated",)}))
+    # Two sidecars: the target's on a remote 2-core machine (4 workers there can use 2 cores), the
+    # lab's own on an 8-core one with Locust. Each machine's processes get that machine's cores:
+    # counting CPU ids across both sidecars would give the target 4 cores and never see it saturated.
+    remote = ("10.0.0.5:9256", 2)
+    used = sat * 2
+    cpu_cases.append(b.case(
+        "target CPU saturated on a remote 2-core host (second sidecar), lab host 8 cores",
+        World(duration=at, target_procs=_const(5), target_cores=_step(60, 0.2, used), host_cores=8,
+              remote_target=remote),
+        {at: [Expect("TargetCPUSaturated", sat, labels={"groupname": r.TARGET_GROUP},
+                     queries={**load, r.by_group(r.GROUP_CPU_CORES, r.TARGET_GROUP): used,
+                              r.by_group(r.GROUP_CORES_AVAILABLE, r.TARGET_GROUP): 2})]},
+        {50: ("TargetCPUSaturated", "LoadLabSidecarDown")},
+        exprs=[{"expr": r.HOST_CORES, "eval_time": "60s", "exp_samples": [
+            {"labels": f'{r.HOST_CORES}{{instance="{INSTANCES["sidecar"]}"}}', "value": 8},
+            {"labels": f'{r.HOST_CORES}{{instance="{remote[0]}"}}', "value": 2}]},
+            {"expr": r.by_group(r.GROUP_CORES_AVAILABLE, r.GENERATOR_GROUP), "eval_time": "60s",
+             "exp_samples": [{"labels": r.by_group(r.GROUP_CORES_AVAILABLE, r.GENERATOR_GROUP), "value": 1}]}]))
     # A busy target below the threshold: 2 workers using 1.2 of their 2 cores.
     cpu_cases.append(b.case("target CPU busy but not saturated",
                             World(duration=at, target_cores=_const(0.5 * 2 * t.cpu_saturation_fraction)), {},

@@ -122,28 +122,36 @@ def recording_groups(t: Thresholds = DEFAULT_THRESHOLDS) -> list[dict[str, Any]]
     for name, q in QUANTILES.items():
         load.append({"record": corrected_latency(name), "expr": _quantile_expr(CORRECTED_DURATION, LOCUST, q, w)})
 
-    cores = f"scalar({HOST_CORES})"
-
     def procs(group: str) -> str:
-        return f"sum by (groupname) ({by_group('namedprocess_namegroup_num_procs', group, SIDECAR)})"
+        # Per sidecar (`instance`): the lab's own and one on a remote API's machine are one job.
+        return f"sum by (instance, groupname) ({by_group('namedprocess_namegroup_num_procs', group, SIDECAR)})"
+
+    def at_most_host_cores(busy: str) -> str:
+        """min(busy, the cores of the same sidecar's host) per instance, summed over instances: each
+        machine's processes can use at most that machine's cores (PromQL has no two-vector min, so:
+        busy where it is below the host's cores, else the host's cores with busy's labels)."""
+        cores_here = f"(0 * {busy} + on(instance) group_left() {HOST_CORES})"
+        return f"sum by (groupname) (\n  ({busy} < on(instance) group_left() {HOST_CORES})\n  or {cores_here}\n)"
 
     resources = [
-        {"record": HOST_CORES, "expr": f"count(count by (cpu) (node_cpu_seconds_total{{{SIDECAR}}}))"},
+        # Per sidecar: with a remote target the lab's host and the API's host are two machines, and
+        # counting CPU ids across both would give the larger one's count to each.
+        {"record": HOST_CORES, "expr": f"count by (instance) (count by (instance, cpu) (node_cpu_seconds_total{{{SIDECAR}}}))"},
         {"record": GROUP_CPU_CORES, "expr": (
             f'sum by (groupname) (rate(namedprocess_namegroup_cpu_seconds_total{{{SIDECAR}, '
             f'groupname=~"{TARGET_GROUP}|{GENERATOR_GROUP}"}}[{w}]))')},
         # The cores-available model of loadlab.contract.cores, in PromQL. Target: one core per
         # gunicorn worker, i.e. its processes minus the arbiter, at most the host's cores.
-        {"record": GROUP_CORES_AVAILABLE, "labels": {"groupname": TARGET_GROUP}, "expr": (
-            f"clamp_max(clamp_min({procs(TARGET_GROUP)} - {TARGET_IDLE_PROCESSES}, 1), {cores})")},
+        {"record": GROUP_CORES_AVAILABLE, "labels": {"groupname": TARGET_GROUP}, "expr": at_most_host_cores(
+            f"clamp_min({procs(TARGET_GROUP)} - {TARGET_IDLE_PROCESSES}, 1)")},
         # Generator: one core per Locust process generating load. Standalone that is the one
         # process; distributed (locust_workers > 0) the master only coordinates, so its
         # process does not count.
-        {"record": GROUP_CORES_AVAILABLE, "labels": {"groupname": GENERATOR_GROUP}, "expr": (
-            f"clamp_max(clamp_min(\n  {procs(GENERATOR_GROUP)}\n"
+        {"record": GROUP_CORES_AVAILABLE, "labels": {"groupname": GENERATOR_GROUP}, "expr": at_most_host_cores(
+            f"clamp_min(\n  {procs(GENERATOR_GROUP)}\n"
             f"  - on() group_left() {GENERATOR_IDLE_PROCESSES_DISTRIBUTED}\n"
             f"    * (max(locust_workers{{{LOCUST}}}) > bool 0 or on() vector(0)),\n"
-            f"  1), {cores})")},
+            f"  1)")},
         {"record": GROUP_CPU_SATURATION, "expr": f"{GROUP_CPU_CORES} / {GROUP_CORES_AVAILABLE}"},
         {"record": GROUP_RESIDENT_BYTES, "expr": (
             f'sum by (groupname) (namedprocess_namegroup_memory_bytes{{{SIDECAR}, memtype="resident", '

@@ -1,8 +1,8 @@
 """The instrumented Flask API that the load lab drives (registration and login).
 
 `create_app(config)` builds a fresh app (no global app object), as in the Flask tutorial;
-`python -m target_app` serves it under gunicorn (see server.py), and `instrument(app)` puts
-the same Prometheus metrics on any Flask app.
+`python -m target_app` serves it under gunicorn (see server.py). Its HTTP metrics come from
+`loadlab.instrument.instrument(app)`, the library any Flask app uses the same way.
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     configuration or the database file is unusable."""
     # Imported here, not at module level, so `python -m target_app` can set
     # PROMETHEUS_MULTIPROC_DIR before prometheus_client is first imported.
+    from loadlab.instrument import instrument
+
     from . import admin, app_metrics, auth, db, errors, meta
     from .config import resolve
-    from .instrumentation import instrument
 
     app = Flask(__name__)
     app.config.from_mapping(resolve(config))
@@ -44,6 +45,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 def __getattr__(name: str) -> Any:
     # `from target_app import instrument` without importing prometheus_client on package import.
     if name == "instrument":
-        from .instrumentation import instrument
+        from loadlab.instrument import instrument
         return instrument
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

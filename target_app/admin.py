@@ -27,7 +27,7 @@ def require_token() -> None:
     given = request.headers.get("X-Admin-Token", "").encode("utf-8", "surrogateescape")
     expected = current_app.config["ADMIN_TOKEN"].encode("utf-8")
     if not hmac.compare_digest(given, expected):  # constant time: the token cannot be guessed bytewise
-        request.url_rule = None  # metrics label it like any unknown path (instrumentation.remember_rule)
+        request.url_rule = None  # metrics label it like any unknown path (loadlab.instrument notes the rule)
         abort(404)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from flask import Flask, current_app
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
-from .instrumentation import shared_metrics
+from loadlab.instrument import shared_metrics
 
 REGISTRATION_OUTCOMES = ("created", "duplicate", "invalid")
 LOGIN_OUTCOMES = ("success", "failure", "invalid")

@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import shutil
 import socket
-import sys
-import tempfile
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -28,6 +25,14 @@ from flask import Flask
 from gunicorn.app.base import BaseApplication
 
 from loadlab.contract.cores import usable_cores
+from loadlab.multiproc import (
+    MULTIPROC_PREFIX,  # noqa: F401  (re-exported: tests find a server's directory by it)
+    enable_multiprocess_metrics,
+    make_multiproc_dir,
+    mark_process_dead,
+    memory_tmp_dir,
+    serve_merged_metrics,
+)
 
 
 class ServeError(RuntimeError):
@@ -75,62 +80,6 @@ def bind_error(host: str, port: int, flag: str, exc: OSError) -> ServeError:
     return ServeError(f"cannot bind {host}:{port}: {exc.strerror}")
 
 
-def memory_tmp_dir() -> str | None:
-    """/dev/shm if it is a usable directory, else None (the system temp dir).
-
-    Prometheus multiprocess files are mmapped and written on every request, and gunicorn touches
-    its worker heartbeat files constantly; on a disk filesystem each write can fault and dirty
-    the page for writeback, on tmpfs it is plain memory."""
-    shm = "/dev/shm"
-    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK) else None
-
-
-MULTIPROC_PREFIX = "target_app-prometheus-"
-# <prefix><arbiter pid>-<random>: the owner's PID in the name, so a later start can tell a dead
-# server's leftover (SIGKILL skips the cleanup in serve()) from a live server's directory.
-_MULTIPROC_NAME = re.compile(re.escape(MULTIPROC_PREFIX) + r"(\d+)-[A-Za-z0-9_]+")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: no signal sent, only the existence check
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
-
-
-def make_multiproc_dir(parent: str | None) -> str:
-    """A fresh multiprocess directory in `parent` (None: the system temp dir) named after this
-    process, after removing the directories that dead servers left there.
-
-    Only directories named by this function whose PID is not running are removed: a live server's
-    directory, or one of another naming, is never touched. (A recycled PID keeps a stale directory
-    until that process ends too: the safe side.)"""
-    parent_dir = parent or tempfile.gettempdir()
-    try:
-        names = os.listdir(parent_dir)
-    except OSError:
-        names = []
-    for name in names:
-        match = _MULTIPROC_NAME.fullmatch(name)
-        if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
-            shutil.rmtree(os.path.join(parent_dir, name), ignore_errors=True)
-    return tempfile.mkdtemp(prefix=f"{MULTIPROC_PREFIX}{os.getpid()}-", dir=parent)
-
-
-def enable_multiprocess_metrics(directory: str) -> None:
-    """Make prometheus_client in this process and its future children write to `directory`."""
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
-    # prometheus_client picks its value class when first imported; if something imported it
-    # before the variable was set, pick again so metrics created from now on are file-backed
-    # (metrics.py reads values.ValueClass at creation time for this reason).
-    if "prometheus_client.values" in sys.modules:
-        from prometheus_client import values
-        values.ValueClass = values.get_value_class()
-
-
 class _Gunicorn(BaseApplication):
     def __init__(self, app_factory: Callable[[], Flask], options: Mapping[str, Any]) -> None:
         self.app_factory = app_factory
@@ -159,13 +108,8 @@ def _arbiter_metrics_hooks(host: str, port: int, failures: list[ServeError]) -> 
     metrics_server: list[Any] = []
 
     def when_ready(arbiter: Any) -> None:
-        from prometheus_client import CollectorRegistry, start_http_server
-        from prometheus_client.multiprocess import MultiProcessCollector
-
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry)  # reads PROMETHEUS_MULTIPROC_DIR, as the workers' /metrics does
         try:
-            httpd, _thread = start_http_server(port, addr=host, registry=registry)
+            httpd = serve_merged_metrics(host, port)  # PROMETHEUS_MULTIPROC_DIR, as the workers' /metrics
         except OSError as exc:
             failures.append(bind_error(host, port, "--metrics-port", exc))
             arbiter.halt(str(failures[-1]), exit_status=2)  # exits; serve() raises the ServeError
@@ -198,7 +142,8 @@ def serve(
     With `metrics`, a fresh PROMETHEUS_MULTIPROC_DIR is created (and removed at exit; one left by a
     killed server is removed at the next start) before any worker starts, and dead workers are
     marked with mark_process_dead, so an app instrumented with
-    target_app.instrumentation.instrument reports all workers' totals on every /metrics.
+    loadlab.instrument.instrument reports all workers' totals on every /metrics (the same helpers,
+    loadlab.multiproc, as `gunicorn -c python:loadlab.gunicorn_conf` for your own app).
     A non-zero `metrics_port` (needs `metrics`) makes the arbiter serve the same totals at
     http://host:metrics_port/metrics, which does not queue behind the load.
     `gunicorn_options` override gunicorn settings (e.g. {"timeout": 60}); overriding the
@@ -232,8 +177,7 @@ def serve(
         enable_multiprocess_metrics(multiproc_dir)
 
         def child_exit(server: Any, worker: Any) -> None:
-            from prometheus_client import multiprocess
-            multiprocess.mark_process_dead(worker.pid, multiproc_dir)
+            mark_process_dead(worker.pid, multiproc_dir)
 
         options["child_exit"] = child_exit
         if metrics_port:

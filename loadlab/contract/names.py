@@ -16,6 +16,10 @@ TARGET_JOB = "target"
 LOCUST_JOB = "locust"
 SIDECAR_JOB = "sidecar"
 JOBS = (TARGET_JOB, LOCUST_JOB, SIDECAR_JOB)
+# A sidecar on the API's own machine (`loadlab run --target-sidecar URL`): Prometheus scrapes it in
+# the `sidecar` job beside the lab's own (its own `instance`), the sampler as a source of its own,
+# so the analysis takes the target's group and host from it and the generator's from the local one.
+TARGET_SIDECAR_SOURCE = "target_sidecar"
 
 # The ports users know from each tool. `loadlab up` and the compose stack use them; `loadlab
 # run` takes free ones. The target's metrics port is served by the gunicorn arbiter, apart

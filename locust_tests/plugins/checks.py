@@ -4,7 +4,10 @@ locust_errors_total and rows of Locust's failure report)."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
+
+from locust_tests.config.api_contract import expected_statuses, token_problem
 
 
 def _json(response: Any) -> Any:
@@ -28,26 +31,48 @@ def _describe(response: Any) -> str:
     return describe_answer(response.status_code, _json(response))
 
 
-def expect_registered(response: Any) -> None:
-    """201 with the new user's id, else a failure ("registration: expected 201, got HTTP 409 (duplicate)").
-    Every failure text carries the HTTP status: `loadlab analyze` tells functional failures by it."""
-    if response.status_code == 201:
-        body = _json(response)
-        if isinstance(body, dict) and "id" in body:
-            response.success()
-            return
-        response.failure("registration: HTTP 201 without an id in the body")
-        return
-    response.failure(f"registration: expected 201, got {_describe(response)}")
+def registration_problem(status: int, body: Any, ok: Collection[int]) -> str | None:
+    """None when a registration answer is a success by the contract (its status is one of `ok`),
+    else what was expected ("expected 201")."""
+    return None if status in ok else f"expected {expected_statuses(ok)}"
 
 
-def expect_token(response: Any) -> None:
-    """200 with a non-empty token, else a failure ("login: expected 200, got HTTP 401 (...)")."""
-    if response.status_code == 200:
-        body = _json(response)
-        if isinstance(body, dict) and isinstance(body.get("token"), str) and body["token"]:
-            response.success()
-            return
-        response.failure("login: HTTP 200 without a token in the body")
-        return
-    response.failure(f"login: expected 200 with a token, got {_describe(response)}")
+def login_problem(status: int, body: Any, ok: Collection[int], token_field: str) -> str | None:
+    """None when a login answer is a success by the contract (a status of `ok`, and a non-empty
+    string at `token_field` unless that is empty), else what was wrong."""
+    if status not in ok:
+        return f"expected {expected_statuses(ok)}" + (" with a token" if token_field else "")
+    missing = token_problem(body, token_field)
+    return None if missing is None else f"HTTP {status} without a token {missing}"
+
+
+def expect_registered(response: Any, ok: Collection[int] | None = None) -> None:
+    """A status of REGISTRATION_OK_STATUS (default 201), else a failure ("registration: expected 201,
+    got HTTP 409 (duplicate)"). Every failure text carries the HTTP status: `loadlab analyze` tells
+    functional failures by it."""
+    if ok is None:
+        from locust_tests.config import test_config
+
+        ok = test_config.REGISTRATION_OK_STATUS
+    problem = registration_problem(response.status_code, None, ok)
+    if problem is None:
+        response.success()
+    else:
+        response.failure(f"registration: {problem}, got {_describe(response)}")
+
+
+def expect_token(response: Any, ok: Collection[int] | None = None, token_field: str | None = None) -> None:
+    """A status of LOGIN_OK_STATUS (default 200) with a non-empty string at LOGIN_TOKEN_FIELD
+    (default token), else a failure ("login: expected 200 with a token, got HTTP 401 (...)")."""
+    from locust_tests.config import test_config
+
+    ok = test_config.LOGIN_OK_STATUS if ok is None else ok
+    token_field = test_config.LOGIN_TOKEN_FIELD if token_field is None else token_field
+    body = _json(response) if response.status_code in ok and token_field else None
+    problem = login_problem(response.status_code, body, ok, token_field)
+    if problem is None:
+        response.success()
+    elif response.status_code in ok:
+        response.failure(f"login: {problem}")
+    else:
+        response.failure(f"login: {problem}, got {_describe(response)}")

@@ -5,7 +5,9 @@
 The endpoint only exists when the target runs with LAB_ADMIN_TOKEN set. In a locustfile,
 `cleanup.remove_after_test(prefix)` deletes the run's users when the test stops (and once more
 at exit, for requests that were still in flight) if LAB_ADMIN_TOKEN is set in Locust's
-environment; `--keep-users` (env LOCUST_KEEP_USERS=true) keeps them. By hand:
+environment; `--keep-users` (env LOCUST_KEEP_USERS=true) keeps them. Cleanup is optional: without
+the token, or against an API without the admin endpoint (404), one note says that the test
+accounts stay and names their prefix; the run is not failed for it. By hand:
 
     LAB_ADMIN_TOKEN=... python -m locust_tests.plugins.cleanup --host http://127.0.0.1:5000 --prefix lt_
 
@@ -34,6 +36,10 @@ class CleanupError(Exception):
     """Cleanup could not be done; the message says why and what to do."""
 
 
+class NoAdminEndpoint(CleanupError):
+    """The API answered 404 to the admin endpoint: it has none (or hides it from a wrong token)."""
+
+
 def delete_users(host: str, prefix: str, token: str, endpoint: str = ADMIN_ENDPOINT, timeout: float = 60.0) -> int:
     """Delete the target's users whose username starts with `prefix`; return how many."""
     # A prefix must name a set of users, never "everyone": a valid username (3-64 characters) itself.
@@ -50,8 +56,8 @@ def delete_users(host: str, prefix: str, token: str, endpoint: str = ADMIN_ENDPO
         return body["deleted"]
     if status == 404:
         # The target answers 404 both without the endpoint and for a wrong token (it hides the endpoint).
-        raise CleanupError(f"{host} answered 404 to DELETE {endpoint}: start the target with {TOKEN_ENV} set, "
-                           f"and set the same {TOKEN_ENV} here")
+        raise NoAdminEndpoint(f"{host} answered 404 to DELETE {endpoint}: start the target with {TOKEN_ENV} set, "
+                              f"and set the same {TOKEN_ENV} here")
     if status in (401, 403):
         raise CleanupError(f"{host} rejected the admin token: {TOKEN_ENV} must equal the target's")
     raise CleanupError(f"{host} answered {status} to DELETE {endpoint} (expected 200 with a \"deleted\" count)")
@@ -80,6 +86,16 @@ def remove_after_test(prefix: str | Callable[[Any], str]) -> None:
                                 help=f"Keep the users this run created (by default they are deleted at the end "
                                      f"when {TOKEN_ENV} is set)")
 
+    noted: set[str] = set()
+
+    def _stay(host: str, wanted: str, why: str) -> None:
+        # A note, not a failure: cleanup is optional, and an API of your own rarely has the bundled
+        # target's admin endpoint. Said once per run (this runs at test stop and again at exit).
+        if wanted not in noted:
+            noted.add(wanted)
+            logger.info("cleanup: note: the test accounts stay on %s (%s); their usernames start with %s, "
+                        "so you can remove them by that prefix", host, why, wanted)
+
     def _remove(environment: Any, **_: Any) -> None:
         if not is_coordinator(environment):
             return
@@ -88,11 +104,18 @@ def remove_after_test(prefix: str | Callable[[Any], str]) -> None:
             return
         token = os.environ.get(TOKEN_ENV, "")
         host = target_host(environment)
-        if not token or host is None:
+        if host is None:
             return
         wanted = prefix(environment) if callable(prefix) else prefix
+        if not token:
+            _stay(host, wanted, f"{TOKEN_ENV} is not set, so they are not deleted")
+            return
         try:
             deleted = delete_users(host, wanted, token, test_config.ADMIN_USERS_ENDPOINT)
+        except NoAdminEndpoint:
+            _stay(host, wanted, f"it has no admin endpoint: DELETE {test_config.ADMIN_USERS_ENDPOINT} answered 404; "
+                                f"set ADMIN_USERS_ENDPOINT if yours lives elsewhere")
+            return
         except CleanupError as exc:
             logger.warning("cleanup: users starting with %s were not deleted: %s", wanted, exc)
             return

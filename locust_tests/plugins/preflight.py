@@ -13,7 +13,8 @@ with one message:
    scenario seeds one user and logs in with it once; the registration scenario registers one
    user. A wrong answer exits with code 3 (`loadlab.contract.exits.EXIT_API_FAILED`) and quotes
    the status and the body's error code, and says what to change: the host, the endpoint paths,
-   or the request/response settings.
+   or the request/response settings (REGISTRATION_BODY, LOGIN_BODY, *_OK_STATUS, LOGIN_TOKEN_FIELD),
+   which these requests use exactly as the load does.
 
 `--skip-preflight` (env LOCUST_SKIP_PREFLIGHT=true) skips both. With the interactive web UI the
 checks only warn, since the host can still be changed (or started) before pressing Start.
@@ -35,7 +36,7 @@ from locust.env import Environment
 
 from loadlab.contract.exits import EXIT_API_FAILED
 
-from .checks import describe_answer
+from .checks import describe_answer, login_problem, registration_problem
 from .httpclient import call
 from .roles import is_coordinator, target_host
 
@@ -57,7 +58,7 @@ def probe_with(probe: Probe) -> None:
     _probes.append(probe)
 
 
-def _post(url: str, body: dict[str, str]) -> tuple[int, Any] | str:
+def _post(url: str, body: Any) -> tuple[int, Any] | str:
     """(status, body) of a POST, or why there was no answer."""
     try:
         return call("POST", url, body)
@@ -69,16 +70,17 @@ def _post(url: str, body: dict[str, str]) -> tuple[int, Any] | str:
 def _register(host: str, user: dict[str, str], accept_existing: bool) -> str | None:
     from locust_tests.config import test_config
 
+    from .testdata import request_fields  # Faker: imported only by scenarios that register users
+
     url = host + test_config.REGISTRATION_ENDPOINT
-    answer = _post(url, {k: user[k] for k in ("username", "email", "password")})
+    answer = _post(url, test_config.REGISTRATION_BODY.render(request_fields(user)))
     if isinstance(answer, str):
         return f"POST {url} (register a user) got {answer}"
     status, body = answer
-    if status == 201 and isinstance(body, dict) and "id" in body:
+    problem = registration_problem(status, body, test_config.REGISTRATION_OK_STATUS)
+    if problem is None or (status == 409 and accept_existing):
         return None
-    if status == 409 and accept_existing:
-        return None
-    expected = "201 with an id" + (" (or 409 for a user that exists)" if accept_existing else "")
+    expected = problem.removeprefix("expected ") + (" (or 409 for a user that exists)" if accept_existing else "")
     return f"POST {url} (register a user) answered {describe_answer(status, body)}, expected {expected}"
 
 
@@ -88,18 +90,23 @@ def login_probe(account: dict[str, str]) -> Probe:
     def probe(host: str) -> str | None:
         from locust_tests.config import test_config
 
+        from .testdata import request_fields
+
         problem = _register(host, account, accept_existing=True)
         if problem:
             return problem
         url = host + test_config.LOGIN_ENDPOINT
-        answer = _post(url, {"username": account["username"], "password": account["password"]})
+        answer = _post(url, test_config.LOGIN_BODY.render(request_fields(account)))
         if isinstance(answer, str):
             return f"POST {url} (log in as a seeded user) got {answer}"
         status, body = answer
-        if status == 200 and isinstance(body, dict) and isinstance(body.get("token"), str) and body["token"]:
+        wrong = login_problem(status, body, test_config.LOGIN_OK_STATUS, test_config.LOGIN_TOKEN_FIELD)
+        if wrong is None:
             return None
-        return (f"POST {url} (log in as the user just seeded) answered {describe_answer(status, body)}, "
-                f"expected 200 with a token")
+        if status in test_config.LOGIN_OK_STATUS:  # the right status without the token: name the body's keys
+            keys = f" (its JSON object has: {', '.join(sorted(map(str, body))[:10])})" if isinstance(body, dict) else ""
+            return f"POST {url} (log in as the user just seeded) answered {wrong}{keys}"
+        return f"POST {url} (log in as the user just seeded) answered {describe_answer(status, body)}, {wrong}"
 
     return probe
 
@@ -112,6 +119,8 @@ def registration_probe() -> Probe:
     def probe(host: str) -> str | None:
         from faker import Faker
 
+        from locust_tests.config import test_config
+
         from .cleanup import TOKEN_ENV, CleanupError, delete_users
         from .testdata import PREFIX, registration_user
 
@@ -120,7 +129,7 @@ def registration_probe() -> Probe:
         token = os.environ.get(TOKEN_ENV)
         if problem is None and token:
             try:
-                delete_users(host, user["username"], token)
+                delete_users(host, user["username"], token, test_config.ADMIN_USERS_ENDPOINT)
             except CleanupError as exc:
                 logger.warning("preflight: could not delete its test user %s: %s", user["username"], exc)
         return problem
@@ -137,10 +146,16 @@ def contract_problem(host: str) -> str | None:
         if problem:
             return (f"preflight: the API at {host} does not work as the suite expects: {problem}. To fix: check "
                     f"--host, the endpoint paths (REGISTRATION_ENDPOINT={test_config.REGISTRATION_ENDPOINT}, "
-                    f"LOGIN_ENDPOINT={test_config.LOGIN_ENDPOINT}) and the request/response settings in "
-                    f"locust_tests/config/test_config.py (JSON bodies; registration answers 201 with an id, "
-                    f"login 200 with a token), or pass --skip-preflight")
+                    f"LOGIN_ENDPOINT={test_config.LOGIN_ENDPOINT}) and the request/response settings "
+                    f"(REGISTRATION_BODY, REGISTRATION_OK_STATUS={_codes(test_config.REGISTRATION_OK_STATUS)}, "
+                    f"LOGIN_BODY, LOGIN_OK_STATUS={_codes(test_config.LOGIN_OK_STATUS)}, "
+                    f"LOGIN_TOKEN_FIELD={test_config.LOGIN_TOKEN_FIELD}; see locust_tests/config/test_config.py), "
+                    f"or pass --skip-preflight")
     return None
+
+
+def _codes(codes: Any) -> str:
+    return ",".join(str(c) for c in sorted(codes))
 
 
 def check_host(host: str, path: str = "/healthz", within: float = PREFLIGHT_SECONDS) -> str | None:

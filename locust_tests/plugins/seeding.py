@@ -3,9 +3,11 @@
     seeding.seed_before_test(users)   # in a locustfile, at import
 
 registers a test_start listener that, on the master or standalone process only (so once per run,
-however many workers), registers each user through the API itself. It is idempotent: a user
-that already exists (409) is fine. Locust fires test_start before it spawns any user, and waits
-for the listener, so the load never starts against missing accounts.
+however many workers), registers each user through the API itself, with the suite's
+REGISTRATION_BODY template; a status of REGISTRATION_OK_STATUS counts as created
+(locust_tests/config/test_config.py). It is idempotent: a user that already exists (409) is fine.
+Locust fires test_start before it spawns any user, and waits for the listener, so the load never
+starts against missing accounts.
 
 `register_users` does not import Locust, so other tools can seed the same way.
 """
@@ -13,11 +15,16 @@ for the listener, so the load never starts against missing accounts.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from locust_tests.config.api_contract import BodyTemplate
+
+from .checks import describe_answer
 from .httpclient import call
+from .testdata import request_fields
 
 logger = logging.getLogger(__name__)
 
@@ -35,22 +42,29 @@ class SeedReport:
 
 
 def register_users(host: str, users: list[dict[str, str]], endpoint: str = "/client_registeration",
-                   concurrency: int = SEED_CONCURRENCY) -> SeedReport:
-    """Register `users` at host+endpoint; 201 counts as created, 409 as already existing."""
+                   concurrency: int = SEED_CONCURRENCY, body: BodyTemplate | None = None,
+                   ok: Collection[int] | None = None) -> SeedReport:
+    """Register `users` at host+endpoint with the registration body template (`body`, default
+    REGISTRATION_BODY); a status of `ok` (default REGISTRATION_OK_STATUS) counts as created, 409 as
+    already existing."""
+    if body is None or ok is None:
+        from locust_tests.config import test_config
+
+        body = test_config.REGISTRATION_BODY if body is None else body
+        ok = test_config.REGISTRATION_OK_STATUS if ok is None else ok
     url = host.rstrip("/") + endpoint
     report = SeedReport()
 
     def register(user: dict[str, str]) -> tuple[int, str]:
         try:
-            status, body = call("POST", url, {k: user[k] for k in ("username", "email", "password")})
+            status, answer = call("POST", url, body.render(request_fields(user)))
         except OSError as exc:
             return 0, f"no answer from {host} ({getattr(exc, 'reason', exc)})"
-        detail = body.get("error", "") if isinstance(body, dict) else ""
-        return status, f"HTTP {status} {detail}".strip()
+        return status, describe_answer(status, answer)
 
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         for status, problem in pool.map(register, users):
-            if status == 201:
+            if status in ok:
                 report.created += 1
             elif status == 409:
                 report.existing += 1

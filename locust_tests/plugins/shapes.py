@@ -24,7 +24,9 @@ Locust's immediate stop.
 Without --scenario (the stop timeout aside) nothing changes: no shape is active and -u/-r/-t behave as in plain Locust.
 That is why the shape classes here are marked `abstract`: Locust activates any concrete
 LoadTestShape it finds in a locustfile, so these are only activated by `--scenario`, at init, by
-setting `environment.shape_class` on the master (the one process that runs shapes).
+setting `environment.shape_class` on the master (the one process that runs shapes). A locustfile
+that defines a concrete LoadTestShape of its own keeps it: `--scenario` is then not applied, and
+a warning says so.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ from .roles import is_coordinator
 logger = logging.getLogger(__name__)
 
 _offered: dict[str, Preset] = {}
+# How the log says that a locustfile's own LoadTestShape runs instead of --scenario (the lab quotes it).
+OWN_SHAPE = "the locustfile defines its own LoadTestShape"
 
 
 def use_presets(kind: str) -> None:
@@ -230,6 +234,12 @@ def _add_arguments(parser: Any) -> None:
 def _on_init(environment: Environment, runner: Any = None, **_: Any) -> None:
     options = environment.parsed_options
     if options is None or not options.scenario or not is_coordinator(environment):
+        return
+    own = environment.shape_class
+    if own is not None and not isinstance(own, (PresetShape, StepShape)):
+        # A concrete LoadTestShape in the locustfile is the user's choice of load: it wins.
+        logger.warning("%s %s: it runs as written, and --scenario %s is not applied (no step hunt)",
+                       OWN_SHAPE, type(own).__name__, options.scenario)
         return
     try:
         shape = build_shape(options.scenario, options)

@@ -39,14 +39,38 @@ def registration_username(run_id: str, worker: int, counter: int) -> str:
     return name
 
 
-def registration_user(username: str, faker: Faker) -> dict[str, str]:
-    """A registration body: the unique username, an address derived from it (emails are unique
-    too), and a random password."""
-    return {
+def registration_user(username: str, faker: Faker, with_name: bool = True) -> dict[str, str]:
+    """A new user: the unique username, an address derived from it (emails are unique too), a
+    random password and a display name (the placeholders of the suite's body templates). The
+    login data set is written without names (`with_name=False`: the same seed gives the same file
+    as before names existed); `request_fields` gives its users one."""
+    user = {
         "username": username,
         "email": f"{username}@{faker.safe_domain_name()}",
         "password": faker.password(length=PASSWORD_LENGTH),
     }
+    if with_name:
+        user["name"] = faker.name()
+    return user
+
+
+_name_faker: Faker | None = None
+
+
+def display_name(username: str) -> str:
+    """A realistic display name, the same for a username every time (the login data set's users
+    carry none in the file: their {name} is made from the username)."""
+    global _name_faker
+    if _name_faker is None:
+        _name_faker = Faker()
+    _name_faker.seed_instance(username)
+    return _name_faker.name()
+
+
+def request_fields(user: dict[str, str]) -> dict[str, str]:
+    """What a body template's placeholders are filled with: username, email, password and name."""
+    return {"username": user["username"], "email": user["email"], "password": user["password"],
+            "name": user.get("name") or display_name(user["username"])}
 
 
 def generate_users(count: int, seed: int) -> list[dict[str, str]]:
@@ -59,7 +83,7 @@ def generate_users(count: int, seed: int) -> list[dict[str, str]]:
     for i in range(1, count + 1):
         # Faker names repeat in large sets; the index keeps usernames (and so emails) distinct.
         handle = re.sub(r"[^A-Za-z0-9_.\-]", "", faker.user_name())[:40] or "user"
-        users.append(registration_user(f"{DATA_PREFIX}{i:05d}_{handle}", faker))
+        users.append(registration_user(f"{DATA_PREFIX}{i:05d}_{handle}", faker, with_name=False))
     return users
 
 

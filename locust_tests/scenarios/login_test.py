@@ -1,5 +1,9 @@
 """Login load: simulated users log in with test accounts seeded before the load starts.
 
+The request and the answer that counts as a login are the suite's settings (LOGIN_ENDPOINT,
+LOGIN_BODY, LOGIN_OK_STATUS, LOGIN_TOKEN_FIELD; seeding: REGISTRATION_*), so another API's
+contract needs no code change (locust_tests/config/test_config.py).
+
     locust -f locust_tests/scenarios/login_test.py --users 500 --spawn-rate 50 --run-time 10m
     locust -f locust_tests/scenarios/login_test.py --headless --scenario baseline   # stress, breaking-point, step, rate-step
     locust -f locust_tests/scenarios/login_test.py --headless --arrival-rate 30 --run-time 1m   # open model
@@ -30,10 +34,9 @@ class LoggingInUser(FastHttpUser):
     wait_time = between(cfg.MIN_WAIT_TIME / 1000, cfg.MAX_WAIT_TIME / 1000)
 
     def on_start(self):
-        account = next(_accounts)
-        self.credentials = {"username": account["username"], "password": account["password"]}
+        self.credentials = cfg.LOGIN_BODY.render(testdata.request_fields(next(_accounts)))  # LOGIN_BODY
 
     @task
     def login(self):
         with self.client.post(cfg.LOGIN_ENDPOINT, json=self.credentials, catch_response=True) as response:
-            expect_token(response)
+            expect_token(response, cfg.LOGIN_OK_STATUS, cfg.LOGIN_TOKEN_FIELD)

@@ -37,6 +37,11 @@ class GroupCollector(Collector):
         oldest = GaugeMetricFamily("namedprocess_namegroup_oldest_start_time_seconds",
                                    "start time in seconds since 1970/01/01 of oldest process in group",
                                    labels=["groupname"])
+        # Not one of process-exporter's: the kernel's run delay (schedstat), which tells a process
+        # starved of CPU by the rest of the host from one waiting on I/O.
+        run_delay = CounterMetricFamily("namedprocess_namegroup_run_delay_seconds",
+                                        "Seconds the group's threads were runnable but waiting for a CPU",
+                                        labels=["groupname"])
         for name, group in stats.items():
             cpu.add_metric([name, "user"], group.cpu_user)
             cpu.add_metric([name, "system"], group.cpu_system)
@@ -46,7 +51,8 @@ class GroupCollector(Collector):
             threads.add_metric([name], group.threads)
             fds.add_metric([name], group.open_fds)
             oldest.add_metric([name], group.oldest_start)
-        yield from (cpu, memory, procs, threads, fds, oldest)
+            run_delay.add_metric([name], group.run_delay)
+        yield from (cpu, memory, procs, threads, fds, oldest, run_delay)
         yield CounterMetricFamily(
             "namedprocess_scrape_procread_errors",
             "incremented each time a tracked proc's metrics collection fails",

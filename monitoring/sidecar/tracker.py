@@ -15,6 +15,9 @@ The tracker is the part that has to stay correct while processes come and go:
   group's CPU counter never goes backwards. The reaped-children fields of the
   parent (`children_user`/`children_system`) are never read: they would count an
   exited worker twice.
+- The time members were runnable but waited for a CPU (the kernel's run delay,
+  `/proc/<pid>/task/*/schedstat`) is kept the same way: on a host busy with other
+  work it tells a CPU-bound server that gets little CPU from one that waits on I/O.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ class GroupStats:
     threads: int = 0
     open_fds: int = 0
     oldest_start: float = 0.0  # seconds since the epoch; 0 when the group has no process
+    run_delay: float = 0.0  # seconds its members' threads were runnable, waiting for a CPU (Linux schedstat)
 
 
 @dataclass
@@ -72,6 +76,7 @@ class _Seen:
     user: int = 0  # last seen own CPU times, in microseconds
     system: int = 0
     retired: bool = False  # exited or zombie: its CPU is already in the exited totals
+    run_delay: int = 0  # last seen run delay of its threads, in microseconds
     first_scan: int = 0  # scan number when first seen
 
 
@@ -88,6 +93,7 @@ class ProcessTracker:
         self._seen: dict[int, _Seen] = {}
         # CPU (user, system) of members that exited, in microseconds.
         self._exited_cpu: dict[str, list[int]] = {g.name: [0, 0] for g in self.groups}
+        self._exited_wait: dict[str, int] = {g.name: 0 for g in self.groups}
         # --group-pid selects the process that had that PID when first seen, not a
         # later stranger that inherited the number.
         self._pinned: dict[int, float | None] = {pid: None for g in self.groups for pid in g.pids}
@@ -140,6 +146,7 @@ class ProcessTracker:
             totals = self._exited_cpu[name]
             totals[0] += seen.user
             totals[1] += seen.system
+            self._exited_wait[name] += seen.run_delay
 
     def _update_membership(self) -> None:
         pids = psutil.pids()
@@ -251,6 +258,7 @@ class ProcessTracker:
     def _read_members(self) -> dict[str, GroupStats]:
         stats = {g.name: GroupStats() for g in self.groups}
         cpu_us = {g.name: [0, 0] for g in self.groups}
+        wait_us = {g.name: 0 for g in self.groups}
         for seen in self._seen.values():
             if seen.retired or not seen.groups:
                 continue
@@ -261,6 +269,7 @@ class ProcessTracker:
             for name in seen.groups:
                 cpu_us[name][0] += seen.user
                 cpu_us[name][1] += seen.system
+                wait_us[name] += seen.run_delay
             if read is None:
                 continue
             rss, vms, threads, fds = read
@@ -279,6 +288,7 @@ class ProcessTracker:
             exited_user, exited_system = self._exited_cpu[name]
             stats[name].cpu_user = (user + exited_user) / 1e6
             stats[name].cpu_system = (system + exited_system) / 1e6
+            stats[name].run_delay = (wait_us[name] + self._exited_wait[name]) / 1e6
         return stats
 
     def _read_one(self, seen: _Seen) -> tuple[int, int, int, int] | None:
@@ -293,6 +303,7 @@ class ProcessTracker:
                 # max(): a process's own counter read twice never goes backwards.
                 seen.user = max(seen.user, round(cpu.user * 1e6))
                 seen.system = max(seen.system, round(cpu.system * 1e6))
+                seen.run_delay = max(seen.run_delay, _run_delay_us(proc.pid))
                 if proc.status() == psutil.STATUS_ZOMBIE:
                     self._retire(seen)
                     return None
@@ -309,3 +320,22 @@ class ProcessTracker:
             self.procread_errors += 1
             return None
         return mem.rss, mem.vms, threads, fds
+
+
+def _run_delay_us(pid: int) -> int:
+    """Microseconds the process's threads have spent runnable but waiting for a CPU: the second field
+    of each thread's /proc/<pid>/task/<tid>/schedstat (nanoseconds). 0 where the kernel has no
+    schedstat (not Linux, or built without it). A thread that exits takes its delay with it;
+    the caller's max() keeps the process's figure from going backwards."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as fh:
+                total += int(fh.read().split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total // 1000

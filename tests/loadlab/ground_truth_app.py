@@ -29,7 +29,7 @@ import time
 
 from flask import Flask, jsonify, request
 
-from target_app.instrumentation import instrument
+from loadlab.instrument import instrument
 from target_app.server import serve
 
 # The service time is spent in functions with names a profile cannot mistake for anything else:

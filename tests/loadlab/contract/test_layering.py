@@ -13,9 +13,10 @@ import pytest
 from tests.helpers import REPO_ROOT
 
 PROJECT = ("loadlab", "target_app", "locust_tests", "monitoring")
-# Libraries beside the contract that a server runs (the sidecar records stacks with `stacks`).
-# They stand on the contract only, like everything deployed.
-SERVER_LIBRARIES = ("loadlab.stacks",)
+# Libraries beside the contract that a server runs (the sidecar records stacks with `stacks`; your
+# app and the target use `instrument`, your gunicorn `gunicorn_conf`, both on `multiproc`).
+# They stand on the contract and each other only, like everything deployed.
+SERVER_LIBRARIES = ("loadlab.stacks", "loadlab.instrument", "loadlab.gunicorn_conf", "loadlab.multiproc")
 GROUND = ("loadlab.contract", *SERVER_LIBRARIES)
 
 
@@ -69,8 +70,19 @@ def test_deployed_parts_and_generators_stand_only_on_the_contract(folder):
 @pytest.mark.parametrize("library", SERVER_LIBRARIES)
 def test_server_libraries_stand_only_on_the_contract(library):
     path = REPO_ROOT / (library.replace(".", "/") + ".py")
-    outside = {n for n in project_imports(path) if not n.startswith("loadlab.contract") and n != library}
+    outside = {n for n in project_imports(path) if not on_ground(n)}
     assert not outside, f"{library} imports {sorted(outside)}"
+
+
+@pytest.mark.parametrize("library", SERVER_LIBRARIES)
+def test_server_libraries_import_nothing_of_the_lab_generator(library):
+    # Installed on the API's machine without Locust, gevent, matplotlib or Faker
+    # (tests/loadlab/test_server_side.py runs them so).
+    path = REPO_ROOT / (library.replace(".", "/") + ".py")
+    tree = ast.parse(path.read_text())
+    roots = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    roots |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    assert not roots & {"locust", "gevent", "matplotlib", "faker"}, f"{library} imports {sorted(roots)}"
 
 
 def test_the_layering_check_sees_absolute_and_relative_imports():

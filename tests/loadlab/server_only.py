@@ -1,0 +1,39 @@
+"""Run a module as `python -m MODULE ARGS`, with Locust, gevent, matplotlib and Faker uninstallable.
+
+    python tests/loadlab/server_only.py gunicorn -c python:loadlab.gunicorn_conf myapi:app
+    python tests/loadlab/server_only.py monitoring.sidecar --group 'target=...'
+
+As on a server that has only requirements-server.txt: any import of those packages (in this
+process and in the workers it forks) fails as if they were not installed, and is reported on
+stderr, so a test proves the server side needs none of them.
+"""
+
+from __future__ import annotations
+
+import runpy
+import sys
+
+BLOCKED = ("locust", "gevent", "matplotlib", "faker")
+
+
+class NotOnThisServer:
+    """A sys.meta_path finder that refuses the lab-only packages."""
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if name.split(".")[0] in BLOCKED:
+            print(f"server_only: blocked import of {name}", file=sys.stderr, flush=True)
+            raise ModuleNotFoundError(f"No module named {name!r} (not installed on this server)", name=name)
+        return None
+
+
+def main() -> None:
+    already = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+    if already:
+        raise SystemExit(f"server_only: {already} imported at interpreter start-up, before the block")
+    sys.meta_path.insert(0, NotOnThisServer())
+    module, sys.argv = sys.argv[1], [sys.argv[1], *sys.argv[2:]]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main()
