@@ -145,7 +145,8 @@ def test_report_with_flame_graph_renders_in_headless_chromium(bundled_run, tmp_p
     # The flame graph drew (the report's own check gives it class "drawn"), with the hash in it.
     assert 'class="flame drawn"' in dom and 'class="flame empty"' not in dom, dom[:3000]
     assert "_hash_internal" in dom and 'id="hotspots"' in dom and 'id="profile-diff"' in dom
-    assert dom.count('class="chart decoded"') == 5
+    # Every chart decoded: the five on one time axis and the throughput-against-users curve.
+    assert dom.count('class="chart decoded"') == html.count('<img class="chart"') == 6 and 'class="chart broken"' not in dom
     assert not [line for line in proc.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line], proc.stderr
 
 
