@@ -529,24 +529,28 @@ class AdaptiveHunt(SteppedClock[StepResult, Move]):
         return float(max(1, min(abs(jump), max(SPAWN_RATE_CAP, abs(jump) / max(1.0, transient / 2)))))
 
 
-def hunt_kind(options: Any) -> str:
-    """adaptive or fixed: --hunt when given, else fixed exactly when --step-users is given
-    (ValueError naming the flags when they contradict each other)."""
-    hunt = getattr(options, "hunt", None) or ""
-    step_users = getattr(options, "step_users", None)
-    start_users = getattr(options, "start_users", None)
+def choose_hunt(hunt: str, step: object, start: object, step_flag: str, start_flag: str, what: str = "hunt") -> str:
+    """adaptive or fixed: `hunt` (--hunt) when given, else fixed exactly when the fixed hunt's step
+    (`step_flag`) is given; ValueError naming both flags when they contradict each other. Shared by
+    the user hunt (--step-users/--start-users) and the rate hunt (--step-rate/--start-rate)."""
     if hunt and hunt not in HUNTS:
         raise ValueError(f"--hunt {hunt!r} is not a hunt: use {' or '.join(HUNTS)}")
-    if hunt == ADAPTIVE and step_users is not None:
-        raise ValueError("--step-users sets the fixed hunt's equal steps: drop it for --hunt adaptive "
-                         "(whose first step is --start-users), or use --hunt fixed")
-    if start_users is not None and (hunt == FIXED or (not hunt and step_users is not None)):
-        raise ValueError("--start-users is the adaptive hunt's first step: the fixed hunt (--hunt fixed or "
-                         "--step-users) steps by --step-users; give one of the two")
+    if hunt == ADAPTIVE and step is not None:
+        raise ValueError(f"{step_flag} sets the fixed {what}'s equal steps: drop it for --hunt adaptive "
+                         f"(whose first step is {start_flag}), or use --hunt fixed")
+    if start is not None and (hunt == FIXED or (not hunt and step is not None)):
+        raise ValueError(f"{start_flag} is the adaptive {what}'s first step: the fixed hunt (--hunt fixed or "
+                         f"{step_flag}) steps by {step_flag}; give one of the two")
     if hunt:
         return str(hunt)
-    return FIXED if step_users is not None else ADAPTIVE
+    return FIXED if step is not None else ADAPTIVE
 
 
-__all__ = ["AdaptiveHunt", "AdaptivePlan", "Move", "SteppedClock", "Stepping", "bad_breach", "drain_seconds", "failed",
-           "hunt_kind", "next_move"]
+def hunt_kind(options: Any) -> str:
+    """adaptive or fixed for the user hunt (see `choose_hunt`)."""
+    return choose_hunt(getattr(options, "hunt", None) or "", getattr(options, "step_users", None),
+                       getattr(options, "start_users", None), "--step-users", "--start-users")
+
+
+__all__ = ["AdaptiveHunt", "AdaptivePlan", "Move", "SteppedClock", "Stepping", "bad_breach", "choose_hunt", "drain_seconds",
+           "failed", "hunt_kind", "next_move"]

@@ -34,7 +34,6 @@ Without --arrival-rate, --step-rate or --scenario rate-step nothing here is acti
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import random
@@ -56,6 +55,7 @@ from loadlab.contract.openmodel import DROPPED_TEST_ENDED, DROPPED_WAITED_TOO_LO
 from loadlab.contract.scenarios import DEFAULT_START_RATE, FIXED, RATE_STEP
 from loadlab.contract.thresholds import Thresholds
 
+from .huntshape import HuntShape
 from .openmodel import (
     ARRIVALS,
     DEFAULT_ARRIVAL_TIMEOUT_S,
@@ -368,7 +368,7 @@ class ConstantRateShape(LoadTestShape):
         return self.slots, min(float(self.slots), MAX_SPAWN_RATE)
 
 
-class RateStepShape(LoadTestShape):
+class RateStepShape(HuntShape):
     """The rate hunt: adaptive (`RateAdaptivePlan`: x2 while sustained, refine, confirm; see
     rateadaptive.py) or fixed (`RatePlan`: equal steps), each step judged by the contract's
     open-model judge (throughput against arrivals, drops, growing latency, the SLO on corrected
@@ -386,21 +386,6 @@ class RateStepShape(LoadTestShape):
                                          on_move=self._log_move, quiet=self._quiet, on_drained=self._log_drained)
         else:
             self.hunt = RateHunt(plan, thresholds, stop_on_break, on_result=self._log_result)
-
-    @property
-    def current_step(self) -> int:
-        """1-based index of the running step (exported as the gauge locust_step)."""
-        return self.hunt.current_step
-
-    @property
-    def hunt_phase(self) -> str:
-        """fixed | grow | refine | confirm | drain | done (exported as locust_hunt_phase)."""
-        return self.hunt.phase
-
-    def reset_time(self) -> None:
-        super().reset_time()
-        # A new test hunts from the first step again, with the same settings.
-        self.hunt = dataclasses.replace(self.hunt)
 
     def tick(self) -> tuple[int, float] | None:
         assert self.runner is not None

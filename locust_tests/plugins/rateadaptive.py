@@ -35,25 +35,22 @@ from typing import Any
 
 from loadlab.contract.openmodel import ARRIVALS_WERE_DROPPED, LATENCY_GROWING, THROUGHPUT_BELOW_OFFERED, refuted_rate
 from loadlab.contract.scenarios import (
-    ADAPTIVE,
     BAD_BREACH_DROPPED_FRACTION,
     BAD_BREACH_P95_FACTOR,
     DEFAULT_ARRIVAL_TIMEOUT_S,
     DEFAULT_MAX_RATE,
     DEFAULT_START_RATE,
     DEFAULT_STEP_TIME_S,
-    FIXED,
     HUNT_BRACKET,
     HUNT_CONFIRM_GROWTH,
     HUNT_GROWTH,
     HUNT_MAX_REFINE,
     HUNT_MAX_STEPS,
-    HUNTS,
 )
 from loadlab.contract.slo import LATENCY_P95
 from loadlab.contract.thresholds import Thresholds
 
-from .adaptive import SteppedClock
+from .adaptive import SteppedClock, choose_hunt
 from .openmodel import RateSnapshot, RateStepResult, judge_rate
 from .presets import CONFIRM, DONE, GROW, REFINE
 
@@ -316,22 +313,9 @@ class AdaptiveRateHunt(SteppedClock[RateStepResult, RateMove]):
 
 
 def rate_hunt_kind(options: Any) -> str:
-    """adaptive or fixed for the rate hunt: --hunt when given, else fixed exactly when --step-rate is
-    given (ValueError naming both flags when they contradict each other)."""
-    hunt = getattr(options, "hunt", None) or ""
-    step_rate = getattr(options, "step_rate", None) or None
-    start_rate = getattr(options, "start_rate", None)
-    if hunt and hunt not in HUNTS:
-        raise ValueError(f"--hunt {hunt!r} is not a hunt: use {' or '.join(HUNTS)}")
-    if hunt == ADAPTIVE and step_rate is not None:
-        raise ValueError("--step-rate sets the fixed rate hunt's equal steps: drop it for --hunt adaptive "
-                         "(whose first step is --start-rate), or use --hunt fixed")
-    if start_rate is not None and (hunt == FIXED or (not hunt and step_rate is not None)):
-        raise ValueError("--start-rate is the adaptive rate hunt's first step: the fixed hunt (--hunt fixed or "
-                         "--step-rate) steps by --step-rate; give one of the two")
-    if hunt:
-        return str(hunt)
-    return FIXED if step_rate is not None else ADAPTIVE
+    """adaptive or fixed for the rate hunt (see `adaptive.choose_hunt`)."""
+    return choose_hunt(getattr(options, "hunt", None) or "", getattr(options, "step_rate", None) or None,
+                       getattr(options, "start_rate", None), "--step-rate", "--start-rate", "rate hunt")
 
 
 __all__ = ["AdaptiveRateHunt", "RateAdaptivePlan", "RateMove", "bad_breach", "drain_seconds", "next_rate_move",

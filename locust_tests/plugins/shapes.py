@@ -31,7 +31,6 @@ a warning says so.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import sys
@@ -46,6 +45,7 @@ from loadlab.contract.thresholds import Thresholds
 
 from .adaptive import AdaptiveHunt, AdaptivePlan, Move, bad_breach, hunt_kind
 from .arrivals import RateStepShape, build_rate_step_shape, describe
+from .huntshape import HuntShape
 from .presets import (
     DEFAULT_MAX_USERS,
     DEFAULT_STEP_TIME_S,
@@ -93,7 +93,7 @@ class PresetShape(LoadTestShape):
         return self.preset.tick(self.get_run_time(), self.time_scale)
 
 
-class StepShape(LoadTestShape):
+class StepShape(HuntShape):
     """The step hunt, adaptive (`AdaptivePlan`: coarse to fine, see adaptive.py) or fixed
     (`StepPlan`: equal steps): each step held long enough to reach steady state and judged
     against the SLO from Locust's own stats; it stops by itself once the break is confirmed."""
@@ -107,22 +107,6 @@ class StepShape(LoadTestShape):
             self.hunt = AdaptiveHunt(plan, thresholds, stop_on_break, on_result=self._log_result, on_move=self._log_move)
         else:
             self.hunt = StepHunt(plan, thresholds, stop_on_break, on_result=self._log_result)
-
-    @property
-    def current_step(self) -> int:
-        """1-based index of the running step (exported as the gauge locust_step)."""
-        return self.hunt.current_step
-
-    @property
-    def hunt_phase(self) -> str:
-        """fixed | grow | refine | confirm | drain | done (exported as locust_hunt_phase)."""
-        return self.hunt.phase
-
-    def reset_time(self) -> None:
-        super().reset_time()
-        # A new test (e.g. Start pressed again in the web UI) hunts from the first step again:
-        # replace() keeps the settings and gives the init=False per-run fields fresh defaults.
-        self.hunt = dataclasses.replace(self.hunt)
 
     def tick(self) -> Tick:
         if self._before_any_user():
