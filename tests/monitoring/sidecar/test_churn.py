@@ -36,7 +36,10 @@ def test_kill_one_member_start_another(sidecar, workload):
     # SIGKILL without waiting: the member stays a zombie until reaped, and must already not count.
     os.kill(members[0].pid, signal.SIGKILL)
     check(2)
-    assert psutil.Process(members[0].pid).status() == psutil.STATUS_ZOMBIE
+    try:
+        assert psutil.Process(members[0].pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        pass  # the launcher's own poll() reaped it first (seen once in CI): gone entirely, as below
     members[0].proc.wait(5)  # now reaped: the PID is gone entirely
     check(2)
     # Baseline before the newcomer starts: it burns its 0.3 s at once, possibly before the
