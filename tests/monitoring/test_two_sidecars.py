@@ -52,7 +52,8 @@ def test_rules_and_dashboards_keep_two_sidecars_apart(spawn, tmp_path):
 
     lab, remote = f"127.0.0.1:{lab_port}", f"127.0.0.1:{remote_port}"
     deadline = time.monotonic() + 60
-    while not query('loadlab:namegroup_cpu:cores_available{groupname="target"}'):
+    # Both sidecars scraped and the rules evaluated on both (each is scraped on its own schedule).
+    while not query('loadlab:namegroup_cpu:cores_available{groupname="target"}') or len(query("loadlab:host_cpu:cores")) < 2:
         assert time.monotonic() < deadline, prometheus.log()[-2000:]
         time.sleep(1)
     cores = query("loadlab:host_cpu:cores")
