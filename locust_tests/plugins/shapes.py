@@ -60,6 +60,7 @@ from .presets import (
     Tick,
 )
 from .roles import is_coordinator
+from .stagger import stagger_starts
 
 logger = logging.getLogger(__name__)
 
@@ -215,6 +216,14 @@ def _add_arguments(parser: Any) -> None:
 
 
 @events.init.add_listener
+def _stagger_hunt_users(environment: Environment, **_: Any) -> None:
+    # In every process that runs users (the workers too): see stagger.py.
+    options = environment.parsed_options
+    if options is not None and options.scenario == STEP:
+        stagger_starts(environment.user_classes)
+
+
+@events.init.add_listener
 def _on_init(environment: Environment, runner: Any = None, **_: Any) -> None:
     options = environment.parsed_options
     if options is None or not options.scenario or not is_coordinator(environment):
@@ -244,11 +253,13 @@ def _on_init(environment: Environment, runner: Any = None, **_: Any) -> None:
         th = shape.hunt.thresholds
         if isinstance(plan, AdaptivePlan):
             logger.info("scenario step (adaptive hunt): from %d users, x%g while linear, then refine around the knee "
-                        "and confirm the break; %g s per step, at most %d users; SLO p95 <= %g ms, errors <= %.1f%%",
+                        "and confirm the break; %g s per step, at most %d users, each new user starting within one "
+                        "think time; SLO p95 <= %g ms, errors <= %.1f%%",
                         plan.start_users, plan.growth, plan.step_time_s, plan.max_users, th.latency_p95_ms,
                         100 * th.error_ratio)
         else:
-            logger.info("scenario step (fixed hunt): +%d users every %g s up to %d users; SLO p95 <= %g ms, "
+            logger.info("scenario step (fixed hunt): +%d users every %g s up to %d users, each new user starting "
+                        "within one think time; SLO p95 <= %g ms, "
                         "errors <= %.1f%%", plan.step_users, plan.step_time_s, plan.max_users, th.latency_p95_ms,
                         100 * th.error_ratio)
     elif isinstance(shape, RateStepShape):

@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from loadlab.contract import openmodel as names
 from loadlab.contract.histograms import histogram_quantile
+from loadlab.contract.thresholds import Thresholds
 from loadlab.history import read_samples
 from tests.helpers import free_port
 from tests.loadlab.conftest import assert_all_gone, run_loadlab
@@ -178,9 +179,16 @@ def test_the_adaptive_rate_hunt_finds_the_capacity_in_fewer_steps_than_the_fixed
     # at 35.5 req/s where the live hunt counted 39.5 (the lab's per-step throughput of an overloaded
     # step reads low; open work, said in README). Held to 10 % so CI guards the hunt meanwhile.
     assert verdict["capacity_rps"] == pytest.approx(truth, rel=0.10), detail
-    # The hunt's break lies past the capacity, by at most what the judge tolerates of a short hold:
-    # a 5 % shortfall plus the requests in flight at its edges (~6 % at 40/s, 400 ms, a 5.6 s window).
-    assert truth * 0.98 <= hunt_brk <= truth * 1.12, "\n".join(hunt)
+    # The hunt's highest sustained rate exceeds the capacity by at most what the judge forgives a short
+    # hold: 5 % of its arrivals plus the requests in flight at the hold's edges (openmodel.judge_step;
+    # ~12 % at 43/s, 400 ms, a 5.6 s hold). Its break is past the capacity, bracketed to a few percent.
+    th = Thresholds()
+    hold_s = step_s * (1 - th.step_transient_fraction)
+    light_ms = min(s["mean_response_ms"] for s in steps if s["mean_response_ms"])
+    forgiven = th.throughput_shortfall_fraction * hunt_held * hold_s + names.edge_allowance(
+        round(hunt_held * hold_s), hold_s, light_ms)
+    assert hunt_held <= truth + forgiven / hold_s, "\n".join(hunt)
+    assert truth * 0.98 <= hunt_brk, "\n".join(hunt)
     # The verdict judges the same steps again from the lab's samples (its own hold): its break is the
     # hunt's, or (a step at the judge's edge) a higher rate the hunt found unsustained too.
     unsustained = [float(m[1]) for m in re.finditer(r"rate step \d+: offered ([\d.]+)/s .* NOT SUSTAINED", log)]
