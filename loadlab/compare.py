@@ -529,8 +529,9 @@ def _charts(comp: Comparison) -> list[tuple[str, str]]:
     out = []
 
     def err(values: list[float], cis: list[Any]) -> np.ndarray:
-        low = [v - (c[0] if c else v) for v, c in zip(values, cis)]
-        high = [((c[1] if c and c[1] is not None else v) - v) for v, c in zip(values, cis)]
+        # Clamped at 0: a figure rounded apart from its interval (or on its edge) has no bar on that side.
+        low = [max(0.0, v - (c[0] if c and c[0] is not None else v)) for v, c in zip(values, cis)]
+        high = [max(0.0, (c[1] if c and c[1] is not None else v) - v) for v, c in zip(values, cis)]
         return np.array([low, high])
 
     for title, ylabel, attr, ci_attr in (("Throughput per step (95% CI)", "req/s", "rps", "rps_ci"),

@@ -6,7 +6,9 @@ transient (`step_transient_fraction` x the previous step's length) it starts two
 on each process of the target's tree as it is then (`loadlab.stacks.GroupRecorder`: on-CPU
 and all threads; a worker forked during the step is profiled from the next step on), and stops
 them when the count changes again. Each recording is a *chunk* in `profiles/chunks/`, listed
-with its wall-clock start and end in `profiles/chunks.jsonl`.
+with its wall-clock start and end in `profiles/chunks.jsonl`. For a server on another machine
+(`--target-sidecar` without `--target-pid`), `RemoteStepProfiler` asks the sidecar beside it for
+the same recordings (its `/profile`), several per hold.
 
 Afterwards (`attach`, called by `rundir.analyze`): chunks are given to the steps by time (a chunk
 belongs to the step it overlaps most), each step gets its collapsed stacks (`profiles/step-NN-Uu.cpu.txt`
@@ -35,14 +37,18 @@ import math
 import re
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from loadlab import stacks
-from loadlab.stacks import Frame, GroupRecorder, Stack, parse_frame, process_tree
+from loadlab.contract.names import SIDECAR_PROFILE_PATH
+from loadlab.stacks import Frame, GroupRecorder, ProfilerUnavailable, Stack, parse_frame, process_tree
 from loadlab.verdict import CONCURRENCY, TARGET_CPU, Hotspot, Profiles, Verdict
 
 PROFILES_DIR = "profiles"
@@ -57,11 +63,31 @@ MIN_SAMPLES = 50  # fewer samples of a kind than this name no hot spot of that k
 MIN_SHARE = 0.01  # a hot spot, or a change of share between two steps, of at least 1 %
 NOISE_SIGMAS = 3.0
 MIN_DELAY_S = 1.0  # the first step's transient, before any step's length is known
+MAX_REMOTE_CHUNK_S = 15.0  # one recording by a remote sidecar at most: a long hold takes several
+REMOTE_MIN_S = 1.0  # the sidecar's shortest recording
 _STDLIB = re.compile(r"/lib/python\d+\.\d+/")
 _LIBRARY_DIRS = ("/site-packages/", "/dist-packages/")
 
 
 # ---------------------------------------------------------------------------------------- live
+
+
+@dataclass
+class StepTracker:
+    """Which step runs now, from Locust's user count polled over time."""
+
+    level: float | None = None  # the user count of the step now running
+    start: float = 0.0  # when it began (wall clock)
+    last_step_s: float | None = None  # the length of the last finished step (3 s or more)
+
+    def update(self, users: float | None, now: float) -> bool:
+        """Follow the count read at `now`; True when a new step began."""
+        if users is None or users == self.level:
+            return False
+        if self.level and now - self.start >= 3:  # a step (3 s or more), not a ramp's second
+            self.last_step_s = now - self.start
+        self.level, self.start = users, now
+        return True
 
 
 class StepProfiler(threading.Thread):
@@ -94,28 +120,24 @@ class StepProfiler(threading.Thread):
         return MIN_DELAY_S if last_step_s is None else max(MIN_DELAY_S, self.transient_fraction * last_step_s)
 
     def run(self) -> None:
-        level: float | None = None  # the user count of the step now running
-        level_start = 0.0
+        steps = StepTracker()
         tried = False  # one recording per step: a py-spy that failed is not restarted every poll
-        last_step_s: float | None = None
         recorder: GroupRecorder | None = None
         try:
             while not self._stop_event.wait(self.poll_s):
-                users = self.users()
                 now = time.time()
-                if users is not None and users != level:
+                previous = steps.level
+                if steps.update(self.users(), now):
                     if recorder is not None:
-                        self.finish(recorder, level)
+                        self.finish(recorder, previous)
                         recorder = None
-                    if level and now - level_start >= 3:  # a step (3 s or more), not a ramp's second
-                        last_step_s = now - level_start
-                    level, level_start, tried = users, now, False
-                if not tried and level and now >= level_start + self.delay(last_step_s):
+                    tried = False
+                if not tried and steps.level and now >= steps.start + self.delay(steps.last_step_s):
                     tried = True
-                    recorder = self.begin(level)
+                    recorder = self.begin(steps.level)
         finally:
             if recorder is not None:
-                self.finish(recorder, level)
+                self.finish(recorder, steps.level)
 
     def begin(self, users: float) -> GroupRecorder | None:
         self.chunks += 1
@@ -137,17 +159,20 @@ class StepProfiler(threading.Thread):
 
     def finish(self, recorder: GroupRecorder, users: float | None) -> None:
         found = recorder.stop()
-        entry = {"name": recorder.name, "users": users, "start": recorder.started_at, "end": recorder.ended_at,
-                 "pids": recorder.pids, "rate": self.rate,
-                 "files": {kind: [f.relative_to(self.dir).as_posix() for f in recorder.files(kind)]
-                           for kind in stacks.KINDS},
-                 "samples": {kind: sum(found.get(kind, Counter()).values()) for kind in stacks.KINDS},
-                 "errors": recorder.errors}
+        self.index({"name": recorder.name, "users": users, "start": recorder.started_at, "end": recorder.ended_at,
+                    "pids": recorder.pids, "rate": self.rate,
+                    "files": {kind: [f.relative_to(self.dir).as_posix() for f in recorder.files(kind)]
+                              for kind in stacks.KINDS},
+                    "samples": {kind: sum(found.get(kind, Counter()).values()) for kind in stacks.KINDS},
+                    "errors": recorder.errors})
+        if recorder.errors:
+            self.failed(recorder.errors[0])
+
+    def index(self, entry: dict[str, Any]) -> None:
+        """List a recorded chunk in profiles/chunks.jsonl, where `attach` finds it."""
         self.dir.mkdir(parents=True, exist_ok=True)
         with open(self.dir / CHUNK_INDEX, "a") as fh:
             fh.write(json.dumps(entry) + "\n")
-        if recorder.errors:
-            self.failed(recorder.errors[0])
 
     def failed(self, why: str) -> None:
         self.failures += 1
@@ -158,6 +183,120 @@ class StepProfiler(threading.Thread):
         self._stop_event.set()
         if self.is_alive():
             self.join(timeout=timeout)
+
+
+def profile_url(sidecar_metrics_url: str) -> str:
+    """The `/profile` endpoint of the sidecar whose metrics are at `sidecar_metrics_url`."""
+    return urlunsplit(urlsplit(sidecar_metrics_url)._replace(path=SIDECAR_PROFILE_PATH, query="", fragment=""))
+
+
+def _http_error(exc: urllib.error.HTTPError) -> str:
+    try:
+        return str(json.loads(exc.read().decode(errors="replace")).get("error") or exc.reason)
+    except (OSError, ValueError, AttributeError):
+        return str(exc.reason)
+
+
+def check_remote(url: str, timeout: float = 5.0) -> None:
+    """ProfilerUnavailable unless the sidecar at `url` (its /profile) takes profiles. Asked without
+    `seconds`: a sidecar that profiles refuses that as a bad request (400); one that does not, 403."""
+    try:
+        urllib.request.urlopen(url, timeout=timeout).close()
+    except urllib.error.HTTPError as exc:
+        if exc.code == 400:
+            return
+        raise ProfilerUnavailable(f"the sidecar at {url} answered {exc.code}: {_http_error(exc)}") from None
+    except (OSError, ValueError) as exc:
+        raise ProfilerUnavailable(f"the sidecar at {url} does not answer ({exc})") from None
+    raise ProfilerUnavailable(f"{url} is not a loadlab sidecar's profile endpoint (it answered 200 without ?seconds=N)")
+
+
+class RemoteStepProfiler(StepProfiler):
+    """--profile with --target-sidecar: the sidecar on the API's machine records its group
+    (`GET /profile?seconds=N&group=G`, monitoring/sidecar/profile.py). A recording's length is fixed
+    when it starts, so each hold is recorded in back-to-back chunks from the end of the transient, of
+    `MAX_REMOTE_CHUNK_S` at most: to the step's expected end (the last step's length, less how late
+    the sidecar's last recording ended), or, while no step's length is known yet, each half as long
+    as the hold has lasted so far (1 s at least). The chunk's times are the
+    lab's own clock (the length the sidecar recorded, ending when its answer came), so a remote
+    clock's offset does not matter."""
+
+    def __init__(self, run_dir: Path, url: str, group: str, users: Callable[[], float | None],
+                 transient_fraction: float, rate: int = stacks.DEFAULT_RATE, say: Callable[[str], None] = print,
+                 poll_s: float = 0.5) -> None:
+        super().__init__(run_dir, 0, users, transient_fraction, rate, say, poll_s)  # no local PID
+        self.name = "loadlab-remote-profiler"
+        self.url, self.group = url, group
+        self._fetching: threading.Thread | None = None
+        self._refused = False  # the sidecar said no (403): ask no more
+        # How much longer than its recording the sidecar's answer took (attaching py-spy, the network),
+        # as last measured: a recording asked for now ends that much later.
+        self.overhead_s = 0.5
+
+    def chunk_seconds(self, steps: StepTracker, now: float) -> float | None:
+        """How long a recording started now should be, or None: not now."""
+        begun = steps.start + self.delay(steps.last_step_s)
+        if not steps.level or now < begun:
+            return None
+        if steps.last_step_s is None:  # the step's length unknown: half as long as the hold has lasted
+            seconds = max(REMOTE_MIN_S, 0.5 * (now - begun))
+        else:  # the rest of the hold, if this step is as long as the last one (the sidecar starts late)
+            seconds = steps.start + steps.last_step_s - self.poll_s - self.overhead_s - now
+        seconds = min(MAX_REMOTE_CHUNK_S, seconds)
+        return seconds if seconds >= REMOTE_MIN_S else None
+
+    def run(self) -> None:
+        steps = StepTracker()
+        while not self._stop_event.wait(self.poll_s) and not self._refused:
+            now = time.time()
+            steps.update(self.users(), now)
+            if self._fetching is not None and self._fetching.is_alive():
+                continue
+            seconds = self.chunk_seconds(steps, now)
+            if seconds is not None and steps.level:
+                self._fetching = threading.Thread(target=self.fetch, args=(steps.level, seconds), daemon=True,
+                                                  name="loadlab-remote-profile")
+                self._fetching.start()
+
+    def fetch(self, users: float, seconds: float) -> None:
+        self.chunks += 1
+        name = f"{self.chunks:03d}-{users:g}u"
+        query = urlencode({"seconds": f"{seconds:.1f}", "group": self.group, "rate": self.rate})
+        asked = time.time()
+        try:
+            with urllib.request.urlopen(f"{self.url}?{query}", timeout=seconds + 30) as answer:
+                body = json.load(answer)
+            ended = time.time()
+        except urllib.error.HTTPError as exc:
+            self._refused = self._refused or exc.code == 403
+            self.failed(f"the sidecar at {self.url} answered {exc.code}: {_http_error(exc)}")
+            return
+        except (OSError, ValueError) as exc:
+            self.failed(f"the sidecar at {self.url} did not answer: {exc}")
+            return
+        chunks = self.dir / CHUNKS_DIR
+        chunks.mkdir(parents=True, exist_ok=True)
+        files, samples = {}, {}
+        for kind in stacks.KINDS:
+            text = stacks.sanitize(str(body.get(kind) or ""))
+            path = chunks / f"{name}.{kind}.txt"
+            path.write_text(text)
+            files[kind] = [path.relative_to(self.dir).as_posix()]
+            samples[kind] = sum(stacks.parse_collapsed(text).values())
+        recorded = max(0.0, min(float(body.get("end", 0) or 0) - float(body.get("start", 0) or 0), ended - asked))
+        self.overhead_s = ended - asked - recorded
+        errors = [str(e) for e in body.get("errors") or []]
+        self.index({"name": name, "users": users, "start": ended - recorded, "end": ended,
+                    "pids": body.get("pids"), "rate": body.get("rate"), "files": files, "samples": samples,
+                    "errors": errors, "sidecar": self.url})
+        if errors:
+            self.failed(errors[0])
+
+    def stop(self, timeout: float = 30.0) -> None:
+        super().stop(timeout)
+        fetching = self._fetching
+        if fetching is not None:  # the recording under way ends by itself (MAX_REMOTE_CHUNK_S at most)
+            fetching.join(timeout=MAX_REMOTE_CHUNK_S + timeout)
 
 
 # ------------------------------------------------------------------------------------ analysis

@@ -49,7 +49,7 @@ from loadlab.processes import (
     port_owner,
     tail,
 )
-from loadlab.profiling import StepProfiler
+from loadlab.profiling import RemoteStepProfiler, StepProfiler, check_remote, profile_url
 from loadlab.remote import RemoteSidecar
 from loadlab.sampler import Sampler, parse_metrics, scrape
 from loadlab.stacks import DEFAULT_RATE as DEFAULT_PROFILE_RATE
@@ -488,27 +488,40 @@ class Lab:
         if not self.opts.profile:
             return
         info: dict = {"requested": True, "rate": self.opts.profile_rate, "pid": target_pid}
+        sampler = self.sampler
+
+        def users_now() -> float | None:
+            users = sampler.progress()["users"] if sampler else None
+            return users if isinstance(users, float) else None  # progress() also holds the hunt's phase
+
+        side = self.remote_sidecar
+        profiler: StepProfiler
         try:
-            if not target_pid:
+            if not target_pid and side is not None:
+                # The API on another machine: the sidecar beside it records, if started with --allow-profiling.
+                url = info["sidecar"] = profile_url(side.url)
+                check_remote(url)
+                profiler = RemoteStepProfiler(self.run_dir, url, side.group, users_now,
+                                              self.thresholds.step_transient_fraction, self.opts.profile_rate, self.say)
+                where = f"py-spy by the sidecar at {url} on its group {side.group!r}, {self.opts.profile_rate} samples/s"
+            elif target_pid:
+                check_attach(target_pid)
+                watchdog = self.sup.watchdog
+                profiler = StepProfiler(self.run_dir, target_pid, users_now, self.thresholds.step_transient_fraction,
+                                        self.opts.profile_rate, self.say,
+                                        on_spawn=watchdog.watch if watchdog else None)
+                where = f"py-spy on pid {target_pid} and its children, {self.opts.profile_rate} samples/s"
+            else:
                 raise ProfilerUnavailable("no target PID to profile: with --host, give --target-pid PID of your "
-                                          "server's main process (on this machine)")
-            check_attach(target_pid)
+                                          "server's main process (on this machine), or --target-sidecar URL of a "
+                                          "sidecar started with --allow-profiling beside it")
         except ProfilerUnavailable as exc:
             info["error"] = str(exc)
             self.say(f"profiler   off: {exc}; the run goes on without profiles")
         else:
-            sampler = self.sampler
-            watchdog = self.sup.watchdog
-            def users_now() -> float | None:
-                users = sampler.progress()["users"] if sampler else None
-                return users if isinstance(users, float) else None  # progress() also holds the hunt's phase
-
-            self.profiler = StepProfiler(self.run_dir, target_pid, users_now,
-                                         self.thresholds.step_transient_fraction, self.opts.profile_rate, self.say,
-                                         on_spawn=watchdog.watch if watchdog else None)
-            self.profiler.start()
-            self.say(f"profiler   py-spy on pid {target_pid} and its children, {self.opts.profile_rate} samples/s, "
-                     f"each step's hold -> {self.run_dir / 'profiles'}")
+            self.profiler = profiler
+            profiler.start()
+            self.say(f"profiler   {where}, each step's hold -> {self.run_dir / 'profiles'}")
         self.meta["profiling"] = info
 
     def start_live(self) -> None:

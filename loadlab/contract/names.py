@@ -20,6 +20,9 @@ JOBS = (TARGET_JOB, LOCUST_JOB, SIDECAR_JOB)
 # the `sidecar` job beside the lab's own (its own `instance`), the sampler as a source of its own,
 # so the analysis takes the target's group and host from it and the generator's from the local one.
 TARGET_SIDECAR_SOURCE = "target_sidecar"
+# The sidecar's py-spy endpoint (`/profile?seconds=N[&group=NAME]`, off unless --allow-profiling):
+# how `loadlab run --target-sidecar URL --profile` profiles a server on another machine.
+SIDECAR_PROFILE_PATH = "/profile"
 
 # The ports users know from each tool. `loadlab up` and the compose stack use them; `loadlab
 # run` takes free ones. The target's metrics port is served by the gunicorn arbiter, apart

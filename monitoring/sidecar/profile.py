@@ -1,8 +1,9 @@
-"""The sidecar's `/profile?seconds=N[&group=NAME]`: one py-spy recording of a process group.
+"""The sidecar's `/profile?seconds=N[&group=NAME][&rate=HZ]`: one py-spy recording of a process group.
 
 For a server the lab cannot reach by PID (another machine), the sidecar running beside it takes
 the profile: `GET /profile?seconds=10` samples the group's processes (default `target`: every
-process of the group, one py-spy each) for 10 seconds, on-CPU and all threads, and answers
+process of the group, one py-spy each) for 10 seconds, on-CPU and all threads (`rate` samples a
+second, default 20; `loadlab run --profile-rate` sets it), and answers
 with JSON: `{"group", "pids", "seconds", "rate", "start", "end", "cpu", "all", "errors"}`, where
 `cpu` and `all` are collapsed stacks in the format `loadlab.stacks` defines (the lab's
 own `--profile` chunks are the same). Command lines are cut from the stacks and py-spy reads no
@@ -29,13 +30,14 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client.exposition import ThreadingWSGIServer
 
 from loadlab import stacks
-from loadlab.contract.names import TARGET_GROUP
+from loadlab.contract.names import SIDECAR_PROFILE_PATH, TARGET_GROUP
 
 from .groups import GroupSpec
 from .tracker import ProcessTracker
 
-PROFILE_PATH = "/profile"
+PROFILE_PATH = SIDECAR_PROFILE_PATH
 MAX_SECONDS = 600
+MAX_RATE = 1000  # samples a second at most (py-spy's own default is 100)
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -87,6 +89,13 @@ def seconds_from(query: dict[str, list[str]]) -> float:
     return seconds
 
 
+def rate_from(query: dict[str, list[str]], default: int) -> int:
+    raw = (query.get("rate") or [str(default)])[0]
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_RATE:
+        raise ProfileError("400 Bad Request", f"rate={raw!r}: give samples a second, 1 to {MAX_RATE}, e.g. rate=20")
+    return int(raw)
+
+
 class ProfileEndpoint:
     """WSGI: `/profile` here, every other path to `metrics_app` (the Prometheus exposition)."""
 
@@ -115,15 +124,16 @@ class ProfileEndpoint:
             raise ProfileError("403 Forbidden", "profiling is off: start the sidecar with --allow-profiling "
                                                 "(it needs ptrace over the target: root or CAP_SYS_PTRACE)")
         seconds = seconds_from(query)
+        rate = rate_from(query, self.rate)
         group = (query.get("group") or [TARGET_GROUP])[0]
         if not self._busy.acquire(blocking=False):
             raise ProfileError("409 Conflict", "a profile is being taken already: retry when it is done")
         try:
-            return self.record(group, group_members(self.groups, group), seconds)
+            return self.record(group, group_members(self.groups, group), seconds, rate)
         finally:
             self._busy.release()
 
-    def record(self, group: str, members: list[int], seconds: float) -> dict[str, Any]:
+    def record(self, group: str, members: list[int], seconds: float, rate: int) -> dict[str, Any]:
         errors: list[str] = []
         readable = []
         for pid in members:
@@ -136,8 +146,8 @@ class ProfileEndpoint:
             raise ProfileError("503 Service Unavailable", "; ".join(errors))
         start = time.time()
         with tempfile.TemporaryDirectory(prefix="sidecar-profile-") as tmp:
-            recorder = stacks.GroupRecorder(readable, Path(tmp), "profile", rate=self.rate, seconds=seconds).start()
+            recorder = stacks.GroupRecorder(readable, Path(tmp), "profile", rate=rate, seconds=seconds).start()
             found = recorder.wait(timeout=seconds + 30)
-        return {"group": group, "pids": readable, "seconds": seconds, "rate": self.rate, "start": start,
+        return {"group": group, "pids": readable, "seconds": seconds, "rate": rate, "start": start,
                 "end": time.time(), **{kind: stacks.format_collapsed(found[kind]) for kind in stacks.KINDS},
                 "errors": errors + recorder.errors}

@@ -57,6 +57,19 @@ def test_with_full_length_steps_the_capacity_itself_is_judged_regressed():
     assert row.change_ci_pct is not None and row.change_ci_pct[0] <= -20 <= (row.change_ci_pct[1] or 0)
 
 
+def test_charts_draw_a_figure_that_sits_on_or_past_the_edge_of_its_own_interval():
+    # Seen in CI: p95 247.2 ms (CI 103.5-247.2), the figure a hair above its interval's top once
+    # rounded; matplotlib refuses negative error bars, and compare exited 1 without its page.
+    from loadlab.compare import _charts
+
+    comp = compare(side("BASE", SHORT_HUNT, 31), side("NEW", SHORT_HUNT, 32))
+    step = comp.new.verdict.steps[0]
+    step.p95_ms_ci = [step.p95_ms * 0.5, step.p95_ms - 0.05]
+    step.rps_ci = [step.rps + 0.05, step.rps * 2]
+    titles = [title for title, _ in _charts(comp)]
+    assert "Throughput per step (95% CI)" in titles and "p95 per step (95% CI)" in titles, titles
+
+
 def test_pairs_of_the_same_truth_are_judged_unchanged():
     pairs = 60
     judged = []

@@ -16,12 +16,11 @@ from collections import Counter
 
 import pytest
 
-from loadlab import profiling
-from loadlab import stacks
+from loadlab import profiling, stacks
 from loadlab.contract.thresholds import DEFAULT_THRESHOLDS
 from loadlab.steps import StepSummary
 from loadlab.verdict import Verdict
-from tests.helpers import require_binary
+from tests.helpers import PYTHON, free_port, require_binary, wait_for_http
 from tests.loadlab.conftest import assert_all_gone, run_loadlab, step_table
 
 THINK = {"MIN_WAIT_TIME": "400", "MAX_WAIT_TIME": "600", "LOGIN_USERS": "20"}
@@ -165,6 +164,72 @@ def test_a_target_py_spy_cannot_read_leaves_the_run_going_and_says_profiles_are_
     assert verdict["profiles"]["status"] == "missing" and "py-spy cannot sample" in verdict["profiles"]["reason"]
     assert any(line.startswith("profiles missing: py-spy cannot sample") for line in verdict["summary"])
     assert not (run.run_dir / "profiles").exists()
+
+
+def remote_sidecar(spawn, pid: int, *flags: str) -> str:
+    """A sidecar beside the server, as on the API's machine: the lab gets its URL, never the PID."""
+    port = free_port()
+    car = spawn([PYTHON, "-m", "monitoring.sidecar", "--port", str(port), "--group-pid", f"target={pid}", *flags],
+                name="remote-sidecar")
+    url = f"http://127.0.0.1:{port}/metrics"
+    wait_for_http(url, proc=car)
+    return url
+
+
+@pytest.mark.timeout(260)
+def test_a_remote_servers_hot_spot_comes_from_the_sidecar_beside_it(ground_truth, spawn, tmp_path):
+    # The CPU-burning server of the first proof, profiled by its sidecar's /profile (--allow-profiling):
+    # no --target-pid, so no local py-spy.
+    gt = ground_truth(workers=1, service_ms=50, mode="burn")
+    sidecar = remote_sidecar(spawn, gt.pid, "--allow-profiling")
+    run, verdict = profiled_hunt(tmp_path, ["--host", gt.url, "--target-sidecar", sidecar, "--target-workers", "1"],
+                                 ["--step-users", "2", "--step-time", "5s", "--max-users", "20"], THINK)
+    assert "profiler   py-spy by the sidecar at http://127.0.0.1:" in run.output, run.output
+    assert run.meta()["profiling"]["sidecar"] == sidecar.replace("/metrics", "/profile")
+    assert verdict["breaking_point_reached"], step_table(verdict)
+    assert verdict["profiles"]["status"] == "ok", verdict["profiles"]
+    hot = top(verdict, "cpu")
+    assert hot["function"] == "ground_truth_cpu_hotspot" and hot["file"] == GROUND_TRUTH, hot
+    assert hot["share"] >= 0.5, hot
+    chunks = profiling.load_chunks(run.run_dir / "profiles")
+    assert all(c["sidecar"] == run.meta()["profiling"]["sidecar"] for c in chunks), chunks
+    # The steps profiled from the sidecar's recordings of their holds: the knee's, and all but a couple
+    # (a recording goes to the step it overlaps most; in 5 s steps one may straddle two, and the one
+    # under way when the hunt stops runs past the last step's end).
+    profiled = [p["users"] for p in verdict["profiles"]["steps"]]
+    assert verdict["profiles"]["step_users"] in profiled, (verdict["profiles"], step_table(verdict))
+    assert len(profiled) >= len(verdict["steps"]) - 2, (verdict["profiles"], step_table(verdict))
+
+
+def test_a_sidecar_that_does_not_profile_is_said_before_the_run(spawn):
+    # Asked without ?seconds, a sidecar started with --allow-profiling answers 400, one without 403.
+    idle = spawn(["sleep", "300"], name="server")
+    off = remote_sidecar(spawn, idle.pid)
+    with pytest.raises(stacks.ProfilerUnavailable, match=r"answered 403: profiling is off: start the sidecar with "
+                                                          r"--allow-profiling"):
+        profiling.check_remote(profiling.profile_url(off))
+    profiling.check_remote(profiling.profile_url(remote_sidecar(spawn, idle.pid, "--allow-profiling")))
+    with pytest.raises(stacks.ProfilerUnavailable, match="does not answer"):
+        profiling.check_remote(f"http://127.0.0.1:{free_port()}/profile")
+
+
+def test_remote_recordings_start_after_the_transient_and_end_before_the_step_does(tmp_path):
+    p = profiling.RemoteStepProfiler(tmp_path, "http://127.0.0.1:1/profile", "target", lambda: None, 0.3, poll_s=0.5)
+    p.overhead_s = 0.3  # the sidecar's last answer came 0.3 s after its recording's length
+    steps = profiling.StepTracker()
+    assert steps.update(10.0, 100.0) and not steps.update(10.0, 101.0)
+    assert p.chunk_seconds(steps, 100.5) is None  # in the first step's transient (1 s, its length unknown)
+    assert p.chunk_seconds(steps, 101.0) == 1.0
+    assert p.chunk_seconds(steps, 105.0) == 2.0  # half as long as the hold so far
+    assert p.chunk_seconds(steps, 200.0) == profiling.MAX_REMOTE_CHUNK_S
+    assert steps.update(20.0, 110.0) and steps.last_step_s == 10.0
+    assert p.chunk_seconds(steps, 112.0) is None  # transient: 3 s of a 10 s step
+    # To half a poll and the sidecar's lateness before the step is expected to end.
+    assert p.chunk_seconds(steps, 113.0) == pytest.approx(6.2)
+    assert p.chunk_seconds(steps, 118.0) == pytest.approx(1.2)
+    assert p.chunk_seconds(steps, 118.5) is None  # too little left
+    assert steps.update(30.0, 120.0) and steps.last_step_s == 10.0 and steps.update(40.0, 220.0)
+    assert p.chunk_seconds(steps, 250.0) == profiling.MAX_REMOTE_CHUNK_S  # a long hold: several recordings
 
 
 # ------------------------------------------------------------------ classification on made-up stacks

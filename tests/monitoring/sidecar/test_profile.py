@@ -39,8 +39,8 @@ def test_profile_samples_the_group_on_cpu_and_idle(sidecar, workload, tmp_path):
     car = sidecar("--group-pid", f"target={member.pid}", "--allow-profiling")
     wait_until(lambda: car.procs("target") == 2, 15, "the parent and its child")
     (tmp_path / "go").write_text("")
-    status, body = get(profile_url(car, "seconds=2"))
-    assert status == 200, body
+    status, body = get(profile_url(car, "seconds=2&rate=50"))
+    assert status == 200 and body["rate"] == 50, body
     children = [c.pid for c in psutil.Process(member.pid).children()]
     assert body["group"] == "target" and body["pids"] == sorted([member.pid, *children]) and body["seconds"] == 2
     cpu_leaves = [line.rsplit(" ", 1)[0].split(";")[-1] for line in body["cpu"].splitlines()]
@@ -58,6 +58,9 @@ def test_profile_refuses_bad_input_and_a_second_recording(sidecar, workload):
     for query in ("seconds=0", "seconds=abc", "", "seconds=100000"):
         status, body = get(profile_url(car, query))
         assert status == 400 and "seconds=" in body["error"], (query, body)
+    for query in ("seconds=1&rate=0", "seconds=1&rate=abc", "seconds=1&rate=5000"):
+        status, body = get(profile_url(car, query))
+        assert status == 400 and "rate=" in body["error"], (query, body)
     status, body = get(profile_url(car, "seconds=1&group=nope"))
     assert status == 404 and "target" in body["error"]
     first: dict = {}
