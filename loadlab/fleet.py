@@ -28,6 +28,7 @@ import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from loadlab.processes import ComponentDied, LabError
 from loadlab.sampler import parse_metrics, scrape
@@ -48,6 +49,7 @@ SECURITY_NOTE = ("Locust's master port has no authentication: open --master-bind
 # Locust's master marks a worker missing after HEARTBEAT_LIVENESS (3) missed heartbeats of
 # HEARTBEAT_INTERVAL (1 s) each: the worker was gone this long before the count shows it.
 MISSING_AFTER_S = 4.0
+MISSING_LINE = "failed to send heartbeat, setting state to missing"  # locust.runners.MasterRunner.heartbeat_worker
 # Locust's own --expect-workers-max-wait gives up this much after the lab's --workers-timeout: the
 # lab's message (how many came) comes first; Locust's is the backstop should the lab be gone.
 LOCUST_WAIT_MARGIN_S = 5
@@ -159,15 +161,45 @@ def wait_for_workers(exporter_url: str, expected: int, local: int, timeout: floa
         time.sleep(0.5)
 
 
-def lost_worker(count: MasterCount | None, expected: int) -> str | None:
-    """Why the run cannot go on: a worker the master counted is gone while its test runs (None if not)."""
-    if count is None or not count.running or count.workers >= expected:
+class MissingLog:
+    """Locust's master's own word that it lost a worker: its log line when a worker misses its
+    heartbeats. It also covers the last worker going: the master then stops its test at once, so
+    the count never shows a running test with fewer workers. Read on from where it was left."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.found: str | None = None
+
+    def check(self) -> str | None:
+        if self.found is None:
+            try:
+                with open(self.path, "rb") as fh:
+                    fh.seek(self.offset)
+                    chunk = fh.read()
+            except OSError:
+                return None
+            whole = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written is read next time
+            self.offset += len(whole)
+            for line in whole.decode(errors="replace").splitlines():
+                if MISSING_LINE in line:
+                    self.found = line.split(": ", 1)[-1].strip().rstrip(".")
+                    break
+        return self.found
+
+
+def lost_worker(count: MasterCount | None, expected: int, missing: str | None = None) -> str | None:
+    """Why the run cannot go on: a worker the master counted is gone while its test runs, or the
+    master logged one missing (`MissingLog`); None if neither."""
+    short = count is not None and count.running and count.workers < expected
+    if not short and missing is None:
         return None
-    return (f"a Locust worker was lost during the test: Locust's master counts {count.workers} of {expected} "
-            f"workers (a remote machine died, lost the network, or its worker was stopped); the steps after that "
-            f"would run with fewer users than they ask for")
+    counted = f"Locust's master counts {count.workers} of {expected} workers" if short and count else (
+        f"Locust's master says: {missing}")
+    return (f"a Locust worker was lost during the test: {counted} (a remote machine died, lost the network, or its "
+            f"worker was stopped); the steps after that would run with fewer users than they ask for")
 
 
-__all__ = ["DEFAULT_WORKERS_TIMEOUT_S", "MISSING_AFTER_S", "MasterCount", "SECURITY_NOTE", "WorkerLost",
+__all__ = ["DEFAULT_WORKERS_TIMEOUT_S", "MISSING_AFTER_S", "MasterCount", "MissingLog", "SECURITY_NOTE", "WorkerLost",
            "WorkersMissing", "check_bind", "is_open", "lost_worker", "master_count", "master_host", "missing_message",
            "wait_for_workers", "worker_command", "worker_env"]

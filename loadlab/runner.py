@@ -191,6 +191,7 @@ class Lab:
         self._locust_master: Component | None = None
         self.locust_workers: list[Component] = []
         self._worker_gone_at: dict[str, float] = {}
+        self._missing_log: fleet.MissingLog | None = None  # --remote-workers: the master's word on a lost worker
         self.prometheus_bin: str | None = None
         self.meta: dict = {}
         self.remote: dict[str, str] = {}  # sources on the API's machine: name -> URL (loadlab.remote)
@@ -604,6 +605,9 @@ class Lab:
                 killed = next((w for w in self.locust_workers if (w.poll() or 0) < 0), None)
                 if killed is not None:  # the master ended because a worker was killed
                     raise ComponentDied(killed.died_message(), killed.exit_summary())
+                lost = self.lost_remote_worker(exited=True)
+                if lost is not None:  # the master stopped its test when its last remote worker went missing
+                    raise fleet.WorkerLost(lost, time.time() - fleet.MISSING_AFTER_S)
                 return code
             dead = self.dead_worker()
             if dead is not None:
@@ -820,12 +824,15 @@ class Lab:
             cores = generators.check(url, need_process=True)
             self.say(f"generator sidecar {url}  ({cores}-core load machine; its Locust worker's CPU)")
 
-    def lost_remote_worker(self) -> str | None:
-        """Why the run must stop: Locust's master counts fewer workers than it started with, mid-test."""
+    def lost_remote_worker(self, exited: bool = False) -> str | None:
+        """Why the run must stop: Locust's master counts fewer workers than it started with mid-test, or
+        logged one missing. `exited`: the master has ended (only its log is left to read)."""
         if not self.opts.remote_workers:
             return None
-        return fleet.lost_worker(fleet.master_count(f"http://{DEFAULT_BIND}:{self.ports['exporter']}/metrics"),
-                                 self.opts.workers + self.opts.remote_workers)
+        if self._missing_log is None:
+            self._missing_log = fleet.MissingLog(self.locust_master.log_path)
+        count = None if exited else fleet.master_count(f"http://{DEFAULT_BIND}:{self.ports['exporter']}/metrics")
+        return fleet.lost_worker(count, self.opts.workers + self.opts.remote_workers, self._missing_log.check())
 
     # ------------------------------------------------------------------ the two commands
 

@@ -154,15 +154,15 @@ def test_one_of_two_remote_workers_fails_fast_naming_1_of_2(spawn, tmp_path):
 
 
 @pytest.mark.timeout(180)
-def test_a_remote_worker_lost_mid_run_stops_the_run_with_a_partial_verdict(spawn, tmp_path):
-    # Its machine dies: no goodbye to the master, which would only mark it missing and run on with
-    # fewer users than each step asks for.
+def test_the_last_remote_worker_lost_mid_run_stops_the_run_with_a_partial_verdict(spawn, tmp_path):
+    # Its machine dies: no goodbye. Locust's master marks it missing after three missed heartbeats
+    # and, as it was the last one, stops its test at once (so the count never shows a running test
+    # short of workers: the master's own log line says it). With more workers it would run on with
+    # fewer users than each step asks for; test_lost_worker_* below check that judgement.
     out = tmp_path / "reports"
-    lab = spawn([*LOADLAB, *SHORT, "--out", str(out), "--remote-workers", "2", "--", "--step-users", "5",
+    lab = spawn([*LOADLAB, *SHORT, "--out", str(out), "--remote-workers", "1", "--", "--step-users", "5",
                  "--max-users", "50"], name="loadlab", env=ENV)
-    command = printed_command(lab)
-    workers = [start_worker(spawn, command, f"worker-{i}") for i in (1, 2)]
-    history = None
+    worker = start_worker(spawn, printed_command(lab), "worker-1")
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:  # until the load runs: a part to judge
         history = next(out.glob("*/locust_stats_history.csv"), None)
@@ -171,18 +171,44 @@ def test_a_remote_worker_lost_mid_run_stops_the_run_with_a_partial_verdict(spawn
             break
         assert lab.proc.poll() is None, lab.log()
         time.sleep(0.3)
-    os.kill(workers[1].pid, signal.SIGKILL)
+    os.kill(worker.pid, signal.SIGKILL)
     killed_at = time.monotonic()
     code = lab.wait(timeout=90)
     output = lab.log()
     assert code == 1, output
-    assert "a Locust worker was lost during the test: Locust's master counts 1 of 2 workers" in output
+    assert "error: a Locust worker was lost during the test: Locust's master says: Worker " in output
     assert time.monotonic() - killed_at < 45, output
     verdict = json.loads((run_dir_of(lab) / "verdict.json").read_text())
     assert verdict["complete"] is False
     assert verdict["incomplete_reason"].startswith("a Locust worker was lost during the test")
     assert verdict["summary"][0].startswith("PARTIAL verdict"), verdict["summary"]
     assert_all_gone(lab_pids(run_dir_of(lab)))
+
+
+def test_lost_worker_is_judged_by_the_count_while_the_test_runs_and_by_the_masters_log():
+    from loadlab.fleet import MasterCount, lost_worker
+
+    assert lost_worker(MasterCount(workers=2, running=True), 2) is None
+    assert lost_worker(MasterCount(workers=1, running=False), 2) is None  # the test ended: workers quit
+    assert "counts 1 of 2 workers" in (lost_worker(MasterCount(workers=1, running=True), 2) or "")
+    said = "Worker w1 failed to send heartbeat, setting state to missing."
+    assert said in (lost_worker(MasterCount(workers=0, running=False), 1, said) or "")
+
+
+def test_the_masters_missing_line_is_read_once_complete(tmp_path):
+    from loadlab.fleet import MissingLog
+
+    log = tmp_path / "locust.log"
+    log.write_text("[2026-12-01 22:58:40,000] vm/INFO/locust.runners: Shape test updating to 10 users\n")
+    watch = MissingLog(log)
+    assert watch.check() is None
+    with log.open("a") as fh:
+        fh.write("[2026-12-01 22:58:45,722] vm/INFO/locust.runners: Worker vm_50 failed to send heartbeat, "
+                 "setting state to")  # not yet a whole line
+    assert watch.check() is None
+    with log.open("a") as fh:
+        fh.write(" missing.\n")
+    assert watch.check() == "Worker vm_50 failed to send heartbeat, setting state to missing"
 
 
 def test_master_bind_that_is_not_this_machine_is_one_line(tmp_path):
