@@ -105,6 +105,11 @@ def master_host(bind: str) -> str:
     return socket.getfqdn() if bind in ("0.0.0.0", "*", "") else bind
 
 
+def local_master_host(bind: str) -> str:
+    """Where this machine's own workers (--workers) reach the master: loopback unless it binds one address."""
+    return "127.0.0.1" if bind in ("0.0.0.0", "*", "") else bind
+
+
 def worker_env(environ: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
     """The variables a worker needs: the suite's (those set here) and `extra` (the run's thresholds)."""
     out = {name: environ[name] for name in SUITE_VARIABLES if environ.get(name)}
@@ -201,5 +206,5 @@ def lost_worker(count: MasterCount | None, expected: int, missing: str | None = 
 
 
 __all__ = ["DEFAULT_WORKERS_TIMEOUT_S", "MISSING_AFTER_S", "MasterCount", "MissingLog", "SECURITY_NOTE", "WorkerLost",
-           "WorkersMissing", "check_bind", "is_open", "lost_worker", "master_count", "master_host", "missing_message",
-           "wait_for_workers", "worker_command", "worker_env"]
+           "WorkersMissing", "check_bind", "is_open", "local_master_host", "lost_worker", "master_count", "master_host",
+           "missing_message", "wait_for_workers", "worker_command", "worker_env"]

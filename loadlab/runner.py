@@ -442,8 +442,8 @@ class Lab:
         # Workers first, so the master finds them when it starts (it waits for them anyway).
         for i in range(1, self.opts.workers + 1):
             worker = self.component(f"locust-worker-{i}", self.python(
-                *base, "--worker", "--master-host", DEFAULT_BIND, "--master-port", str(self.ports["master"]),
-                *self.opts.locust_args), exits_by_itself=True, label=f"locust worker {i}")
+                *base, "--worker", "--master-host", fleet.local_master_host(self.opts.master_bind),
+                "--master-port", str(self.ports["master"]), *self.opts.locust_args), exits_by_itself=True, label=f"locust worker {i}")
             self.sup.start(worker)
             self.locust_workers.append(worker)
             pid_files[i].write_text(f"{worker.pid}\n")

@@ -282,3 +282,20 @@ def test_a_load_machine_without_samples_for_a_step_is_named_not_judged_idle():
     notes = generators.busiest(steps), *generators.unknown(steps)
     assert notes[1] == (f"note: no generator CPU from {LOAD_MACHINES[1]} during the steps at {steps[-1].users} users: "
                         f"a saturated load generator there is not ruled out")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--generator-sidecar", "http://127.0.0.1:9"],
+     "loadlab run: error: --generator-sidecar reads a sidecar on a load machine of --remote-workers: pass "
+     "--remote-workers N"),
+    (["--remote-workers", "1", "--generator-sidecar", "http://127.0.0.1:9"],
+     "loadlab run: error: --generator-sidecar http://127.0.0.1:9/metrics does not answer"),
+    (["--remote-workers", "1", "--generator-sidecar", "not-a-url"],
+     "loadlab run: error: --generator-sidecar 'not-a-url' is not a URL"),
+], ids=["without-remote-workers", "not-answering", "not-a-url"])
+def test_a_bad_generator_sidecar_is_one_line_before_anything_starts(tmp_path, args, message):
+    proc = subprocess.run([*LOADLAB, *SHORT, "--out", str(tmp_path / "reports"), *args], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, **ENV})
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.startswith(message) and proc.stderr.count("\n") == 1, proc.stderr
+    assert not (tmp_path / "reports").exists()  # nothing started, no run directory
