@@ -587,7 +587,7 @@ class Lab:
         return (f"[{int(elapsed) // 60:02d}:{int(elapsed) % 60:02d}] step {step:.0f}{phase}  {offered}users {f(users, '.0f')}  "
                 f"{f(p.get('rps'), '.1f')} req/s  p95 {f(p.get('p95_ms'), '.0f')} ms  "
                 f"failures {f(p.get('fail_per_s'), '.1f')}/s  target CPU {f(p.get('target_cpu_cores'), '.2f')} cores  "
-                f"Locust CPU {f(p.get('generator_cpu_cores'), '.2f')}")
+                f"{'master CPU' if self.opts.remote_workers else 'Locust CPU'} {f(p.get('generator_cpu_cores'), '.2f')}")
 
     def watch(self) -> int:
         """Until Locust ends (run) or forever (up); raises ComponentDied when a component dies."""
