@@ -138,6 +138,12 @@ def limiting_resource(steps: list[StepSummary], ref: int | None, brk: int | None
                       "limit) cannot be told apart")
     # A generator saturated at or before the reference step made the knee itself.
     for s in steps[: ref + 1]:
+        machine = saturated_generator(s, th)
+        if machine is not None:  # one load machine of several (--generator-sidecar): named
+            return GENERATOR_CPU, (
+                f"the load generator on {machine['instance']} used {machine['cpu_cores']:.2f} of its "
+                f"{machine['cores_available']:g} usable cores at {s.users} users: the measurement is not valid; "
+                f"add Locust workers on more machines, or fewer per machine")
         if _saturated(s.generator_cpu_cores, s.generator_cores_available, th):
             return GENERATOR_CPU, (
                 f"the load generator used {s.generator_cpu_cores:.2f} of its {s.generator_cores_available:g} "
@@ -177,6 +183,12 @@ def limiting_resource(steps: list[StepSummary], ref: int | None, brk: int | None
         + (" and the generator had CPU to spare" if generator else
            " (the generator's CPU was not sampled, so a generator limit is not ruled out)")
         + ": a pool, lock or I/O limit (workers, threads, connections, database)")
+
+
+def saturated_generator(step: StepSummary, th: Thresholds = DEFAULT_THRESHOLDS) -> dict | None:
+    """The first load machine whose generator CPU reached the saturation line at this step (None if none)."""
+    return next((m for m in step.generator_machines or []
+                 if _saturated(m.get("cpu_cores"), m.get("cores_available"), th)), None)
 
 
 def cpu_starved(step: StepSummary, th: Thresholds = DEFAULT_THRESHOLDS) -> bool:
@@ -223,6 +235,9 @@ def signals(steps: list[StepSummary], knee: KneeResult | None, th: Thresholds = 
             note("throughput_plateau", s, s.rps)
         if _saturated(s.target_cpu_cores, s.target_cores_available, th) or cpu_starved(s, th):
             note(TARGET_CPU, s, s.target_cpu_cores)
+        machine = saturated_generator(s, th)
+        if machine is not None:
+            note(GENERATOR_CPU, s, machine["cpu_cores"])
         if _saturated(s.generator_cpu_cores, s.generator_cores_available, th):
             note(GENERATOR_CPU, s, s.generator_cpu_cores)
     return sorted(crossings.values(), key=lambda c: (c.users, c.time))

@@ -2,6 +2,7 @@
 
     loadlab run login-step --time-scale 0.1
     loadlab run login-stress --workers 2 -- --users 300        # after `--`: passed to Locust as is
+    loadlab run login-step --remote-workers 2 --master-bind 10.0.0.9   # workers on other machines (prints how)
     loadlab run --locustfile mine.py --host http://127.0.0.1:8000 -- --step-users 5   # your own locustfile
     loadlab up                                                 # Locust web UI + the lab, until Ctrl-C
     loadlab analyze reports/20250101-120000-login-step         # or any Locust --csv prefix
@@ -25,7 +26,8 @@ from loadlab import gates as gating
 from loadlab import rundir
 from loadlab.contract.exits import COMPARE_REGRESSED as EXIT_REGRESSED
 from loadlab.contract.exits import EXIT_API_FAILED, EXIT_GATE, EXIT_USAGE
-from loadlab.contract.names import DEFAULT_PORTS
+from loadlab.contract.names import DEFAULT_BIND, DEFAULT_PORTS
+from loadlab.fleet import DEFAULT_WORKERS_TIMEOUT_S
 from loadlab.history import Damage, DamagedInput
 from loadlab.processes import LabError
 from loadlab.runner import REPO_ROOT, SCENARIOS, Lab, LabOptions
@@ -105,6 +107,19 @@ def _add_lab_options(p: argparse.ArgumentParser, mode: str) -> None:
                    help="with --target-sidecar: its group of the API's processes (default: target)")
     p.add_argument("--workers", type=int, default=0,
                    help="Locust workers (Locust's own master/worker mode); default 0 = one Locust process")
+    p.add_argument("--remote-workers", type=int, default=0, metavar="N",
+                   help="Locust workers you start on other machines with the command the lab prints; the master "
+                        "waits for them (Locust's --expect-workers)")
+    p.add_argument("--master-bind", default=DEFAULT_BIND, metavar="HOST",
+                   help="address Locust's master listens on for workers (default: %(default)s; its port has no "
+                        "authentication: open it only on a trusted network)")
+    p.add_argument("--workers-timeout", type=_positive_float, default=DEFAULT_WORKERS_TIMEOUT_S, metavar="SECONDS",
+                   help="with --remote-workers: stop (exit 1) unless every worker connects within this "
+                        "(default: %(default)g)")
+    p.add_argument("--generator-sidecar", action="append", default=[], metavar="URL",
+                   help="with --remote-workers: a sidecar on a load machine (python -m monitoring.sidecar --host "
+                        "0.0.0.0 --group 'locust=locust .*--worker'); repeatable, one per machine; the verdict "
+                        "judges each machine's generator CPU")
     p.add_argument("--target-workers", type=int,
                    help="gunicorn workers of the bundled target (default: CPU count); with --host: how many "
                         "worker processes your server has, for the CPU verdict (default: its processes minus one, "
@@ -216,7 +231,9 @@ def _lab_options(args: argparse.Namespace, mode: str, locust_args: list[str]) ->
                       target_group=args.target_group,
                       gates=gating.parse_all(getattr(args, "gate", [])), junit=getattr(args, "junit", None),
                       baseline=getattr(args, "baseline", None),
-                      min_change_pct=getattr(args, "min_change", comparing.DEFAULT_MIN_CHANGE_PCT))
+                      min_change_pct=getattr(args, "min_change", comparing.DEFAULT_MIN_CHANGE_PCT),
+                      remote_workers=args.remote_workers, master_bind=args.master_bind,
+                      workers_timeout=args.workers_timeout, generator_sidecars=args.generator_sidecar)
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:

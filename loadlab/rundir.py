@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from loadlab import gates as gating
-from loadlab import openmodel, profiling, server_latency, uncertainty
+from loadlab import generators, openmodel, profiling, server_latency, uncertainty
 from loadlab.analysis import analyze_steps
 from loadlab.contract import thresholds
 from loadlab.contract.thresholds import Thresholds
@@ -134,6 +134,7 @@ def judge(inputs: RunInputs, history: LocustHistory, samples: Samples, th: Thres
                                 resources=resources)
         server_latency.fill(steps, samples)  # the API's own latency beside Locust's, when its metrics were sampled
         remote_notes = apply_outages(steps, remote_sources, samples)  # a source on the API's machine that stopped answering
+        remote_notes += generators.apply(steps, samples, inputs.meta)  # --remote-workers: each load machine's CPU
         evidence = ErrorEvidence(by_step=[step_errors(samples, s) for s in steps], run=run_errors or [],
                                  failures_csv=failures_csv_name)
         verdict = analyze_steps(steps, th, evidence)

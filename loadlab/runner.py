@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import re
 import shutil
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from loadlab import own_locustfile, remote, rundir
+from loadlab import fleet, generators, own_locustfile, remote, rundir
 from loadlab.contract import thresholds
 from loadlab.contract.cores import usable_cores
 from loadlab.contract.exits import EXIT_API_FAILED, EXIT_GATE, EXIT_USAGE
@@ -114,6 +115,10 @@ class LabOptions:
     junit: Path | None = None  # JUnit XML of the gates and the baseline comparison
     baseline: Path | None = None  # compare with this run directory after the run (a regression: exit 4)
     min_change_pct: float = 5.0  # loadlab.compare.DEFAULT_MIN_CHANGE_PCT
+    remote_workers: int = 0  # Locust workers the user starts on other machines (loadlab.fleet)
+    master_bind: str = DEFAULT_BIND  # where Locust's master listens for workers
+    workers_timeout: float = fleet.DEFAULT_WORKERS_TIMEOUT_S  # for every worker to connect
+    generator_sidecars: list[str] = field(default_factory=list)  # a sidecar on each load machine (loadlab.generators)
 
 
 _LOG_PREFIX = re.compile(r"^\[[^]]*\] [^/]*/(ERROR|CRITICAL)/[^:]*: ")
@@ -186,6 +191,7 @@ class Lab:
         self._locust_master: Component | None = None
         self.locust_workers: list[Component] = []
         self._worker_gone_at: dict[str, float] = {}
+        self._missing_log: fleet.MissingLog | None = None  # --remote-workers: the master's word on a lost worker
         self.prometheus_bin: str | None = None
         self.meta: dict = {}
         self.remote: dict[str, str] = {}  # sources on the API's machine: name -> URL (loadlab.remote)
@@ -238,6 +244,7 @@ class Lab:
                                "or `make system-deps`), or run without --prometheus on")
         if opts.workers < 0:
             raise LabError(f"--workers must be 0 (one Locust process) or more, got {opts.workers}")
+        self.check_fleet_flags()
         if opts.host and not opts.host.startswith(("http://", "https://")):
             raise LabError(f"--host {opts.host!r} is not a URL: give it like http://127.0.0.1:5000")
         if opts.host and not urllib.parse.urlsplit(opts.host).hostname:
@@ -277,7 +284,7 @@ class Lab:
             names += ["target", "target_metrics"]
         if self.prometheus_bin:
             names.append("prometheus")
-        if self.opts.workers:
+        if self.opts.workers or self.opts.remote_workers:
             names.append("master")
         if self.opts.mode == "up":
             names.append("web")
@@ -423,9 +430,11 @@ class Lab:
             master += ["--headless"]
         else:
             master += ["--web-host", DEFAULT_BIND, "--web-port", str(self.ports["web"])]
-        if self.opts.workers:
-            master += ["--master", "--master-bind-host", DEFAULT_BIND, "--master-bind-port", str(self.ports["master"]),
-                       "--expect-workers", str(self.opts.workers), "--expect-workers-max-wait", "60"]
+        if self.opts.workers or self.opts.remote_workers:
+            master += ["--master", "--master-bind-host", self.opts.master_bind, "--master-bind-port",
+                       str(self.ports["master"]), "--expect-workers", str(self.opts.workers + self.opts.remote_workers),
+                       "--expect-workers-max-wait", f"{math.ceil(self.opts.workers_timeout) + fleet.LOCUST_WAIT_MARGIN_S:d}"
+                       if self.opts.remote_workers else "60"]
         master += self.opts.locust_args
         pid_files = self.locust_pid_files()
         for path in pid_files:
@@ -433,11 +442,12 @@ class Lab:
         # Workers first, so the master finds them when it starts (it waits for them anyway).
         for i in range(1, self.opts.workers + 1):
             worker = self.component(f"locust-worker-{i}", self.python(
-                *base, "--worker", "--master-host", DEFAULT_BIND, "--master-port", str(self.ports["master"]),
-                *self.opts.locust_args), exits_by_itself=True, label=f"locust worker {i}")
+                *base, "--worker", "--master-host", fleet.local_master_host(self.opts.master_bind),
+                "--master-port", str(self.ports["master"]), *self.opts.locust_args), exits_by_itself=True, label=f"locust worker {i}")
             self.sup.start(worker)
             self.locust_workers.append(worker)
             pid_files[i].write_text(f"{worker.pid}\n")
+        self.say_worker_command()
         # SIGINT, as Ctrl-C would: Locust then writes its --html and --json-file reports (SIGTERM skips the HTML).
         comp = self.component("locust", self.python(*master),
                               ready_url=f"http://{DEFAULT_BIND}:{self.ports['exporter']}/metrics",
@@ -456,7 +466,10 @@ class Lab:
             if failed:
                 raise failed from None
             raise LocustStoppedEarly(self.locust_stopped_early(comp.poll())) from None
+        self.wait_for_remote_workers()
         what = f"master + {self.opts.workers} workers" if self.opts.workers else "one process"
+        if self.opts.remote_workers:
+            what = f"master + {self.opts.workers} local and {self.opts.remote_workers} remote workers"
         file, preset = ((self.opts.locustfile.name, own_locustfile.STEP) if self.opts.locustfile
                         else SCENARIOS[self.opts.scenario])
         self.say(f"locust     {file} --scenario {preset} "
@@ -477,6 +490,7 @@ class Lab:
         if self.no_target_metrics:  # an API without /metrics: nothing to sample (said once at start)
             del sources[TARGET_JOB]
         sources.update(self.remote)
+        sources.update(generators.sources(self.opts.generator_sidecars))
         side = self.remote_sidecar
         self.sampler = Sampler(self.run_dir / rundir.SAMPLES, sources,
                                target=(remote.TARGET_SIDECAR_SOURCE, side.group) if side else (SIDECAR_JOB, TARGET_GROUP))
@@ -553,6 +567,9 @@ class Lab:
             "thresholds": thresholds.as_dict(self.thresholds), "watchdog_pid": watchdog.pid,
         }
         self.meta.update(self.remote_meta())
+        if self.opts.remote_workers:
+            self.meta.update(remote_workers=self.opts.remote_workers, master_bind=self.opts.master_bind,
+                             generator_sidecars=generators.sources(self.opts.generator_sidecars))
         self.write_meta()
         target_pid = self.start_target()
         self.start_sidecar(target_pid)
@@ -583,7 +600,7 @@ class Lab:
         return (f"[{int(elapsed) // 60:02d}:{int(elapsed) % 60:02d}] step {step:.0f}{phase}  {offered}users {f(users, '.0f')}  "
                 f"{f(p.get('rps'), '.1f')} req/s  p95 {f(p.get('p95_ms'), '.0f')} ms  "
                 f"failures {f(p.get('fail_per_s'), '.1f')}/s  target CPU {f(p.get('target_cpu_cores'), '.2f')} cores  "
-                f"Locust CPU {f(p.get('generator_cpu_cores'), '.2f')}")
+                f"{'master CPU' if self.opts.remote_workers else 'Locust CPU'} {f(p.get('generator_cpu_cores'), '.2f')}")
 
     def watch(self) -> int:
         """Until Locust ends (run) or forever (up); raises ComponentDied when a component dies."""
@@ -601,10 +618,16 @@ class Lab:
                 killed = next((w for w in self.locust_workers if (w.poll() or 0) < 0), None)
                 if killed is not None:  # the master ended because a worker was killed
                     raise ComponentDied(killed.died_message(), killed.exit_summary())
+                lost = self.lost_remote_worker(exited=True)
+                if lost is not None:  # the master stopped its test when its last remote worker went missing
+                    raise fleet.WorkerLost(lost, time.time() - fleet.MISSING_AFTER_S)
                 return code
             dead = self.dead_worker()
             if dead is not None:
                 raise ComponentDied(dead.died_message(), dead.exit_summary())
+            lost = self.lost_remote_worker()
+            if lost is not None:  # the partial verdict ends where the master last heard from it
+                raise fleet.WorkerLost(lost, time.time() - fleet.MISSING_AFTER_S)
             self.sup.check_alive()
             self.report_remote_sources(tty)
             line = self.progress_line(started, levels)
@@ -753,6 +776,77 @@ class Lab:
         else:
             self.say(f"target metrics {self.target_metrics_url()}  (server-side latency, beside Locust's)")
 
+    # ------------------------------------------------------------------ load generators on other machines
+
+    def check_fleet_flags(self) -> None:
+        """--remote-workers, --master-bind, --workers-timeout (loadlab.fleet)."""
+        opts = self.opts
+        if opts.remote_workers < 0:
+            raise LabError(f"--remote-workers must be 0 or more, got {opts.remote_workers}")
+        if not math.isfinite(opts.workers_timeout) or opts.workers_timeout <= 0:
+            raise LabError(f"--workers-timeout must be a number of seconds above 0, got {opts.workers_timeout}")
+        if opts.master_bind != DEFAULT_BIND:
+            if not (opts.workers or opts.remote_workers):
+                raise LabError("--master-bind is where Locust's master listens for workers: pass --remote-workers N")
+            fleet.check_bind(opts.master_bind)
+        if opts.generator_sidecars and not opts.remote_workers:
+            raise LabError("--generator-sidecar reads a sidecar on a load machine of --remote-workers: pass "
+                           "--remote-workers N (the local generator's CPU comes from the lab's own sidecar)")
+        opts.generator_sidecars = [remote.metrics_url(url, "--generator-sidecar") for url in opts.generator_sidecars]
+        twice = {url for url in opts.generator_sidecars if opts.generator_sidecars.count(url) > 1}
+        if twice:
+            raise LabError(f"--generator-sidecar {sorted(twice)[0]} is given twice: give each load machine's "
+                           f"sidecar once")
+        for url in opts.generator_sidecars:  # before anything starts; their workers start later
+            generators.check(url, need_process=False)
+
+    def remote_worker_command(self) -> str:
+        """The command each load machine runs (printed, so that it is run exactly as the lab's own workers)."""
+        env = fleet.worker_env({**os.environ, **self.opts.env}, thresholds.to_env(self.thresholds))
+        return fleet.worker_command([*self.locust_args()[2:], *self.opts.locust_args], env,
+                                    fleet.master_host(self.opts.master_bind), self.ports["master"], str(REPO_ROOT))
+
+    def say_worker_command(self) -> None:
+        n = self.opts.remote_workers
+        if not n:
+            return
+        machines = "the load machine" if n == 1 else f"each of the {n} load machines"
+        self.say(f"workers    run this on {machines}, in a checkout of this project at {REPO_ROOT} "
+                 f"after `make setup`, with its .venv/bin on PATH:")
+        self.say(f"worker     {self.remote_worker_command()}")
+        if fleet.is_open(self.opts.master_bind):
+            self.say(f"workers    note: {fleet.SECURITY_NOTE}")
+        if not fleet.is_open(urllib.parse.urlsplit(self.target_url()).hostname or DEFAULT_BIND) and \
+                fleet.is_open(self.opts.master_bind):
+            self.say(f"workers    note: the workers send their load to {self.target_url()}, which on another "
+                     f"machine is that machine itself: pass --host with an address the load machines reach")
+
+    def wait_for_remote_workers(self) -> None:
+        """Until Locust's master counts every worker; WorkersMissing (exit 1) after --workers-timeout."""
+        if not self.opts.remote_workers:
+            return
+        n = self.opts.remote_workers
+        self.say(f"workers    waiting up to {self.opts.workers_timeout:g} s for {n} remote worker{'s' if n > 1 else ''} "
+                 f"at {fleet.master_host(self.opts.master_bind)}:{self.ports['master']} (--workers-timeout)")
+        master = self.locust_master
+        fleet.wait_for_workers(f"http://{DEFAULT_BIND}:{self.ports['exporter']}/metrics",
+                               self.opts.workers + self.opts.remote_workers, self.opts.workers,
+                               self.opts.workers_timeout, self.ports["master"],
+                               lambda: master.poll() is not None, self.say)
+        for url in self.opts.generator_sidecars:  # now each must see its worker, or its CPU would read as idle
+            cores = generators.check(url, need_process=True)
+            self.say(f"generator sidecar {url}  ({cores}-core load machine; its Locust worker's CPU)")
+
+    def lost_remote_worker(self, exited: bool = False) -> str | None:
+        """Why the run must stop: Locust's master counts fewer workers than it started with mid-test, or
+        logged one missing. `exited`: the master has ended (only its log is left to read)."""
+        if not self.opts.remote_workers:
+            return None
+        if self._missing_log is None:
+            self._missing_log = fleet.MissingLog(self.locust_master.log_path)
+        count = None if exited else fleet.master_count(f"http://{DEFAULT_BIND}:{self.ports['exporter']}/metrics")
+        return fleet.lost_worker(count, self.opts.workers + self.opts.remote_workers, self._missing_log.check())
+
     # ------------------------------------------------------------------ the two commands
 
     def finish(self) -> Verdict | None:
@@ -807,7 +901,7 @@ class Lab:
                 self.say(f"\ninterrupted ({exc}): stopping every component this run started")
                 raise
             except ComponentDied as exc:
-                incomplete = {"incomplete": exc.reason, "incomplete_at": time.time()}
+                incomplete = {"incomplete": exc.reason, "incomplete_at": getattr(exc, "at", None) or time.time()}
                 self.say(f"\nerror: {exc}\nstopping the other components")  # now: stopping takes a while
                 raise
             finally:

@@ -70,6 +70,9 @@ class StepSummary:
     # 95% confidence intervals [low, high] (loadlab.uncertainty); None when the hold is too short
     rps_ci: tuple[float, float | None] | None = None
     p95_ms_ci: tuple[float, float | None] | None = None
+    # With --remote-workers: each load machine's generator CPU over the hold (loadlab.generators):
+    # {"instance", "cpu_cores", "procs", "cores_available", "host_cores"}; None on one machine.
+    generator_machines: list[dict] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
