@@ -216,15 +216,16 @@ class RemoteStepProfiler(StepProfiler):
     (`GET /profile?seconds=N&group=G`, monitoring/sidecar/profile.py). A recording's length is fixed
     when it starts, so each hold is recorded in back-to-back chunks from the end of the transient, of
     `MAX_REMOTE_CHUNK_S` at most: to the step's expected end (the last step's length, less how late
-    the sidecar's last recording ended), or, while no step's length is known yet, each half as long
-    as the hold has lasted so far (1 s at least). The chunk's times are the
-    lab's own clock (the length the sidecar recorded, ending when its answer came), so a remote
-    clock's offset does not matter."""
+    the lab may have seen the step begin and how late the sidecar's last recording ended), or,
+    while no step's length is known yet, each half as long as the hold has lasted so far (1 s at
+    least). The chunk's times are the lab's own clock (the length the sidecar recorded, ending when
+    its answer came), so a remote clock's offset does not matter."""
 
     def __init__(self, run_dir: Path, url: str, group: str, users: Callable[[], float | None],
                  transient_fraction: float, rate: int = stacks.DEFAULT_RATE, say: Callable[[str], None] = print,
-                 poll_s: float = 0.5) -> None:
+                 poll_s: float = 0.5, lag_s: float = 1.0) -> None:
         super().__init__(run_dir, 0, users, transient_fraction, rate, say, poll_s)  # no local PID
+        self.lag_s = lag_s  # how old `users()` may be (the lab's sampler reads Locust every second)
         self.name = "loadlab-remote-profiler"
         self.url, self.group = url, group
         self._fetching: threading.Thread | None = None
@@ -240,8 +241,9 @@ class RemoteStepProfiler(StepProfiler):
             return None
         if steps.last_step_s is None:  # the step's length unknown: half as long as the hold has lasted
             seconds = max(REMOTE_MIN_S, 0.5 * (now - begun))
-        else:  # the rest of the hold, if this step is as long as the last one (the sidecar starts late)
-            seconds = steps.start + steps.last_step_s - self.poll_s - self.overhead_s - now
+        else:  # the rest of the hold, if this step is as long as the last one, less how late the lab may
+            # have seen it begin (a poll of the sampler's reading) and how late the sidecar starts
+            seconds = steps.start + steps.last_step_s - self.lag_s - self.poll_s - self.overhead_s - now
         seconds = min(MAX_REMOTE_CHUNK_S, seconds)
         return seconds if seconds >= REMOTE_MIN_S else None
 

@@ -515,8 +515,20 @@ class Lab:
                 # The API on another machine: the sidecar beside it records, if started with --allow-profiling.
                 url = info["sidecar"] = profile_url(side.url)
                 check_remote(url)
-                profiler = RemoteStepProfiler(self.run_dir, url, side.group, users_now,
-                                              self.thresholds.step_transient_fraction, self.opts.profile_rate, self.say)
+                exporter = f"http://{DEFAULT_BIND}:{self.ports['exporter']}/metrics"
+
+                def users_live() -> float | None:
+                    # Read from Locust's exporter itself: the sampler's reading can be a second old, and a
+                    # recording's length is fixed when it starts.
+                    try:
+                        found = parse_metrics(scrape(exporter, timeout=1.0), ("locust_users",))
+                    except (OSError, ValueError):
+                        return None
+                    return next((value for name, _, value in found if name == "locust_users"), None)
+
+                profiler = RemoteStepProfiler(self.run_dir, url, side.group, users_live,
+                                              self.thresholds.step_transient_fraction, self.opts.profile_rate, self.say,
+                                              poll_s=0.25, lag_s=0.5)
                 where = f"py-spy by the sidecar at {url} on its group {side.group!r}, {self.opts.profile_rate} samples/s"
             elif target_pid:
                 check_attach(target_pid)

@@ -182,8 +182,10 @@ def test_a_remote_servers_hot_spot_comes_from_the_sidecar_beside_it(ground_truth
     # no --target-pid, so no local py-spy.
     gt = ground_truth(workers=1, service_ms=50, mode="burn")
     sidecar = remote_sidecar(spawn, gt.pid, "--allow-profiling")
+    # 6 s steps: each recording ends ~1 s before the step is expected to, and a 5 s step's holds ~2 s:
+    # too few samples for the knee on a busy host.
     run, verdict = profiled_hunt(tmp_path, ["--host", gt.url, "--target-sidecar", sidecar, "--target-workers", "1"],
-                                 ["--step-users", "2", "--step-time", "5s", "--max-users", "20"], THINK)
+                                 ["--step-users", "2", "--step-time", "6s", "--max-users", "20"], THINK)
     assert "profiler   py-spy by the sidecar at http://127.0.0.1:" in run.output, run.output
     assert run.meta()["profiling"]["sidecar"] == sidecar.replace("/metrics", "/profile")
     assert verdict["breaking_point_reached"], step_table(verdict)
@@ -214,7 +216,8 @@ def test_a_sidecar_that_does_not_profile_is_said_before_the_run(spawn):
 
 
 def test_remote_recordings_start_after_the_transient_and_end_before_the_step_does(tmp_path):
-    p = profiling.RemoteStepProfiler(tmp_path, "http://127.0.0.1:1/profile", "target", lambda: None, 0.3, poll_s=0.5)
+    p = profiling.RemoteStepProfiler(tmp_path, "http://127.0.0.1:1/profile", "target", lambda: None, 0.3, poll_s=0.5,
+                                     lag_s=1.0)
     p.overhead_s = 0.3  # the sidecar's last answer came 0.3 s after its recording's length
     steps = profiling.StepTracker()
     assert steps.update(10.0, 100.0) and not steps.update(10.0, 101.0)
@@ -224,10 +227,10 @@ def test_remote_recordings_start_after_the_transient_and_end_before_the_step_doe
     assert p.chunk_seconds(steps, 200.0) == profiling.MAX_REMOTE_CHUNK_S
     assert steps.update(20.0, 110.0) and steps.last_step_s == 10.0
     assert p.chunk_seconds(steps, 112.0) is None  # transient: 3 s of a 10 s step
-    # To half a poll and the sidecar's lateness before the step is expected to end.
-    assert p.chunk_seconds(steps, 113.0) == pytest.approx(6.2)
-    assert p.chunk_seconds(steps, 118.0) == pytest.approx(1.2)
-    assert p.chunk_seconds(steps, 118.5) is None  # too little left
+    # Ending before the step is expected to: less the sampler's lag, a poll and the sidecar's lateness.
+    assert p.chunk_seconds(steps, 113.0) == pytest.approx(5.2)
+    assert p.chunk_seconds(steps, 117.0) == pytest.approx(1.2)
+    assert p.chunk_seconds(steps, 117.5) is None  # too little left
     assert steps.update(30.0, 120.0) and steps.last_step_s == 10.0 and steps.update(40.0, 220.0)
     assert p.chunk_seconds(steps, 250.0) == profiling.MAX_REMOTE_CHUNK_S  # a long hold: several recordings
 
