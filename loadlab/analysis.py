@@ -155,6 +155,10 @@ def limiting_resource(steps: list[StepSummary], ref: int | None, brk: int | None
     if not known:
         return None, "target CPU unknown (no sidecar samples for the target group, e.g. a --host target)"
     peak = max(known, key=lambda s: s.target_cpu_cores or 0.0)
+    for s in known:  # one machine of a fleet (several --target-sidecar) saturated: it limits the fleet
+        machine = saturated_target(s, th)
+        if machine is not None:
+            return TARGET_CPU, fleet_reason(s, machine, th)
     if _saturated(peak.target_cpu_cores, peak.target_cores_available, th):
         return TARGET_CPU, (
             f"the target used {peak.target_cpu_cores:.2f} of its {peak.target_cores_available:g} usable cores "
@@ -189,6 +193,41 @@ def saturated_generator(step: StepSummary, th: Thresholds = DEFAULT_THRESHOLDS) 
     """The first load machine whose generator CPU reached the saturation line at this step (None if none)."""
     return next((m for m in step.generator_machines or []
                  if _saturated(m.get("cpu_cores"), m.get("cores_available"), th)), None)
+
+
+def saturated_target(step: StepSummary, th: Thresholds = DEFAULT_THRESHOLDS) -> dict | None:
+    """The API machine (of several, `loadlab.targets`) whose target CPU is the furthest past the
+    saturation line at this step (None if none reached it)."""
+    hot = [m for m in step.target_machines or [] if _machine_saturated(m, th)]
+    return max(hot, key=lambda m: (m["cpu_cores"] + (m.get("cpu_wait_cores") or 0.0)) / m["cores_available"],
+               default=None)
+
+
+def _machine_saturated(m: dict, th: Thresholds) -> bool:
+    """One machine's CPU at the saturation line: used, or used plus the time its processes waited
+    for a CPU that other processes there had (`cpu_starved`, per machine)."""
+    used, wait, available = m.get("cpu_cores"), m.get("cpu_wait_cores"), m.get("cores_available")
+    if used is None or not available:
+        return False
+    return used + (wait or 0.0) >= th.cpu_saturation_fraction * available
+
+
+def fleet_reason(step: StepSummary, machine: dict, th: Thresholds) -> str:
+    """Why one machine limits the fleet: its CPU against its cores, beside the fleet's sums."""
+    machines = step.target_machines or []
+    others = [m for m in machines if m is not machine]
+    every = all(_machine_saturated(m, th) for m in others)
+    fleet = (f"the fleet of {len(machines)} machines used {step.target_cpu_cores:.2f} of its "
+             f"{step.target_cores_available:g} usable cores" if step.target_cpu_cores is not None
+             and step.target_cores_available else f"the fleet of {len(machines)} machines")
+    why = ("every machine was saturated: the fleet is out of CPU" if every else
+           "that machine limits the fleet (a slower machine, or a load balancer that sends it more than its share)")
+    wait = machine.get("cpu_wait_cores") or 0.0
+    waited = (f" and waited for a CPU another {wait:.2f} cores' worth"
+              if not _saturated(machine["cpu_cores"], machine["cores_available"], th) else "")
+    return (f"the target machine {machine['instance']} used {machine['cpu_cores']:.2f}{waited} of its "
+            f"{machine['cores_available']:g} usable cores (>= {th.cpu_saturation_fraction:.0%}) at {step.users} users "
+            f"while {fleet}: {why}")
 
 
 def cpu_starved(step: StepSummary, th: Thresholds = DEFAULT_THRESHOLDS) -> bool:
@@ -235,6 +274,9 @@ def signals(steps: list[StepSummary], knee: KneeResult | None, th: Thresholds = 
             note("throughput_plateau", s, s.rps)
         if _saturated(s.target_cpu_cores, s.target_cores_available, th) or cpu_starved(s, th):
             note(TARGET_CPU, s, s.target_cpu_cores)
+        hot = saturated_target(s, th)
+        if hot is not None:  # one machine of a fleet
+            note(TARGET_CPU, s, hot["cpu_cores"])
         machine = saturated_generator(s, th)
         if machine is not None:
             note(GENERATOR_CPU, s, machine["cpu_cores"])

@@ -97,12 +97,13 @@ def _add_lab_options(p: argparse.ArgumentParser, mode: str) -> None:
     p.add_argument("--target-pid", type=int,
                    help="with --host on this machine: PID of that server's main process, so the sidecar samples "
                         "its CPU and memory (it and its children)")
-    p.add_argument("--target-sidecar", metavar="URL",
+    p.add_argument("--target-sidecar", metavar="URL", action="append", default=[],
                    help="with --host: a sidecar you started on the API's machine (python -m monitoring.sidecar "
-                        "--host 0.0.0.0 --group target=REGEX); the API's CPU and memory come from it")
-    p.add_argument("--target-metrics", metavar="URL",
+                        "--host 0.0.0.0 --group target=REGEX); the API's CPU and memory come from it; repeatable, "
+                        "one per machine of a fleet: the verdict judges their sum and each machine")
+    p.add_argument("--target-metrics", metavar="URL", action="append", default=[],
                    help="with --host: your API's own /metrics (server-side latency beside Locust's); default: "
-                        "HOST/metrics when it answers")
+                        "HOST/metrics when it answers; repeatable, one per machine (summed)")
     p.add_argument("--target-group", metavar="NAME",
                    help="with --target-sidecar: its group of the API's processes (default: target)")
     p.add_argument("--workers", type=int, default=0,
@@ -227,7 +228,8 @@ def _lab_options(args: argparse.Namespace, mode: str, locust_args: list[str]) ->
                       free_ports=getattr(args, "free_ports", False), prometheus=args.prometheus,
                       locust_args=locust_args, slo_p95_ms=args.slo_p95_ms, slo_error_ratio=args.slo_error_ratio,
                       profile=args.profile, profile_rate=args.profile_rate, locustfile=args.locustfile,
-                      target_sidecar=args.target_sidecar, target_metrics=args.target_metrics,
+                      target_sidecar=(args.target_sidecar or [None])[0], target_metrics=(args.target_metrics or [None])[0],
+                      extra_target_sidecars=args.target_sidecar[1:], extra_target_metrics=args.target_metrics[1:],
                       target_group=args.target_group,
                       gates=gating.parse_all(getattr(args, "gate", [])), junit=getattr(args, "junit", None),
                       baseline=getattr(args, "baseline", None),

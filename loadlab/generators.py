@@ -65,10 +65,12 @@ def check(url: str, need_process: bool) -> int:
     return len(cpus)
 
 
-def _machine(instance: str, scrapes: list[Scrape], start: float, end: float, host_cores: int | None) -> dict:
-    """One machine's generator figures over a step's hold (None where its samples do not reach)."""
-    cpu = window_increase(series(scrapes, CPU, {"groupname": GENERATOR_GROUP}), start, end)
-    procs = [v for t, v in series(scrapes, PROCS, {"groupname": GENERATOR_GROUP}) if start <= t <= end]
+def machine(instance: str, scrapes: list[Scrape], start: float, end: float, host_cores: int | None,
+            group: str = GENERATOR_GROUP) -> dict:
+    """One machine's figures of a process group over a step's hold (None where its samples do not
+    reach); `loadlab.targets` reads the API's machines with it too."""
+    cpu = window_increase(series(scrapes, CPU, {"groupname": group}), start, end)
+    procs = [v for t, v in series(scrapes, PROCS, {"groupname": group}) if start <= t <= end]
     cores = host_cores or len({labels.get("cpu") for s in scrapes[-1:] for name, labels, _ in s.samples
                                if name == NODE_CPU}) or None
     busy = statistics.median(procs) if procs else None
@@ -89,10 +91,10 @@ def apply(steps: list[StepSummary], samples: Samples, meta: Mapping) -> list[str
                 "limit is not ruled out: start a sidecar beside each worker and pass --generator-sidecar URL"] if steps else []
     local = samples.scrapes(SIDECAR_JOB)
     for step in steps:
-        machines = [_machine(MASTER, local, step.hold_start, step.end, meta.get("host_cores"))]
+        machines = [machine(MASTER, local, step.hold_start, step.end, meta.get("host_cores"))]
         # Its busy generator processes are the ones the run started here (the master aggregates, idle).
         machines[0]["cores_available"] = cores_available(machines[0]["host_cores"], meta.get("generator_processes"))
-        machines += [_machine(url, samples.scrapes(source), step.hold_start, step.end, None)
+        machines += [machine(url, samples.scrapes(source), step.hold_start, step.end, None)
                      for source, url in urls.items()]
         step.generator_machines = machines
         known = all(m["cpu_cores"] is not None and m["cores_available"] for m in machines)
@@ -101,29 +103,32 @@ def apply(steps: list[StepSummary], samples: Samples, meta: Mapping) -> list[str
     return [busiest(steps), *unknown(steps)] if steps else []
 
 
-def unknown(steps: list[StepSummary]) -> list[str]:
+def unknown(steps: list[StepSummary], machines: str = "generator_machines",
+            what: str = "generator CPU", consequence: str = "a saturated load generator there is not ruled out") -> list[str]:
     """Notes for the machines whose sidecar gave no CPU for some steps (it stopped answering, or its
-    worker was not yet in its group): a generator limit there is not ruled out."""
+    worker was not yet in its group): a generator limit there is not ruled out. `machines`: the
+    steps' field of per-machine figures (`target_machines` for an API's fleet, `loadlab.targets`)."""
     missing: dict[str, list[int]] = {}
     for step in steps:
-        for m in step.generator_machines or []:
+        for m in getattr(step, machines) or []:
             if m["cpu_cores"] is None:
                 missing.setdefault(m["instance"], []).append(step.users)
-    return [f"note: no generator CPU from {name} during the steps at {', '.join(map(str, users))} users: a saturated "
-            f"load generator there is not ruled out" for name, users in missing.items()]
+    return [f"note: no {what} from {name} during the steps at {', '.join(map(str, users))} users: {consequence}"
+            for name, users in missing.items()]
 
 
-def busiest(steps: list[StepSummary]) -> str:
-    """The verdict's note: each machine's highest generator CPU of any step, against its usable cores."""
+def busiest(steps: list[StepSummary], machines: str = "generator_machines", what: str = "generator CPU per load machine",
+            whose: str = "the load machines' sidecars") -> str:
+    """The verdict's note: each machine's highest CPU of any step, against its usable cores."""
     peaks: dict[str, dict] = {}
     for step in steps:
-        for m in step.generator_machines or []:
+        for m in getattr(step, machines) or []:
             if m["cpu_cores"] is not None and m["cpu_cores"] >= peaks.get(m["instance"], {}).get("cpu_cores", -1.0):
                 peaks[m["instance"]] = m
     parts = [f"{name} {m['cpu_cores']:.2f} of {m['cores_available']:g} usable cores" if m["cores_available"]
              else f"{name} {m['cpu_cores']:.2f} cores (usable cores unknown)" for name, m in peaks.items()]
-    return ("note: generator CPU per load machine, at its busiest step: " + "; ".join(parts) if parts else
-            "note: no generator CPU samples from the load machines' sidecars during any step's hold")
+    return (f"note: {what}, at its busiest step: " + "; ".join(parts) if parts else
+            f"note: no {what.split(' per ')[0]} samples from {whose} during any step's hold")
 
 
-__all__ = ["MASTER", "SOURCE_PREFIX", "apply", "busiest", "check", "sources", "unknown"]
+__all__ = ["MASTER", "SOURCE_PREFIX", "apply", "busiest", "check", "machine", "sources", "unknown"]

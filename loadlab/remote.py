@@ -38,7 +38,7 @@ SERVER_HISTOGRAM = "http_request_duration_seconds"
 # The target's fields a remote sidecar provides: unknown for a step without its samples.
 TARGET_RESOURCE_FIELDS = ("target_cpu_cores", "target_memory_bytes", "target_procs", "target_cores_available",
                           "host_cpu_busy_cores", "target_cpu_wait_cores")
-SERVER_LATENCY_FIELDS = ("server_p95_ms", "server_mean_ms")
+SERVER_LATENCY_FIELDS = ("server_p95_ms", "server_mean_ms", "server_rps")
 # A step keeps a remote source's figures when that source's samples span at least this share of
 # its hold; an outage shorter than MIN_NOTED_S that cost no step is not worth a note.
 MIN_COVERAGE = 0.5
@@ -194,15 +194,16 @@ def apply_outages(steps: list[StepSummary], remote: Mapping[str, str], samples: 
     notes = []
     t0 = steps[0].start if steps else None
     for source, url in remote.items():
-        fields = TARGET_RESOURCE_FIELDS if source == TARGET_SIDECAR_SOURCE else (
-            SERVER_LATENCY_FIELDS if source == TARGET_JOB else ())
+        sidecar = source == TARGET_SIDECAR_SOURCE or source.startswith(TARGET_SIDECAR_SOURCE + "_")  # a fleet's too
+        fields = TARGET_RESOURCE_FIELDS if sidecar else (
+            SERVER_LATENCY_FIELDS if source == TARGET_JOB or source.startswith(TARGET_JOB + "_metrics_") else ())
         times = sorted(s.t for s in samples.scrapes(source))
         for outage in outages(samples, source):
             hit = [s for s in steps if _overlaps(s, outage) and coverage(s, times) < MIN_COVERAGE]
             for step in hit:
                 for name in fields:
                     setattr(step, name, None)
-                if source == TARGET_SIDECAR_SOURCE:
+                if sidecar:
                     step.resource_gap = f"{source} did not answer during most of this step's hold"
             lasted = (outage.end if outage.end is not None else float("inf")) - outage.start
             if not hit and lasted < MIN_NOTED_S:
@@ -212,7 +213,7 @@ def apply_outages(steps: list[StepSummary], remote: Mapping[str, str], samples: 
             until = (f"to {time.strftime('%H:%M:%S', time.localtime(outage.end))}" if outage.end is not None
                      else "to the end of the run")
             what = ("their target CPU and memory are unknown, so is their resource verdict"
-                    if source == TARGET_SIDECAR_SOURCE else "their server-side latency is unknown")
+                    if sidecar else "their server-side latency is unknown")
             steps_text = (f"steps at {', '.join(str(s.users) for s in hit)} users: {what}" if hit
                           else "every step kept enough of its samples")
             notes.append(f"note: {source} ({url}) stopped answering at {when}{since} {until} "
@@ -225,7 +226,7 @@ def describe_change(source: str, url: str, ok: bool, since: float, error: str, d
     when = time.strftime("%H:%M:%S", time.localtime(since))
     if not ok:
         return (f"{source} {url} stopped answering at {when} ({error}); the run goes on: steps without its samples "
-                f"get no {'resource' if source == TARGET_SIDECAR_SOURCE else 'server-side latency'} figures")
+                f"get no {'resource' if source.startswith(TARGET_SIDECAR_SOURCE) else 'server-side latency'} figures")
     gone = f" (silent for {since - down_since:.0f} s)" if down_since is not None else ""
     return f"{source} {url} answers again at {when}{gone}"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from loadlab import gates as gating
-from loadlab import generators, openmodel, profiling, server_latency, uncertainty
+from loadlab import generators, openmodel, profiling, server_latency, targets, uncertainty
 from loadlab.analysis import analyze_steps
 from loadlab.contract import thresholds
 from loadlab.contract.thresholds import Thresholds
@@ -132,8 +132,10 @@ def judge(inputs: RunInputs, history: LocustHistory, samples: Samples, th: Thres
     else:
         steps = summarize_steps(history, samples, meta, transient_fraction=th.step_transient_fraction,
                                 resources=resources)
-        server_latency.fill(steps, samples)  # the API's own latency beside Locust's, when its metrics were sampled
-        remote_notes = apply_outages(steps, remote_sources, samples)  # a source on the API's machine that stopped answering
+        # The API's own latency beside Locust's, when its metrics were sampled (every machine's of a fleet).
+        server_latency.fill(steps, samples, targets.metrics_of(inputs.meta))
+        remote_notes = targets.apply(steps, samples, inputs.meta)  # several --target-sidecar: the fleet's sums, per machine
+        remote_notes += apply_outages(steps, remote_sources, samples)  # a source on the API's machine that stopped answering
         remote_notes += generators.apply(steps, samples, inputs.meta)  # --remote-workers: each load machine's CPU
         evidence = ErrorEvidence(by_step=[step_errors(samples, s) for s in steps], run=run_errors or [],
                                  failures_csv=failures_csv_name)

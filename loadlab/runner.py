@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from loadlab import fleet, generators, own_locustfile, remote, rundir
+from loadlab import fleet, generators, own_locustfile, remote, rundir, targets
 from loadlab.contract import thresholds
 from loadlab.contract.cores import usable_cores
 from loadlab.contract.exits import EXIT_API_FAILED, EXIT_GATE, EXIT_USAGE
@@ -110,6 +110,9 @@ class LabOptions:
     target_sidecar: str | None = None  # a sidecar on the API's machine (loadlab.remote)
     target_metrics: str | None = None  # the API's own /metrics URL
     target_group: str | None = None  # the remote sidecar's group of the API's processes (default: target)
+    # An API served by a fleet (loadlab.targets): the sidecars and metrics of its other machines.
+    extra_target_sidecars: list[str] = field(default_factory=list)
+    extra_target_metrics: list[str] = field(default_factory=list)
 
     gates: list[Any] = field(default_factory=list)  # loadlab.gates.Gate, checked on the verdict (exit 4)
     junit: Path | None = None  # JUnit XML of the gates and the baseline comparison
@@ -198,6 +201,7 @@ class Lab:
         self.remote_sidecar: RemoteSidecar | None = None
         self.no_target_metrics: str | None = None  # why the target's metrics are not read, when they are not
         self.target_metrics_problem: str | None = None  # they answer, but without the request histogram
+        self.fleet_sidecars: dict[str, remote.RemoteSidecar] = {}  # the API's other machines (loadlab.targets)
         self._silent: dict[str, tuple[float, str, bool]] = {}  # remote source -> (since, error, said)
         # Chosen once for the whole run: the hunt (through the suite's variables), the live alerts
         # (rules generated for them) and the verdict all apply exactly these.
@@ -388,18 +392,9 @@ class Lab:
             from monitoring.generate import write_rules
 
             rules = write_rules(prom_dir / "rules", self.thresholds)
-        targets: dict[str, str | list[str]] = {
-            SIDECAR_JOB: [f"{DEFAULT_BIND}:{self.ports['sidecar']}", *([self.opts.target_sidecar]
-                                                                        if self.opts.target_sidecar else [])],
-            LOCUST_JOB: f"{DEFAULT_BIND}:{self.ports['exporter']}"}
-        if not self.no_target_metrics:
-            targets[TARGET_JOB] = self.target_metrics_url()
-        # A remote sidecar's group named otherwise reads as `target` in Prometheus, so rules and dashboards see it.
-        aliases = ({self.opts.target_sidecar: {self.opts.target_group: TARGET_GROUP}}
-                   if self.opts.target_sidecar and self.opts.target_group and self.opts.target_group != TARGET_GROUP
-                   else None)
+        scrape_targets, aliases = self.prometheus_targets()
         config = prom_dir / "prometheus.yml"
-        config.write_text(render(targets, rules, self.thresholds.scrape_interval_seconds, group_aliases=aliases))
+        config.write_text(render(scrape_targets, rules, self.thresholds.scrape_interval_seconds, group_aliases=aliases))
         url = f"http://{DEFAULT_BIND}:{self.ports['prometheus']}"
         comp = self.component("prometheus", [
             self.prometheus_bin, f"--config.file={config}", f"--storage.tsdb.path={prom_dir / 'data'}",
@@ -407,6 +402,21 @@ class Lab:
         ], ready_url=f"{url}/-/ready")
         self.sup.start(comp).wait_ready(timeout=60)
         self.say(f"prometheus {url}  (rules: {len(rules)} files, data in {prom_dir / 'data'})")
+
+    def prometheus_targets(self) -> tuple[dict[str, str | list[str]], dict[str, dict[str, str]] | None]:
+        """The scrape targets of the run's Prometheus (job -> targets) and the remote sidecars' group aliases."""
+        # Every sidecar is its own `instance` of the one job: the lab's, each API machine's, each load machine's.
+        api_sidecars = [url for url in (self.opts.target_sidecar, *self.opts.extra_target_sidecars) if url]
+        scrape_targets: dict[str, str | list[str]] = {
+            SIDECAR_JOB: [f"{DEFAULT_BIND}:{self.ports['sidecar']}", *api_sidecars, *self.opts.generator_sidecars],
+            LOCUST_JOB: f"{DEFAULT_BIND}:{self.ports['exporter']}"}
+        if not self.no_target_metrics:
+            scrape_targets[TARGET_JOB] = [self.target_metrics_url(), *self.opts.extra_target_metrics]
+        # A remote sidecar's group named otherwise reads as `target` in Prometheus, so rules and dashboards see it.
+        aliases = ({url: {self.opts.target_group: TARGET_GROUP} for url in api_sidecars}
+                   if api_sidecars and self.opts.target_group and self.opts.target_group != TARGET_GROUP
+                   else None)
+        return scrape_targets, aliases
 
     def locust_args(self) -> list[str]:
         if self.opts.locustfile is not None:  # the user's file, then the lab's plugins (loadlab.own_locustfile)
@@ -493,7 +503,8 @@ class Lab:
         sources.update(generators.sources(self.opts.generator_sidecars))
         side = self.remote_sidecar
         self.sampler = Sampler(self.run_dir / rundir.SAMPLES, sources,
-                               target=(remote.TARGET_SIDECAR_SOURCE, side.group) if side else (SIDECAR_JOB, TARGET_GROUP))
+                               target=(remote.TARGET_SIDECAR_SOURCE, side.group) if side else (SIDECAR_JOB, TARGET_GROUP),
+                               target_fleet=tuple(self.fleet_sidecars))
         self.sampler.start()
 
     def start_profiler(self, target_pid: int | None) -> None:
@@ -722,6 +733,19 @@ class Lab:
                 raise LabError("--target-metrics and --target-metrics-port both say where the API's metrics are: "
                                "give one")
             opts.target_metrics = remote.metrics_url(opts.target_metrics, "--target-metrics")
+        self.check_fleet_target_flags()
+
+    def check_fleet_target_flags(self) -> None:
+        """--target-sidecar and --target-metrics repeated (loadlab.targets): each URL once."""
+        opts = self.opts
+        for flag, first, extra in (("--target-sidecar", opts.target_sidecar, opts.extra_target_sidecars),
+                                   ("--target-metrics", opts.target_metrics, opts.extra_target_metrics)):
+            urls = [url for url in (first, *(remote.metrics_url(url, flag) for url in extra)) if url]
+            twice = {url for url in urls if urls.count(url) > 1}
+            if twice:
+                raise LabError(f"{flag} {sorted(twice)[0]} is given twice: give each of the API's machines once")
+        opts.extra_target_sidecars = [remote.metrics_url(url, "--target-sidecar") for url in opts.extra_target_sidecars]
+        opts.extra_target_metrics = [remote.metrics_url(url, "--target-metrics") for url in opts.extra_target_metrics]
 
     def check_remote_sources(self) -> None:
         """The sources on the API's machine answer as they should, before anything starts."""
@@ -729,6 +753,16 @@ class Lab:
         if opts.target_sidecar:
             self.remote_sidecar = remote.check_sidecar(opts.target_sidecar, opts.target_group or TARGET_GROUP)
             self.remote[remote.TARGET_SIDECAR_SOURCE] = opts.target_sidecar
+        fleet_sidecars = targets.sidecar_sources([u for u in (opts.target_sidecar, *opts.extra_target_sidecars) if u])
+        self.fleet_sidecars = {source: remote.check_sidecar(url, opts.target_group or TARGET_GROUP)
+                               for source, url in list(fleet_sidecars.items())[1:]}
+        self.remote.update({source: side.url for source, side in self.fleet_sidecars.items()})
+        for source, url in list(targets.metrics_sources([opts.target_metrics or "", *opts.extra_target_metrics]).items())[1:]:
+            problem = remote.check_target_metrics(url, "--target-metrics")
+            if problem:
+                raise LabError(f"--target-metrics {url}: {problem}: each of the API's machines must serve the request "
+                               f"histogram, or the fleet's server-side latency would leave it out")
+            self.remote[source] = url
         if opts.host:
             url = self.target_metrics_url()
             named = ("--target-metrics" if opts.target_metrics else
@@ -746,6 +780,10 @@ class Lab:
         if self.remote_sidecar is not None:
             out.update(target_sidecar=self.remote_sidecar.url, target_group=self.remote_sidecar.group,
                        target_host_cores=self.remote_sidecar.host_cores)
+        if self.fleet_sidecars and self.remote_sidecar is not None:  # an API served by a fleet (loadlab.targets)
+            sides = {remote.TARGET_SIDECAR_SOURCE: self.remote_sidecar, **self.fleet_sidecars}
+            out.update(target_sidecars={source: side.url for source, side in sides.items()},
+                       target_sidecar_cores={source: side.host_cores for source, side in sides.items()})
         if self.opts.host:
             out["target_metrics"] = None if self.no_target_metrics else self.target_metrics_url()
         return out
@@ -777,6 +815,11 @@ class Lab:
         if side is not None:
             self.say(f"target sidecar {side.url}  (group {side.group}: {side.procs} processes on a {side.host_cores}-core "
                      f"host; the API's CPU and memory come from it, Locust's from the local sidecar)")
+        for side in self.fleet_sidecars.values():
+            self.say(f"target sidecar {side.url}  (group {side.group}: {side.procs} processes on a {side.host_cores}-core "
+                     f"host; the verdict sums the API's machines and judges each on its own)")
+        for url in self.opts.extra_target_metrics:
+            self.say(f"target metrics {url}  (another machine of the API: server-side latency and rates summed)")
         if not self.opts.host:
             return
         if self.no_target_metrics:

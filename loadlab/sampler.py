@@ -62,13 +62,15 @@ class Sampler(threading.Thread):
     """A daemon thread scraping `sources` ({name: url}) every `interval` seconds into `path`."""
 
     def __init__(self, path: Path, sources: dict[str, str], interval: float = 1.0,
-                 keep: tuple[str, ...] = KEEP_PREFIXES, target: tuple[str, str] = (SIDECAR_JOB, TARGET_GROUP)) -> None:
+                 keep: tuple[str, ...] = KEEP_PREFIXES, target: tuple[str, str] = (SIDECAR_JOB, TARGET_GROUP),
+                 target_fleet: tuple[str, ...] = ()) -> None:
         super().__init__(name="loadlab-sampler", daemon=True)
         self.path = Path(path)
         self.sources = dict(sources)
         self.interval = interval
         self.keep = keep
         self.target = target  # (source, group) of the target's CPU: a remote sidecar's when there is one
+        self.target_fleet = target_fleet  # the sources of an API fleet's other machines: their CPU is added
         self._stop_event = threading.Event()
         self._lock = threading.Lock()
         self.recent: dict[str, deque[Scrape]] = {name: deque(maxlen=15) for name in sources}
@@ -167,15 +169,24 @@ class Sampler(threading.Thread):
                     out[key] = (b - a) / dt
             q = quantile_between(0.95, first, last, "locust_request_duration_seconds")
             out["p95_ms"] = None if q is None else q * 1000
-        for key, (source, group) in (("target_cpu_cores", self.target), ("generator_cpu_cores", (SIDECAR_JOB, GENERATOR_GROUP))):
-            answering = self.state.get(source, (True,))[0]
-            pair = self._window(source, window) if answering else None  # a silent source's last figures are stale
-            if pair:
-                first, last = pair
-                dt = last.t - first.t
-                match = {"groupname": group}
-                a = scrape_value(first, "namedprocess_namegroup_cpu_seconds_total", match)
-                b = scrape_value(last, "namedprocess_namegroup_cpu_seconds_total", match)
-                if a is not None and b is not None and dt > 0:
-                    out[key] = max(0.0, b - a) / dt
+        target = [self.target, *((source, self.target[1]) for source in self.target_fleet)]
+        for key, sources in (("target_cpu_cores", target), ("generator_cpu_cores", [(SIDECAR_JOB, GENERATOR_GROUP)])):
+            cores = [self._cpu_cores(source, group, window) for source, group in sources]
+            if all(c is not None for c in cores):  # a fleet's sum only when every machine's is known
+                out[key] = sum(c for c in cores if c is not None)
         return out
+
+    def _cpu_cores(self, source: str, group: str, window: float) -> float | None:
+        """A group's CPU (cores) over the last seconds of one source; None when unknown."""
+        answering = self.state.get(source, (True,))[0]
+        pair = self._window(source, window) if answering else None  # a silent source's last figures are stale
+        if not pair:
+            return None
+        first, last = pair
+        dt = last.t - first.t
+        match = {"groupname": group}
+        a = scrape_value(first, "namedprocess_namegroup_cpu_seconds_total", match)
+        b = scrape_value(last, "namedprocess_namegroup_cpu_seconds_total", match)
+        if a is None or b is None or dt <= 0:
+            return None
+        return max(0.0, b - a) / dt

@@ -64,6 +64,8 @@ class StepSummary:
     # (loadlab.server_latency); None without target metrics.
     server_p95_ms: float | None = None
     server_mean_ms: float | None = None
+    # With several --target-metrics: the requests/s the API's machines counted, summed (loadlab.targets).
+    server_rps: float | None = None
     # Why this step's target resources are unknown although the run sampled them elsewhere: a
     # remote source that did not answer during its hold (loadlab.remote.apply_outages).
     resource_gap: str | None = None
@@ -73,6 +75,10 @@ class StepSummary:
     # With --remote-workers: each load machine's generator CPU over the hold (loadlab.generators):
     # {"instance", "cpu_cores", "procs", "cores_available", "host_cores"}; None on one machine.
     generator_machines: list[dict] | None = None
+    # With several --target-sidecar: each API machine's target CPU over the hold (loadlab.targets):
+    # {"instance", "cpu_cores", "procs", "cores_available", "host_cores", ...}; the target_* and
+    # host_* fields above are then the fleet's sums. None with one machine.
+    target_machines: list[dict] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

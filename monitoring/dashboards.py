@@ -341,6 +341,22 @@ def load_vs_resources(t: Thresholds = DEFAULT_THRESHOLDS) -> dict[str, Any]:
         [q(r.by_group("namedprocess_namegroup_num_procs", r.GENERATOR_GROUP, r.SIDECAR), "processes"),
          q(f"sum(locust_workers{{{r.LOCUST}}})", "workers")], "none"), w=24, h=6)
 
+    g.row("Per instance (each machine of a fleet)")
+    g.add(timeseries(
+        "CPU per instance: cores used vs available",
+        "Each sidecar (instance) on its own: every machine of an API served by a fleet (--target-sidecar, "
+        "repeated) and every load machine (--generator-sidecar). A fleet whose sum looks fine can have one "
+        "machine out of CPU (TargetInstanceCPUSaturated).",
+        [q(r.INSTANCE_CPU_CORES, "{{instance}} {{groupname}} used"),
+         q(r.INSTANCE_CORES_AVAILABLE, "{{instance}} {{groupname}} available")],
+        CORES, overrides=[_dashed(".* available$", regexp=True)]), w=12)
+    g.add(timeseries(
+        "CPU saturation per instance",
+        f"Cores used / cores available on each machine; the per-instance alerts fire above "
+        f"{t.cpu_saturation_fraction:g} when a group runs on more than one machine.",
+        [q(r.INSTANCE_CPU_SATURATION, "{{instance}} {{groupname}}")], "percentunit",
+        line=t.cpu_saturation_fraction), w=12)
+
     g.row("Host")
     g.add(timeseries(
         "Host CPU by mode", "Share of all host cores by mode (idle left out), stacked; one set per sidecar "

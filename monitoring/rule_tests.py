@@ -43,6 +43,18 @@ def _const(value: float) -> Fn:
     return lambda t: value
 
 
+@dataclass(frozen=True)
+class Machine:
+    """One machine of a fleet: its sidecar's `instance`, the group it runs, its host's cores, and its
+    group's CPU (cores) and processes over time."""
+
+    instance: str
+    group: str
+    host_cores: int
+    cores: Fn
+    procs: Fn
+
+
 @dataclass
 class World:
     """What happens during a synthetic run; every field is a function of seconds since start."""
@@ -73,6 +85,9 @@ class World:
     # The target on another machine, measured by a second sidecar in the `sidecar` job (its
     # `instance`, its host's cores): `host_cores` is then the lab's own host (the generator's).
     remote_target: tuple[str, int] | None = None
+    # Machines of a fleet, each a sidecar of its own (`instance`): the group's series come from these
+    # (not from target_cores/locust_cores); the lab's own sidecar keeps the other group.
+    fleet: tuple[Machine, ...] = ()
 
     def rps(self, t: float) -> float:
         rate = self.users(t) * self.per_user_rps(t)
@@ -167,9 +182,13 @@ def _world_series(world: World, interval: int) -> list[dict[str, str]]:
         series += _buckets(world, interval, "target", "http_request_duration_seconds", ep, HTTP_BUCKETS, world.rps, world.server_latency)
     if "sidecar" not in world.absent_jobs:
         remote = world.remote_target[0] if world.remote_target else None
-        for group, cores, procs, resident, instance in (
-                (r.TARGET_GROUP, world.target_cores, world.target_procs, world.target_resident, remote),
-                (r.GENERATOR_GROUP, world.locust_cores, world.locust_procs, _const(80 * 1024**2), None)):
+        on_fleet = {m.group for m in world.fleet}
+        groups: list[tuple[str, Fn, Fn, Fn, str | None]] = [
+            (r.TARGET_GROUP, world.target_cores, world.target_procs, world.target_resident, remote),
+            (r.GENERATOR_GROUP, world.locust_cores, world.locust_procs, _const(80 * 1024**2), None)]
+        groups = [g for g in groups if g[0] not in on_fleet]
+        groups += [(m.group, m.cores, m.procs, _const(100 * 1024**2), m.instance) for m in world.fleet]
+        for group, cores, procs, resident, instance in groups:
             g = f'groupname="{group}"'
             add("sidecar", "namedprocess_namegroup_cpu_seconds_total", g + ', mode="user"', _counter(world, interval, cores),
                 instance)
@@ -177,7 +196,12 @@ def _world_series(world: World, interval: int) -> list[dict[str, str]]:
             add("sidecar", "namedprocess_namegroup_memory_bytes", g + ', memtype="resident"', _gauge(world, interval, resident),
                 instance)
         hosts: list[tuple[str | None, int, Fn]] = [(None, world.host_cores, world.locust_cores)]
-        if world.remote_target:
+        if world.fleet:
+            hosts[0] = (None, world.host_cores, _const(0.1))
+            for m in world.fleet:
+                hosts.append((m.instance, m.host_cores, m.cores))
+                add("sidecar", "up", "", _gauge(world, interval, _const(1)), m.instance)
+        elif world.remote_target:
             hosts.append((remote, world.remote_target[1], world.target_cores))
             add("sidecar", "up", "", _gauge(world, interval, _const(1)), remote)
         else:
@@ -434,6 +458,32 @@ def rule_test_files(t: Thresholds = DEFAULT_THRESHOLDS) -> dict[str, dict[str, A
             {"labels": f'{r.HOST_CORES}{{instance="{remote[0]}"}}', "value": 2}]},
             {"expr": r.by_group(r.GROUP_CORES_AVAILABLE, r.GENERATOR_GROUP), "eval_time": "60s",
              "exp_samples": [{"labels": r.by_group(r.GROUP_CORES_AVAILABLE, r.GENERATOR_GROUP), "value": 1}]}]))
+    # An API served by two machines behind a load balancer, one worker each (one usable core each):
+    # one machine saturated, the other at 30%. The fleet is at 62% (TargetCPUSaturated stays silent);
+    # the per-instance alert fires for the saturated machine only.
+    hot, cool = ("10.0.0.5:9256", "10.0.0.6:9256")
+    fleet = (Machine(hot, r.TARGET_GROUP, 2, _step(60, 0.2, sat), _const(2)),
+             Machine(cool, r.TARGET_GROUP, 2, _const(0.3), _const(2)))
+    cpu_cases.append(b.case(
+        "one machine of a two-machine API saturated, the fleet not",
+        World(duration=at, fleet=fleet),
+        {at: [Expect("TargetInstanceCPUSaturated", sat, labels={"groupname": r.TARGET_GROUP, "instance": hot},
+                     queries={**load, r.by_group(r.GROUP_CPU_SATURATION, r.TARGET_GROUP): (sat + 0.3) / 2})]},
+        {50: ("TargetInstanceCPUSaturated",), at: ("TargetCPUSaturated", "LoadLabSidecarDown")},
+        exprs=[{"expr": r.by_group(r.INSTANCE_CORES_AVAILABLE, r.TARGET_GROUP), "eval_time": "60s", "exp_samples": [
+            {"labels": f'{r.INSTANCE_CORES_AVAILABLE}{{groupname="{r.TARGET_GROUP}", instance="{i}"}}', "value": 1}
+            for i in (hot, cool)]},
+            {"expr": r.by_group(r.GROUP_CORES_AVAILABLE, r.TARGET_GROUP), "eval_time": "60s",
+             "exp_samples": [{"labels": r.by_group(r.GROUP_CORES_AVAILABLE, r.TARGET_GROUP), "value": 2}]}]))
+    # Two load machines, one worker each: one out of CPU makes the measurement invalid; it is named.
+    loaders = (Machine(hot, r.GENERATOR_GROUP, 2, _step(60, 0.1, sat), _const(1)),
+               Machine(cool, r.GENERATOR_GROUP, 2, _const(0.2), _const(1)))
+    cpu_cases.append(b.case(
+        "one of two load machines saturated",
+        World(duration=at, fleet=loaders, locust_workers=_const(2)),
+        {at: [Expect("LoadGeneratorInstanceSaturated", sat, labels={"groupname": r.GENERATOR_GROUP, "instance": hot},
+                     queries={**load, r.by_group(r.GROUP_CPU_SATURATION, r.GENERATOR_GROUP): (sat + 0.2) / 2})]},
+        {50: ("LoadGeneratorInstanceSaturated",), at: ("LoadGeneratorSaturated",)}))
     # A busy target below the threshold: 2 workers using 1.2 of their 2 cores.
     cpu_cases.append(b.case("target CPU busy but not saturated",
                             World(duration=at, target_cores=_const(0.5 * 2 * t.cpu_saturation_fraction)), {},

@@ -48,6 +48,10 @@ GROUP_CPU_CORES = "loadlab:namegroup_cpu:cores"
 GROUP_CORES_AVAILABLE = "loadlab:namegroup_cpu:cores_available"
 GROUP_CPU_SATURATION = "loadlab:namegroup_cpu:saturation"
 GROUP_RESIDENT_BYTES = "loadlab:namegroup_memory_resident:bytes"
+# The same per sidecar (`instance`): each machine of an API's fleet, each load machine.
+INSTANCE_CPU_CORES = "loadlab_instance:namegroup_cpu:cores"
+INSTANCE_CORES_AVAILABLE = "loadlab_instance:namegroup_cpu:cores_available"
+INSTANCE_CPU_SATURATION = "loadlab_instance:namegroup_cpu:saturation"
 # Open model (arrival-rate runs only; loadlab.contract.openmodel): the rate offered, arrivals
 # scheduled/late/dropped per second, and latency from the scheduled start (corrected).
 OFFERED = "loadlab:locust_arrival_rate"
@@ -126,12 +130,22 @@ def recording_groups(t: Thresholds = DEFAULT_THRESHOLDS) -> list[dict[str, Any]]
         # Per sidecar (`instance`): the lab's own and one on a remote API's machine are one job.
         return f"sum by (instance, groupname) ({by_group('namedprocess_namegroup_num_procs', group, SIDECAR)})"
 
-    def at_most_host_cores(busy: str) -> str:
-        """min(busy, the cores of the same sidecar's host) per instance, summed over instances: each
-        machine's processes can use at most that machine's cores (PromQL has no two-vector min, so:
-        busy where it is below the host's cores, else the host's cores with busy's labels)."""
+    def per_instance_at_most_host_cores(busy: str) -> str:
+        """min(busy, the cores of the same sidecar's host) per instance: each machine's processes can
+        use at most that machine's cores (PromQL has no two-vector min, so: busy where it is below
+        the host's cores, else the host's cores with busy's labels)."""
         cores_here = f"(0 * {busy} + on(instance) group_left() {HOST_CORES})"
-        return f"sum by (groupname) (\n  ({busy} < on(instance) group_left() {HOST_CORES})\n  or {cores_here}\n)"
+        return f"({busy} < on(instance) group_left() {HOST_CORES})\n  or {cores_here}"
+
+    def at_most_host_cores(busy: str) -> str:
+        """The same summed over instances."""
+        return f"sum by (groupname) (\n  {per_instance_at_most_host_cores(busy)}\n)"
+
+    target_busy = f"clamp_min({procs(TARGET_GROUP)} - {TARGET_IDLE_PROCESSES}, 1)"
+    generator_busy = (f"clamp_min(\n  {procs(GENERATOR_GROUP)}\n"
+                      f"  - on() group_left() {GENERATOR_IDLE_PROCESSES_DISTRIBUTED}\n"
+                      f"    * (max(locust_workers{{{LOCUST}}}) > bool 0 or on() vector(0)),\n"
+                      f"  1)")
 
     resources = [
         # Per sidecar: with a remote target the lab's host and the API's host are two machines, and
@@ -142,17 +156,23 @@ def recording_groups(t: Thresholds = DEFAULT_THRESHOLDS) -> list[dict[str, Any]]
             f'groupname=~"{TARGET_GROUP}|{GENERATOR_GROUP}"}}[{w}]))')},
         # The cores-available model of loadlab.contract.cores, in PromQL. Target: one core per
         # gunicorn worker, i.e. its processes minus the arbiter, at most the host's cores.
-        {"record": GROUP_CORES_AVAILABLE, "labels": {"groupname": TARGET_GROUP}, "expr": at_most_host_cores(
-            f"clamp_min({procs(TARGET_GROUP)} - {TARGET_IDLE_PROCESSES}, 1)")},
+        {"record": GROUP_CORES_AVAILABLE, "labels": {"groupname": TARGET_GROUP}, "expr": at_most_host_cores(target_busy)},
         # Generator: one core per Locust process generating load. Standalone that is the one
         # process; distributed (locust_workers > 0) the master only coordinates, so its
         # process does not count.
-        {"record": GROUP_CORES_AVAILABLE, "labels": {"groupname": GENERATOR_GROUP}, "expr": at_most_host_cores(
-            f"clamp_min(\n  {procs(GENERATOR_GROUP)}\n"
-            f"  - on() group_left() {GENERATOR_IDLE_PROCESSES_DISTRIBUTED}\n"
-            f"    * (max(locust_workers{{{LOCUST}}}) > bool 0 or on() vector(0)),\n"
-            f"  1)")},
+        {"record": GROUP_CORES_AVAILABLE, "labels": {"groupname": GENERATOR_GROUP},
+         "expr": at_most_host_cores(generator_busy)},
         {"record": GROUP_CPU_SATURATION, "expr": f"{GROUP_CPU_CORES} / {GROUP_CORES_AVAILABLE}"},
+        # Per machine (`instance`): an API served by a fleet, load generators on several machines. A
+        # fleet at 60% with one machine at 100% is limited by that machine; the sums above hide it.
+        {"record": INSTANCE_CPU_CORES, "expr": (
+            f'sum by (instance, groupname) (rate(namedprocess_namegroup_cpu_seconds_total{{{SIDECAR}, '
+            f'groupname=~"{TARGET_GROUP}|{GENERATOR_GROUP}"}}[{w}]))')},
+        {"record": INSTANCE_CORES_AVAILABLE, "labels": {"groupname": TARGET_GROUP},
+         "expr": per_instance_at_most_host_cores(target_busy)},
+        {"record": INSTANCE_CORES_AVAILABLE, "labels": {"groupname": GENERATOR_GROUP},
+         "expr": per_instance_at_most_host_cores(generator_busy)},
+        {"record": INSTANCE_CPU_SATURATION, "expr": f"{INSTANCE_CPU_CORES} / {INSTANCE_CORES_AVAILABLE}"},
         {"record": GROUP_RESIDENT_BYTES, "expr": (
             f'sum by (groupname) (namedprocess_namegroup_memory_bytes{{{SIDECAR}, memtype="resident", '
             f'groupname=~"{TARGET_GROUP}|{GENERATOR_GROUP}"}})')},
@@ -212,6 +232,20 @@ def alert_rules(t: Thresholds = DEFAULT_THRESHOLDS) -> list[dict[str, Any]]:
                      + _q(by_group(GROUP_CORES_AVAILABLE, group), 'printf "%.0f"') + " cores available to it "
                      "({{ $value | humanizePercentage }}, saturated at " + sat + "), " + ctx + ". " + consequence)
 
+    def instance_saturated(name: str, group: str, severity: str, component: str, who: str, summary: str,
+                           consequence: str) -> dict[str, Any]:
+        """The CPU-saturation alert of one machine of several (its `instance`) for a process group:
+        fires for that machine only, and only when the group runs on more than one machine (with one,
+        the alert above says the same)."""
+        one = by_group(INSTANCE_CPU_SATURATION, group)
+        return alert(name,
+                     f"{one} > {t.cpu_saturation_fraction:g}\nand on() (count({one}) > 1)",
+                     severity, component, summary,
+                     f"The {who} on {{{{ $labels.instance }}}} uses {{{{ $value | humanizePercentage }}}} of the cores "
+                     f"available to it there (saturated at {sat}) while all its machines together are at "
+                     + _q(by_group(GROUP_CPU_SATURATION, group), "humanizePercentage") + ", " + ctx + ". "
+                     + consequence)
+
     p95_client, p95_server = latency("locust", "p95"), latency("http", "p95")
     rules = [
         alert("TargetDown",
@@ -256,6 +290,10 @@ def alert_rules(t: Thresholds = DEFAULT_THRESHOLDS) -> list[dict[str, Any]]:
         cpu_saturated("TargetCPUSaturated", TARGET_GROUP, "warning", "target", "target",
                       "Target CPU at {{ $value | humanizePercentage }} of its available cores",
                       "CPU is what runs out first."),
+        instance_saturated("TargetInstanceCPUSaturated", TARGET_GROUP, "warning", "target", "target",
+                           "Target CPU on {{ $labels.instance }} at {{ $value | humanizePercentage }} of its available cores",
+                           "One machine of the API's fleet is out of CPU and limits it: a slower machine, or a load "
+                           "balancer that sends it more than its share."),
         alert("TargetMemoryHigh",
               f"{by_group(GROUP_RESIDENT_BYTES, TARGET_GROUP)} > {t.target_memory_limit_bytes}",
               "warning", "target",
@@ -267,6 +305,11 @@ def alert_rules(t: Thresholds = DEFAULT_THRESHOLDS) -> list[dict[str, Any]]:
                       "Locust is out of CPU ({{ $value | humanizePercentage }}): the measured breaking point is not valid",
                       "Latency and throughput now measure Locust, not the target: add Locust workers "
                       "(--processes N or --worker)."),
+        instance_saturated("LoadGeneratorInstanceSaturated", GENERATOR_GROUP, "critical", "generator", "load generator",
+                           "Locust on {{ $labels.instance }} is out of CPU ({{ $value | humanizePercentage }}): the "
+                           "measured breaking point is not valid",
+                           "That load machine measures itself, not the target: add workers on more machines, or "
+                           "fewer per machine."),
         # The open model's break: completions fall short of the arrivals. Averaged over the plateau
         # window (20 s) rather than the rate window, because the requests in flight at a window's
         # edges are a few percent of an 8 s window at light load, and that is no shortfall; judged

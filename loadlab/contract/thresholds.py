@@ -89,6 +89,9 @@ class Thresholds:
             "TargetCPUSaturated": 10,
             "TargetMemoryHigh": 30,
             "LoadGeneratorSaturated": 10,
+            # One machine of several (its `instance`): an API's fleet, a load machine.
+            "TargetInstanceCPUSaturated": 10,
+            "LoadGeneratorInstanceSaturated": 10,
             "LoadTestThroughputBelowOffered": 10,
             # Not a breaking-point alert: the sidecar being gone would silence the CPU
             # and memory alerts, so its absence is an alert of its own.

@@ -52,11 +52,13 @@ def prioritize(pid: int) -> None:
 def ground_truth(spawn):
     """Start a ground-truth server: ground_truth(workers, service_ms, mode, *extra args) -> GroundTruth."""
 
-    def start(workers: int, service_ms: float, mode: str, *extra: str) -> GroundTruth:
-        port = free_port()
-        proc = spawn([sys.executable, "-m", "tests.loadlab.ground_truth_app", "--port", str(port), "--workers",
-                      str(workers), "--service-ms", str(service_ms), "--mode", mode, *extra], name=f"ground-truth-{mode}")
-        url = f"http://127.0.0.1:{port}"
+    def start(workers: int, service_ms: float, mode: str, *extra: str, host: str = "127.0.0.1") -> GroundTruth:
+        # `host`: another loopback address (127.0.0.2...) stands in for another machine (tests/loadlab/test_fleet.py).
+        port = free_port(host)
+        proc = spawn([sys.executable, "-m", "tests.loadlab.ground_truth_app", "--host", host, "--port", str(port),
+                      "--workers", str(workers), "--service-ms", str(service_ms), "--mode", mode, *extra],
+                     name=f"ground-truth-{mode}-{host}")
+        url = f"http://{host}:{port}"
         wait_for_http(f"{url}/healthz", timeout=30, proc=proc)
         prioritize(proc.pid)
         return GroundTruth(url, proc.pid, workers, service_ms / 1000.0)

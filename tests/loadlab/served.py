@@ -35,9 +35,10 @@ class ServedTruth:
                 f"truth X = {self.capacity_rps:.1f} req/s, N* = {self.knee_users:.1f} users ({self.basis})")
 
 
-def served_seconds(samples: Samples, start: float, end: float) -> tuple[float, float]:
-    """(seconds the server spent on logins, logins it served) between two times, from the target's scrapes."""
-    inside = [sc for sc in samples.scrapes("target") if start <= sc.t <= end]
+def served_seconds(samples: Samples, start: float, end: float, source: str = "target") -> tuple[float, float]:
+    """(seconds the server spent on logins, logins it served) between two times, from the target's scrapes
+    (`source`: one machine's of a fleet, e.g. target_metrics_2)."""
+    inside = [sc for sc in samples.scrapes(source) if start <= sc.t <= end]
     if len(inside) < 2:
         return 0.0, 0.0
     first, last = inside[0], inside[-1]

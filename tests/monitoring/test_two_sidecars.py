@@ -76,3 +76,16 @@ def test_rules_and_dashboards_keep_two_sidecars_apart(spawn, tmp_path):
         expr = substitute(target["expr"], {}, interval_s=2, scrape_interval_s=2, range_s=60)
         instances = {dict(k).get("instance") for k in query(expr)}
         assert instances == {lab, remote}, f"{panel['title']}: {expr} -> {instances}"
+    # The per-instance row: each machine's group on its own line (the lab's Locust, the remote API).
+    per_instance = {"CPU per instance: cores used vs available", "CPU saturation per instance"}
+    seen = set()
+    for panel, target in panel_targets(board):
+        if panel.get("title") not in per_instance:
+            continue
+        expr = substitute(target["expr"], {}, interval_s=2, scrape_interval_s=2, range_s=60)
+        lines = {(dict(k).get("instance"), dict(k).get("groupname")) for k in query(expr)}
+        assert lines == {(lab, "locust"), (remote, "target")}, f"{panel['title']}: {expr} -> {lines}"
+        seen.add(panel["title"])
+    assert seen == per_instance
+    # With one machine per group the per-instance alerts have nothing to compare: silent.
+    assert not query('ALERTS{alertname=~".*InstanceCPUSaturated|LoadGeneratorInstanceSaturated"}')
