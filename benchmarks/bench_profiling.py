@@ -26,21 +26,19 @@ import urllib.request
 from pathlib import Path
 
 import psutil
-from _processes import free_port, stop, wait_http  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from loadlab import stacks
+from loadlab.processes import Component, free_port
 
 USER = {"username": "bench_profiling", "email": "bench_profiling@example.com", "password": "correct horse battery"}
 
 
-def start_target(workers: int, workdir: Path) -> tuple[subprocess.Popen, int]:
+def start_target(workers: int, workdir: Path) -> tuple[Component, int]:
     port = free_port()
-    log = open(workdir / "target.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "target_app", "--port", str(port), "--workers", str(workers),
-         "--db", str(workdir / "target.db"), "--hash-profile", "default"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    wait_http(f"http://127.0.0.1:{port}/healthz", proc, workdir / "target.log")
+    proc = Component("target", [sys.executable, "-m", "target_app", "--port", str(port), "--workers", str(workers),
+                                "--db", str(workdir / "target.db"), "--hash-profile", "default"],
+                     workdir / "target.log", ready_url=f"http://127.0.0.1:{port}/healthz").start()
+    proc.wait_ready()
     request = urllib.request.Request(f"http://127.0.0.1:{port}/client_registeration", data=json.dumps(USER).encode(),
                                      headers={"Content-Type": "application/json"}, method="POST")
     with urllib.request.urlopen(request, timeout=30) as response:
@@ -121,7 +119,7 @@ def main() -> None:
                 ratios.append(results["profiled"][-1] / results["bare"][-1])
                 print(f"round {r + 1}: " + "   ".join(line) + f"   ratio {ratios[-1]:.3f}", flush=True)
         finally:
-            stop(proc)
+            proc.stop()
     bare, profiled = statistics.median(results["bare"]), statistics.median(results["profiled"])
     if samples == 0:
         raise SystemExit("py-spy recorded no on-CPU sample: the profiled runs measured nothing")

@@ -27,7 +27,8 @@ import urllib.request
 from pathlib import Path
 
 import psutil
-from _processes import free_port, stop, wait_http  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
+from loadlab.processes import Component, free_port
 
 CLASSES = {"sync": "sync", "gevent": "target_app.worker.HeaderTimeoutGeventWorker"}
 # serve() with only the worker class differing; argv: port, database, workers, worker class.
@@ -40,13 +41,12 @@ USER = {"username": "bench_user", "email": "bench_user@example.com", "password":
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def start_server(name: str, workers: int, workdir: Path) -> tuple[subprocess.Popen, int]:
+def start_server(name: str, workers: int, workdir: Path) -> tuple[Component, int]:
     port = free_port()
-    log_path = workdir / f"{name}.log"
-    proc = subprocess.Popen([sys.executable, "-c", LAUNCH, str(port), str(workdir / f"{name}.db"), str(workers),
-                             CLASSES[name]], stdout=open(log_path, "wb"), stderr=subprocess.STDOUT,
-                            start_new_session=True, cwd=REPO_ROOT)
-    wait_http(f"http://127.0.0.1:{port}/healthz", proc, log_path)
+    proc = Component(name, [sys.executable, "-c", LAUNCH, str(port), str(workdir / f"{name}.db"), str(workers),
+                            CLASSES[name]], workdir / f"{name}.log", cwd=REPO_ROOT,
+                     ready_url=f"http://127.0.0.1:{port}/healthz").start()
+    proc.wait_ready()
     request = urllib.request.Request(f"http://127.0.0.1:{port}/client_registeration", data=json.dumps(USER).encode(),
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as response:
@@ -70,7 +70,7 @@ def requests_per_second(out: str, port: int) -> tuple[float, int]:
     return float(rate.group(1)), int(count.group(1))
 
 
-def workers_cpu_seconds(proc: subprocess.Popen) -> float:
+def workers_cpu_seconds(proc: Component) -> float:
     return sum(t.user + t.system for t in (c.cpu_times() for c in psutil.Process(proc.pid).children()))
 
 
@@ -108,7 +108,7 @@ def main() -> None:
     script = workdir / "login.lua"
     script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
                       f"wrk.body = '{json.dumps({k: USER[k] for k in ('username', 'password')})}'\n")
-    servers: dict[str, tuple[subprocess.Popen, int]] = {}
+    servers: dict[str, tuple[Component, int]] = {}
     try:
         for name in CLASSES:
             servers[name] = start_server(name, args.workers, workdir)
@@ -133,7 +133,7 @@ def main() -> None:
         print(f"loadavg(1m) at end={os.getloadavg()[0]:.2f}")
     finally:
         for proc, _ in servers.values():
-            stop(proc)
+            proc.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
 

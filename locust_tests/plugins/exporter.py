@@ -7,7 +7,9 @@ The master (or the single standalone process) serves the metrics of `collector.p
   `--exporter-host` (env LOCUST_EXPORTER_HOST, default 127.0.0.1), in every mode including
   --headless, where Locust has no web UI;
 - at `/metrics` on Locust's web UI, when there is one.
-Workers (also `--processes` children) never bind: the master's stats already include theirs.
+Workers (also `--processes` children) never bind: the master's stats already include theirs. They
+send them every second (`WORKER_REPORT_S`) rather than Locust's 3 s, so the master's per-second
+totals, served here and written to its CSV history, are the load of each second.
 
 `--exporter-linger SECONDS` (env LOCUST_EXPORTER_LINGER, default 0) keeps the process, and so the
 exporter, alive that long after the test has ended, so a scraper gets the final totals of a
@@ -34,6 +36,7 @@ from typing import Any
 
 import gevent
 import gevent.lock
+import locust.runners
 from flask import Response
 from locust import events
 from locust.env import Environment
@@ -55,6 +58,9 @@ DEFAULT_HOST = DEFAULT_BIND  # nothing beyond this machine unless asked for
 REFRESH_MIN_SECONDS = 0.1
 REFRESH_MAX_SECONDS = 1.0
 RENDER_BUDGET = 0.003
+# Locust's workers send their stats every WORKER_REPORT_INTERVAL, 3 s: the master's totals then move
+# in 3 s lumps, and a step of a few seconds reads 0 or twice its rate. Each report is one small message.
+WORKER_REPORT_S = 1.0
 
 logger = logging.getLogger(__name__)
 
@@ -184,6 +190,8 @@ def _option(environment: Environment, name: str, default: Any) -> Any:
 @events.init.add_listener
 def _on_init(environment: Environment, web_ui: Any = None, **_: Any) -> None:
     global _exporter
+    if isinstance(environment.runner, locust.runners.WorkerRunner):
+        locust.runners.WORKER_REPORT_INTERVAL = WORKER_REPORT_S  # read by its stats_reporter at every report
     if not is_coordinator(environment):
         return
     exporter = Exporter(environment)

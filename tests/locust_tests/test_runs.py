@@ -170,6 +170,23 @@ def test_exporter_totals_equal_the_csv_with_master_and_workers(master_workers_ru
     assert max(master_workers_run.metric_sum("locust_workers", s) for s in master_workers_run.scrapes) == 2
 
 
+def test_the_masters_history_counts_a_workers_requests_every_second(launch, tmp_path_factory, target):
+    # Locust's workers report every 3 s, so with one worker the master's per-second totals (its CSV
+    # history, the exporter) would rise in one row of three; the suite's workers report every second.
+    port = str(free_port())
+    launch(locust_args("registration_test", "--worker", "--master-port", port), "worker-1s")
+    run = headless(launch, tmp_path_factory, target, "registration_test", "master1", "--users", "10",
+                   "--spawn-rate", "10", "--run-time", "7s", "--master", "--expect-workers", "1",
+                   "--master-bind-host", "127.0.0.1", "--master-bind-port", port, "--run-id", "mw1s")
+    assert run.returncode == 0, run.log[-3000:]
+    with open(f"{run.csv_prefix}_stats_history.csv", newline="") as handle:
+        totals = [int(row["Total Request Count"]) for row in csv.DictReader(handle) if row["Name"] == "Aggregated"]
+    # The rows while the load ran: from the first count to the first row with the final total.
+    running = totals[next(i for i, t in enumerate(totals) if t > 0): totals.index(totals[-1]) + 1]
+    rises = sum(1 for a, b in zip(running, running[1:]) if b > a)
+    assert len(running) >= 5 and rises >= 0.7 * (len(running) - 1), totals
+
+
 def test_registration_across_workers_has_no_conflicts(master_workers_run):
     row = master_workers_run.aggregated()
     assert int(row["Failure Count"]) == 0 and "409" not in master_workers_run.failures_csv()
