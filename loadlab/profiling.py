@@ -225,7 +225,7 @@ class RemoteStepProfiler(StepProfiler):
                  transient_fraction: float, rate: int = stacks.DEFAULT_RATE, say: Callable[[str], None] = print,
                  poll_s: float = 0.5, lag_s: float = 1.0) -> None:
         super().__init__(run_dir, 0, users, transient_fraction, rate, say, poll_s)  # no local PID
-        self.lag_s = lag_s  # how old `users()` may be (the lab's sampler reads Locust every second)
+        self.lag_s = lag_s  # how old a reading of `users()` may be when the step has changed
         self.name = "loadlab-remote-profiler"
         self.url, self.group = url, group
         self._fetching: threading.Thread | None = None
@@ -242,7 +242,7 @@ class RemoteStepProfiler(StepProfiler):
         if steps.last_step_s is None:  # the step's length unknown: half as long as the hold has lasted
             seconds = max(REMOTE_MIN_S, 0.5 * (now - begun))
         else:  # the rest of the hold, if this step is as long as the last one, less how late the lab may
-            # have seen it begin (a poll of the sampler's reading) and how late the sidecar starts
+            # have seen it begin (`lag_s` and a poll) and how late the sidecar starts
             seconds = steps.start + steps.last_step_s - self.lag_s - self.poll_s - self.overhead_s - now
         seconds = min(MAX_REMOTE_CHUNK_S, seconds)
         return seconds if seconds >= REMOTE_MIN_S else None
