@@ -333,6 +333,18 @@ class Lab:
     def target_url(self) -> str:
         return self.opts.host.rstrip("/") if self.opts.host else f"http://{DEFAULT_BIND}:{self.ports['target']}"
 
+    def exporter_url(self) -> str:
+        """Locust's exporter (on the master, or the one process)."""
+        return f"http://{DEFAULT_BIND}:{self.ports['exporter']}/metrics"
+
+    def locust_gauge(self, name: str, timeout: float = 2.0) -> float | None:
+        """One of Locust's gauges as its exporter serves it now; None when it does not answer."""
+        try:
+            found = parse_metrics(scrape(self.exporter_url(), timeout=timeout), (name,))
+        except (OSError, ValueError):
+            return None
+        return next((value for metric, _, value in found if metric == name), None)
+
     def target_metrics_url(self) -> str:
         """Where the target's metrics are read. A target we start serves them from the gunicorn
         arbiter on their own port, so scrapes never queue behind the load in the workers'
@@ -460,7 +472,7 @@ class Lab:
         self.say_worker_command()
         # SIGINT, as Ctrl-C would: Locust then writes its --html and --json-file reports (SIGTERM skips the HTML).
         comp = self.component("locust", self.python(*master),
-                              ready_url=f"http://{DEFAULT_BIND}:{self.ports['exporter']}/metrics",
+                              ready_url=self.exporter_url(),
                               exits_by_itself=self.opts.mode == "run", stop_signal=signal.SIGINT,
                               stop_timeout=LOCUST_STOP_S)
         self.sup.start(comp)
@@ -483,7 +495,7 @@ class Lab:
         file, preset = ((self.opts.locustfile.name, own_locustfile.STEP) if self.opts.locustfile
                         else SCENARIOS[self.opts.scenario])
         self.say(f"locust     {file} --scenario {preset} "
-                 f"({what}, pid {comp.pid}); exporter http://{DEFAULT_BIND}:{self.ports['exporter']}/metrics")
+                 f"({what}, pid {comp.pid}); exporter {self.exporter_url()}")
         own_shape = own_locustfile.own_shape(comp.log_path) if self.opts.locustfile else None
         if own_shape:
             self.say(f"locust     {file}: {own_shape}")
@@ -496,7 +508,7 @@ class Lab:
     def start_sampler(self) -> None:
         sources = {SIDECAR_JOB: f"http://{DEFAULT_BIND}:{self.ports['sidecar']}/metrics",
                    TARGET_JOB: self.target_metrics_url(),
-                   LOCUST_JOB: f"http://{DEFAULT_BIND}:{self.ports['exporter']}/metrics"}
+                   LOCUST_JOB: self.exporter_url()}
         if self.no_target_metrics:  # an API without /metrics: nothing to sample (said once at start)
             del sources[TARGET_JOB]
         sources.update(self.remote)
@@ -526,16 +538,10 @@ class Lab:
                 # The API on another machine: the sidecar beside it records, if started with --allow-profiling.
                 url = info["sidecar"] = profile_url(side.url)
                 check_remote(url)
-                exporter = f"http://{DEFAULT_BIND}:{self.ports['exporter']}/metrics"
-
                 def users_live() -> float | None:
-                    # Read from Locust's exporter itself: the sampler's reading can be a second old, and a
+                    # From Locust's exporter itself: the sampler's reading can be a second old, and a
                     # recording's length is fixed when it starts.
-                    try:
-                        found = parse_metrics(scrape(exporter, timeout=1.0), ("locust_users",))
-                    except (OSError, ValueError):
-                        return None
-                    return next((value for name, _, value in found if name == "locust_users"), None)
+                    return self.locust_gauge("locust_users", timeout=1.0)
 
                 profiler = RemoteStepProfiler(self.run_dir, url, side.group, users_live,
                                               self.thresholds.step_transient_fraction, self.opts.profile_rate, self.say,
@@ -664,11 +670,7 @@ class Lab:
 
     def locust_test_running(self) -> bool:
         """Whether Locust's master says its test is running (spawning or running users), asked now."""
-        try:
-            samples = parse_metrics(scrape(f"http://{DEFAULT_BIND}:{self.ports['exporter']}/metrics"), ("locust_running",))
-        except (OSError, ValueError):
-            return False
-        return any(value == 1 for _, _, value in samples)
+        return self.locust_gauge("locust_running") == 1
 
     def dead_worker(self) -> Component | None:
         """A Locust worker that exited while its master still runs. Workers exit by themselves only
@@ -884,7 +886,7 @@ class Lab:
         self.say(f"workers    waiting up to {self.opts.workers_timeout:g} s for {n} remote worker{'s' if n > 1 else ''} "
                  f"at {fleet.master_host(self.opts.master_bind)}:{self.ports['master']} (--workers-timeout)")
         master = self.locust_master
-        fleet.wait_for_workers(f"http://{DEFAULT_BIND}:{self.ports['exporter']}/metrics",
+        fleet.wait_for_workers(self.exporter_url(),
                                self.opts.workers + self.opts.remote_workers, self.opts.workers,
                                self.opts.workers_timeout, self.ports["master"],
                                lambda: master.poll() is not None, self.say)
@@ -899,7 +901,7 @@ class Lab:
             return None
         if self._missing_log is None:
             self._missing_log = fleet.MissingLog(self.locust_master.log_path)
-        count = None if exited else fleet.master_count(f"http://{DEFAULT_BIND}:{self.ports['exporter']}/metrics")
+        count = None if exited else fleet.master_count(self.exporter_url())
         return fleet.lost_worker(count, self.opts.workers + self.opts.remote_workers, self._missing_log.check())
 
     # ------------------------------------------------------------------ the two commands
