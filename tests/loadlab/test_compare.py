@@ -137,6 +137,7 @@ def test_json_output_is_the_comparison(tmp_path):
 THINK = {"MIN_WAIT_TIME": "400", "MAX_WAIT_TIME": "600", "LOGIN_USERS": "20"}
 
 
+@pytest.mark.serial  # measured capacities of two servers: run alone
 @pytest.mark.timeout(300)
 def test_ground_truth_servers_with_different_service_times_are_judged_regressed(ground_truth, tmp_path):
     # W=4 sleeping workers: S=100 ms gives X=40 req/s, N*=24 users; S=200 ms gives X=20, N*=14.

@@ -149,6 +149,7 @@ def _instance(spawn, ground_truth, address: str, service_ms: float) -> tuple[str
     return api.url, sidecar, f"{api.url}/metrics"
 
 
+@pytest.mark.serial  # measured CPU per machine: run alone
 @pytest.mark.timeout(240)
 def test_a_fleet_behind_a_load_balancer_is_limited_by_its_slower_machine(spawn, ground_truth, tmp_path):
     fast, fast_sidecar, fast_metrics = _instance(spawn, ground_truth, "127.0.0.2", FAST_MS)

@@ -28,6 +28,9 @@ THINK = {"MIN_WAIT_TIME": "400", "MAX_WAIT_TIME": "600", "LOGIN_USERS": "20"}
 Z = 0.5
 STEP_S = 5  # every hunt here holds each step 5 s
 
+# Each test measures capacity and knee against X = W/S: run alone (make test's serial group).
+pytestmark = pytest.mark.serial
+
 
 @dataclass
 class Hunted:

@@ -149,6 +149,7 @@ def points(dom: str, key: str) -> int:
     return int(found.group(1)) if found else 0
 
 
+@pytest.mark.serial  # the live hunt must find a knee: run alone
 @pytest.mark.timeout(420)
 def test_lab_tab_draws_resources_and_the_live_verdict_through_a_step_hunt(tmp_path):
     require_binary("chromium")

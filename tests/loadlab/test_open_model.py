@@ -28,6 +28,9 @@ from tests.helpers import free_port
 from tests.loadlab.conftest import assert_all_gone, run_loadlab
 from tests.locust_tests.conftest import locust_args, run_locust
 
+# Capacity and corrected p95 measured against a known truth: run alone (make test's serial group).
+pytestmark = pytest.mark.serial
+
 STALL_S, PERIOD_S, SERVICE_S = 1.0, 5.0, 0.020
 
 

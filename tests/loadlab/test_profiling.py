@@ -49,6 +49,7 @@ def gt_target(gt) -> list[str]:
     return ["--host", gt.url, "--target-pid", str(gt.pid), "--target-workers", str(gt.workers)]
 
 
+@pytest.mark.serial  # a profiled hunt that must reach its break: run alone
 @pytest.mark.timeout(260)
 def test_cpu_burning_server_hot_spot_is_its_burning_function(ground_truth, tmp_path):
     # N* = 11 users and p95 passes 500 ms near 16; 20 leaves room to confirm the knee on a busy host
@@ -72,6 +73,7 @@ def test_cpu_burning_server_hot_spot_is_its_burning_function(ground_truth, tmp_p
     assert ':"' not in "".join(p.read_text() for p in (d / "profiles" / "chunks").glob("*.txt"))  # no command lines
 
 
+@pytest.mark.serial  # a profiled hunt that must reach its break: run alone
 @pytest.mark.timeout(260)
 def test_sleeping_server_hot_spot_is_the_wait(ground_truth, tmp_path):
     gt = ground_truth(workers=4, service_ms=100, mode="sleep")
@@ -87,6 +89,7 @@ def test_sleeping_server_hot_spot_is_the_wait(ground_truth, tmp_path):
     assert not [h for h in verdict["hotspots"] if h["kind"] == "wait" and "gunicorn/" in h["file"]], verdict["hotspots"]
 
 
+@pytest.mark.serial  # a profiled hunt that must reach its break: run alone
 @pytest.mark.timeout(260)
 def test_lock_contention_hot_spot_is_the_semaphore(ground_truth, tmp_path):
     # gthread workers whose threads queue on one semaphore per process, held while burning S of CPU.
@@ -110,6 +113,7 @@ def bundled_run(tmp_path_factory):
                         "--step-users", "4", "--step-time", "5s", "--max-users", "28"], out, env=env, timeout=200)
 
 
+@pytest.mark.serial  # a profiled hunt that must reach its break: run alone
 @pytest.mark.timeout(260)
 def test_bundled_target_hot_spot_is_the_password_hash(bundled_run):
     assert bundled_run.returncode == 0, bundled_run.output
@@ -126,6 +130,7 @@ def test_bundled_target_hot_spot_is_the_password_hash(bundled_run):
     assert hot["share"] >= 0.5, hot
 
 
+@pytest.mark.serial  # reads the serial test's bundled_run: one run, not two
 @pytest.mark.timeout(120)
 def test_report_with_flame_graph_renders_in_headless_chromium(bundled_run, tmp_path):
     chromium = require_binary("chromium")
@@ -176,6 +181,7 @@ def remote_sidecar(spawn, pid: int, *flags: str) -> str:
     return url
 
 
+@pytest.mark.serial  # a profiled hunt that must reach its break: run alone
 @pytest.mark.timeout(260)
 def test_a_remote_servers_hot_spot_comes_from_the_sidecar_beside_it(ground_truth, spawn, tmp_path):
     # The CPU-burning server of the first proof, profiled by its sidecar's /profile (--allow-profiling):

@@ -62,6 +62,7 @@ def test_a_bad_slo_flag_is_one_clear_error(history, capsys, value):
     assert "--slo-p95-ms" in capsys.readouterr().err
 
 
+@pytest.mark.serial  # a real hunt's break on measured p95: run alone
 @pytest.mark.timeout(240)
 def test_a_run_with_its_own_slo_breaks_where_its_hunt_stopped(ground_truth, tmp_path):
     # W=2, S=100 ms, Z=0.5 s: 20 req/s, knee N* = 12 users. Past the knee the response time grows

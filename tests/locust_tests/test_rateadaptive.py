@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import subprocess
 from dataclasses import dataclass
 
 import pytest
@@ -31,6 +33,7 @@ from locust_tests.plugins.rateadaptive import (
     rate_hunt_kind,
     tidy,
 )
+from tests.helpers import PYTHON, REPO_ROOT
 from tests.loadlab.open_synthetic import open_run
 
 HOLD = 10.0
@@ -305,7 +308,11 @@ def test_the_open_model_verdict_reads_adaptive_steps_in_order_of_rate_and_lists_
     assert a.to_dict()["rate_steps"][2]["offered_rps"] == 40
 
 
-def test_the_lab_tab_without_the_lab_shows_the_rate_hunts_phase_and_how_it_ended():
+def lab_tab_views_of_a_rate_hunt() -> list[dict]:
+    """The Lab tab's view (`labtab.locust_view`) of a rate hunt in its fifth step, and once it ended.
+
+    `labtab` imports Locust, which monkey-patches the importing process with gevent (see conftest.py),
+    so the test calls this in a subprocess."""
     from types import SimpleNamespace
 
     from locust_tests.plugins.labtab import locust_view
@@ -318,12 +325,21 @@ def test_the_lab_tab_without_the_lab_shows_the_rate_hunts_phase_and_how_it_ended
         t += 1.0
     shape = SimpleNamespace(hunt=hunt, hunt_phase=hunt.phase)
     runner = SimpleNamespace(stats=SimpleNamespace(history=[]), state="running", user_count=100)
-    view = locust_view(SimpleNamespace(runner=runner, shape_class=shape))  # type: ignore[arg-type]
-    assert view["current"]["phase"] == GROW and view["current"]["step"] == 5
-    assert view["summary"][0] == "rate hunt: 4 steps judged (each in Locust's log)"
+    views = [locust_view(SimpleNamespace(runner=runner, shape_class=shape))]  # type: ignore[arg-type]
     while (rate := hunt.tick(t, clock.snapshot)) is not None:
         clock.advance(rate)
         t += 1.0
     runner.state = "stopped"
-    view = locust_view(SimpleNamespace(runner=runner, shape_class=shape))  # type: ignore[arg-type]
-    assert "not sustained from" in view["summary"][0] and view["notes"] == []
+    views.append(locust_view(SimpleNamespace(runner=runner, shape_class=shape)))  # type: ignore[arg-type]
+    return views
+
+
+def test_the_lab_tab_without_the_lab_shows_the_rate_hunts_phase_and_how_it_ended():
+    probe = ("import json; from tests.locust_tests.test_rateadaptive import lab_tab_views_of_a_rate_hunt as views; "
+             "print(json.dumps(views(), default=str))")
+    done = subprocess.run([PYTHON, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    running, ended = json.loads(done.stdout.strip().splitlines()[-1])
+    assert running["current"]["phase"] == GROW and running["current"]["step"] == 5
+    assert running["summary"][0] == "rate hunt: 4 steps judged (each in Locust's log)"
+    assert "not sustained from" in ended["summary"][0] and ended["notes"] == []

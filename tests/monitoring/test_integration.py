@@ -31,7 +31,9 @@ BREAKING_POINT_ALERTS = {"LoadTestLatencySLOBreached", "LoadTestThroughputPlatea
 LOGIN_TEST = REPO_ROOT / "locust_tests/scenarios/login_test.py"
 DASHBOARDS = sorted((REPO_ROOT / "grafana/dashboards").glob("*.json"))
 
-pytestmark = pytest.mark.timeout(300)
+# serial: alerts and missed scrapes under a load the target must get the CPU for (the light run must
+# fire nothing): run alone (make test's serial group).
+pytestmark = [pytest.mark.timeout(300), pytest.mark.serial]
 
 
 def _api(base: str, path: str, **params: Any) -> Any:

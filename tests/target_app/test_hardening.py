@@ -260,6 +260,7 @@ def _multiproc_dirs(pid: int) -> list[str]:
     return glob.glob(os.path.join(parent, f"{MULTIPROC_PREFIX}{pid}-*"))
 
 
+@pytest.mark.serial  # any gunicorn start (another xdist worker's) clears the dead server's /dev/shm directory this checks
 def test_a_killed_servers_metrics_directory_is_removed_at_the_next_start_and_a_live_ones_kept(spawn, tmp_path):
     live = start(spawn, tmp_path)
     killed = start(spawn, tmp_path)

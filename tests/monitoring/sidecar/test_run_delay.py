@@ -33,6 +33,7 @@ time.sleep(40)
 SLEEP = "import time; time.sleep(40)"
 
 
+@pytest.mark.serial  # run delay against wall time, scraped 3 s apart: run alone
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="schedstat is Linux's")
 def test_busy_threads_on_one_core_wait_for_it_and_sleeping_ones_do_not(sidecar, spawn, tmp_path):
     stop = tmp_path / "stop"
