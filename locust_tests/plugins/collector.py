@@ -40,9 +40,10 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
-from loadlab.contract.histograms import LATENCY_BUCKETS_SECONDS, cumulative_buckets
+from loadlab.contract.histograms import LATENCY_BUCKETS_SECONDS, GroupedBuckets
 from loadlab.contract.openmodel import (
     ARRIVAL_RATE,
     ARRIVALS_DROPPED,
@@ -95,12 +96,59 @@ class ErrorLabels:
         return OTHER_ERROR
 
 
+_BOUNDS = [floatToGoString(b) for b in LATENCY_BUCKETS_SECONDS] + ["+Inf"]
+# Request names kept between collections (each RequestSeries holds a few small lists); far above
+# any sane number of names, it only bounds what names of earlier tests leave behind.
+MAX_KEPT_SERIES = 10_000
+
+
+def _request_families() -> tuple[CounterMetricFamily, CounterMetricFamily, HistogramMetricFamily]:
+    return (CounterMetricFamily("locust_requests", "Requests made, failures included.", labels=["method", "name"]),
+            CounterMetricFamily("locust_request_failures", "Requests that failed.", labels=["method", "name"]),
+            HistogramMetricFamily("locust_request_duration_seconds", "Response times recorded by Locust.",
+                                  labels=["method", "name"]))
+
+
+class RequestSeries:
+    """One request name's samples of the three request families, kept from one collection to the
+    next. The exporter collects 50 names every scrape inside Locust's busy loop, and building
+    each sample through add_metric (label dicts copied per sample) and bucketing every response
+    time key cost most of it. Here the samples' names and label dicts are made once, by
+    add_metric itself (so they are exactly its own); a collection reuses the samples of a name
+    whose stats have not changed, and otherwise sums each bucket over keys grouped once."""
+
+    def __init__(self, method: str, name: str) -> None:
+        families = _request_families()
+        families[0].add_metric([method, name], 0)
+        families[1].add_metric([method, name], 0)
+        families[2].add_metric([method, name], buckets=[(bound, 0) for bound in _BOUNDS], sum_value=0)
+        # (sample name, labels) of: requests, failures, the buckets, _count, _sum
+        self._shapes = [(sample.name, sample.labels) for family in families for sample in family.samples]
+        self._buckets = GroupedBuckets()
+        self._state: tuple[int, int, float, int] | None = None
+        self._times: Any = None
+        self._samples: tuple[Sample, Sample, list[Sample]] | None = None
+
+    def samples(self, entry: Any) -> tuple[Sample, Sample, list[Sample]]:
+        """(requests sample, failures sample, histogram samples) of a Locust StatsEntry."""
+        times = entry.response_times
+        state = (entry.num_requests, entry.num_failures, entry.total_response_time, len(times))
+        if self._samples is None or state != self._state or times is not self._times:
+            counts = self._buckets.counts(times)
+            values = [entry.num_requests, entry.num_failures, *counts, counts[-1], entry.total_response_time / 1000.0]
+            made = [Sample(name, labels, value) for (name, labels), value in zip(self._shapes, values)]
+            self._samples = (made[0], made[1], made[2:])
+            self._state, self._times = state, times
+        return self._samples
+
+
 class LocustCollector(Collector):
     """Yields the metric families above from `environment.runner` at each scrape."""
 
     def __init__(self, environment: Any, error_limit: int = MAX_DISTINCT_ERRORS) -> None:
         self.environment = environment
         self.errors = ErrorLabels(error_limit)
+        self._series: dict[tuple[str, str], RequestSeries] = {}
 
     def describe(self) -> list[Metric]:
         return []  # scrape-time values: nothing to check at registration
@@ -134,20 +182,19 @@ class LocustCollector(Collector):
                 phases.add_metric([name], 1 if name == phase else 0)
             yield phases
 
-        requests = CounterMetricFamily("locust_requests", "Requests made, failures included.",
-                                       labels=["method", "name"])
-        failures = CounterMetricFamily("locust_request_failures", "Requests that failed.",
-                                       labels=["method", "name"])
-        durations = HistogramMetricFamily("locust_request_duration_seconds",
-                                          "Response times recorded by Locust.", labels=["method", "name"])
-        bounds = [floatToGoString(b) for b in LATENCY_BUCKETS_SECONDS] + ["+Inf"]
+        requests, failures, durations = _request_families()
+        series = self._series
+        if len(series) > MAX_KEPT_SERIES:  # names of earlier tests: start again
+            series.clear()
         for entry in entries:
-            labels = [entry.method or "", entry.name]
-            requests.add_metric(labels, entry.num_requests)
-            failures.add_metric(labels, entry.num_failures)
-            counts = cumulative_buckets(entry.response_times)
-            durations.add_metric(labels, buckets=list(zip(bounds, counts)),
-                                 sum_value=entry.total_response_time / 1000.0)
+            labels = (entry.method or "", entry.name)
+            one = series.get(labels)
+            if one is None:
+                one = series[labels] = RequestSeries(*labels)
+            counted, failed, histogram = one.samples(entry)
+            requests.samples.append(counted)
+            failures.samples.append(failed)
+            durations.samples.extend(histogram)
         yield requests
         yield failures
         yield durations
@@ -184,8 +231,7 @@ class LocustCollector(Collector):
         yield dropped
         corrected = HistogramMetricFamily(CORRECTED_DURATION, "Latency from each arrival's scheduled start "
                                           "(corrected for coordinated omission).", labels=["method", "name"])
-        bounds = [floatToGoString(b) for b in LATENCY_BUCKETS_SECONDS] + ["+Inf"]
         for (method, name), histogram in list(stats.latency.items()):
             counts = list(itertools.accumulate(list(histogram.counts)))
-            corrected.add_metric([method, name], buckets=list(zip(bounds, counts)), sum_value=histogram.total)
+            corrected.add_metric([method, name], buckets=list(zip(_BOUNDS, counts)), sum_value=histogram.total)
         yield corrected

@@ -6,7 +6,10 @@ process rendered, so a scrape waits neither for Locust's gevent loop nor for its
 FD is a listening socket the Locust process has bound (so a taken port is its error, reported
 before anything starts). Stdin carries frames, each an 8-byte big-endian length and that many
 bytes of Prometheus text exposition; every frame replaces the one served. An empty frame means
-the Locust process could not render its stats: scrapes then get 503, never stale values. At the
+the Locust process could not render its stats: scrapes then get 503, never stale values. Once
+the first frame is served, it writes READY to stdout: the Locust process waits for that at start,
+so the server's own start-up (an interpreter, http.server's imports: ~0.1 s of CPU) is over before
+any user runs, and the exporter's URL answers once Locust has logged it. At the
 end of stdin (the Locust process has exited, whichever way, SIGKILL included) this process exits
 too; it ignores SIGINT and SIGTERM, which Locust handles for both.
 """
@@ -24,6 +27,7 @@ from typing import Any, BinaryIO
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # prometheus_client.generate_latest's format
 FRAME_HEADER = struct.Struct(">Q")
+READY = b"1"  # written to stdout once the first frame is served
 
 
 def encode_frame(body: bytes) -> bytes:
@@ -70,7 +74,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass  # quiet, like prometheus-client's server
 
 
-def serve(fd: int, frames: BinaryIO) -> None:
+def serve(fd: int, frames: BinaryIO, ready: BinaryIO) -> None:
     global _latest
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
     server.socket.close()  # the unbound one it made; serve the inherited, listening one instead
@@ -86,6 +90,9 @@ def serve(fd: int, frames: BinaryIO) -> None:
         if not serving:
             threading.Thread(target=server.serve_forever, daemon=True).start()
             serving = True
+            ready.write(READY)  # the Locust process waits for this before it goes on
+            ready.flush()
+            ready.close()
     # stdin ended: the Locust process is gone. Accept nothing more, finish the answers in flight
     # (each bounded by Handler.timeout), then exit.
     if serving:
@@ -100,4 +107,4 @@ if __name__ == "__main__":
     # until its stdin ends. SIGKILL still ends it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    serve(int(sys.argv[1]), sys.stdin.buffer)
+    serve(int(sys.argv[1]), sys.stdin.buffer, sys.stdout.buffer)

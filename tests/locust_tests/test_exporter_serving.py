@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from locust_tests.plugins.metrics_server import encode_frame
+from locust_tests.plugins.metrics_server import READY, encode_frame
 from tests.helpers import PYTHON, REPO_ROOT, free_port, wait_for_http
 from tests.locust_tests.conftest import run_locust, scrape
 from tests.locust_tests.test_runs import assert_exporter_equals_csv
@@ -110,13 +110,15 @@ def test_server_serves_the_latest_frame_and_503_after_a_failed_render(tmp_path):
     empty frame (the render failed) gives 503 rather than the previous, stale values."""
     listening = socket.create_server(("127.0.0.1", 0))
     url = f"http://127.0.0.1:{listening.getsockname()[1]}/metrics"
-    server = subprocess.Popen([PYTHON, str(SERVER_SCRIPT), str(listening.fileno())], stdin=subprocess.PIPE,
-                              pass_fds=(listening.fileno(),))
+    server = subprocess.Popen([PYTHON, "-I", "-S", str(SERVER_SCRIPT), str(listening.fileno())],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=(listening.fileno(),))
     listening.close()
     try:
-        for body in (b"", b"locust_users 1.0\n", b"locust_users 2.0\n", b""):
+        for i, body in enumerate((b"", b"locust_users 1.0\n", b"locust_users 2.0\n", b"")):
             server.stdin.write(encode_frame(body))
             server.stdin.flush()
+            if i == 0:  # it says it serves once it has the first frame (the exporter waits for that)
+                assert server.stdout.read(len(READY)) == READY
             if body:
                 assert wait_for(lambda: scrape(url) == body.decode()), scrape(url)
             else:

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from loadlab.contract.histograms import (
     LATENCY_BUCKETS_SECONDS,
+    GroupedBuckets,
     bucket_deltas,
     buckets_of_response_times,
     counter_increase,
@@ -39,6 +40,20 @@ def test_buckets_are_monotonic_and_inf_counts_everything(times):
     counts = cumulative_buckets(times)
     assert counts == sorted(counts)
     assert counts[-1] == sum(times.values())
+
+
+@given(st.lists(st.lists(st.tuples(st.integers(0, 120_000), st.integers(1, 50)), max_size=30), max_size=8),
+       st.integers(0, 7))
+def test_grouped_buckets_equal_cumulative_buckets_as_a_dict_grows_and_is_replaced(batches, reset_at):
+    # As Locust uses a StatsEntry's dict: counts grow and keys are added between readings; a stats
+    # reset replaces the dict with a new, empty one.
+    grouped, times = GroupedBuckets(), {}
+    for i, batch in enumerate(batches):
+        if i == reset_at:
+            times = {}
+        for ms, count in batch:
+            times[ms] = times.get(ms, 0) + count
+        assert grouped.counts(times) == cumulative_buckets(times)
 
 
 def test_histogram_quantile_interpolates_like_prometheus():
