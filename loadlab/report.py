@@ -113,8 +113,9 @@ class _Charts:
 
 def render_charts(verdict: Verdict, history: LocustHistory, resources: ResourceSeries | None,
                   server_p95: list[tuple[float, float]] | None = None) -> list[tuple[str, str]]:
-    """[(title, base64 PNG)] for the five charts; `resources` is the run's `steps.resource_series`,
-    `server_p95` the API's own p95 over time (`server_latency.p95_series`), drawn beside Locust's."""
+    """[(title, base64 PNG)] for the five charts, and each machine's CPU when the run had several (one
+    chart per role); `resources` is the run's `steps.resource_series`, `server_p95` the API's own p95
+    over time (`server_latency.p95_series`), drawn beside Locust's."""
     locust = csv_series(history)
     timeline = resource_timeline(resources)
     times = [r.t for r in history.rows]
@@ -176,7 +177,37 @@ def render_charts(verdict: Verdict, history: LocustHistory, resources: ResourceS
     out.append(("Generator CPU", _png(charts.cpu(
         "Load generator (Locust) CPU", timeline, "generator", "tab:brown", "Locust CPU",
         "no generator CPU samples (plain Locust CSV)", host_busy))))
+    for role, what in (("generator", "Load generator"), ("target", "Target")):
+        fig = machine_cpu_chart(charts, role, f"{what} CPU per machine (per step's hold)")
+        if fig is not None:
+            out.append((f"{what} CPU per machine", _png(fig)))
     return out
+
+
+def machine_cpu_chart(charts: _Charts, role: str, title: str):
+    """Each machine's CPU per step against its usable cores (its dotted line, same colour), from the
+    steps' `generator_machines` (--remote-workers) or `target_machines` (several --target-sidecar);
+    None for a run on one machine. A step without a machine's samples leaves a gap in its line."""
+    by_machine: dict[str, list[tuple[float, float | None, float | None]]] = {}
+    for step in charts.verdict.steps:
+        for m in getattr(step, f"{role}_machines") or []:
+            by_machine.setdefault(m["instance"], []).append(
+                ((step.hold_start + step.end) / 2, m.get("cpu_cores"), m.get("cores_available")))
+    if not by_machine:
+        return None
+    fig, ax = charts.figure(title, "CPU (cores)")
+    for i, (instance, points) in enumerate(by_machine.items()):
+        color = f"C{i % 10}"
+        xs = [t - charts.t0 for t, _, _ in points]
+        ax.plot(xs, [float("nan") if v is None else v for _, v, _ in points], color=color, marker="o", ms=3,
+                label=instance)
+        usable = next((a for _, _, a in points if a), None)
+        if usable:
+            ax.axhline(usable, color=color, ls=":", lw=1)
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="upper left", fontsize=7)
+    charts.mark(ax)
+    return fig
 
 
 def render_open_charts(verdict: Verdict, history: LocustHistory, series: dict[str, list[tuple[float, float]]]

@@ -18,13 +18,14 @@ from loadlab import gates as gating
 from loadlab import generators, openmodel, profiling, server_latency, targets, uncertainty
 from loadlab.analysis import analyze_steps
 from loadlab.contract import thresholds
+from loadlab.contract.names import LOCUST_JOB
 from loadlab.contract.thresholds import Thresholds
 from loadlab.functional import ErrorEvidence, read_failures_csv, step_errors
 from loadlab.history import Damage, DamagedInput, LocustHistory, Samples, read_samples, read_stats_history
 from loadlab.ratesteps import is_open_run
 from loadlab.remote import apply_outages
 from loadlab.report import write_report
-from loadlab.steps import ResourceSeries, resource_series, summarize_steps
+from loadlab.steps import ResourceSeries, after_stop, resource_series, summarize_steps
 from loadlab.verdict import Source, Verdict
 
 LOCUST_PREFIX = "locust"  # Locust's --csv prefix inside a run directory
@@ -137,6 +138,11 @@ def judge(inputs: RunInputs, history: LocustHistory, samples: Samples, th: Thres
         remote_notes = targets.apply(steps, samples, inputs.meta)  # several --target-sidecar: the fleet's sums, per machine
         remote_notes += apply_outages(steps, remote_sources, samples)  # a source on the API's machine that stopped answering
         remote_notes += generators.apply(steps, samples, inputs.meta)  # --remote-workers: each load machine's CPU
+        stale = after_stop(history.rows, samples.scrapes(LOCUST_JOB))
+        if stale:  # e.g. a master that still counted a quit worker's users
+            remote_notes.append(f"note: {len(stale)} rows of Locust's CSV after its test stopped (its exporter said so) "
+                                f"still counted users ({', '.join(sorted({str(r.users) for r in stale}))}); "
+                                f"no step was cut from them")
         evidence = ErrorEvidence(by_step=[step_errors(samples, s) for s in steps], run=run_errors or [],
                                  failures_csv=failures_csv_name)
         verdict = analyze_steps(steps, th, evidence)

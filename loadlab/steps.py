@@ -17,7 +17,7 @@ from loadlab.contract.cores import (
     cores_available,
 )
 from loadlab.contract.histograms import counter_increase, rate_series
-from loadlab.contract.names import GENERATOR_GROUP, SIDECAR_JOB, TARGET_GROUP, TARGET_SIDECAR_SOURCE
+from loadlab.contract.names import GENERATOR_GROUP, LOCUST_JOB, SIDECAR_JOB, TARGET_GROUP, TARGET_SIDECAR_SOURCE
 from loadlab.contract.thresholds import DEFAULT_THRESHOLDS
 from loadlab.history import HistoryRow, LocustHistory, Samples, Scrape, quantile_between, scrape_value, series
 
@@ -98,6 +98,35 @@ def detect_plateaus(rows: list[HistoryRow], min_rows: int = 3) -> list[list[Hist
     if len(current) >= min_rows and current[0].users > 0:
         plateaus.append(current)
     return plateaus
+
+
+LOCUST_RUNNING = "locust_running"  # the exporter's gauge: 1 while Locust spawns or runs users
+
+
+def after_stop(rows: list[HistoryRow], scrapes: list[Scrape]) -> list[HistoryRow]:
+    """The history rows with users that Locust wrote after its test had stopped, by its exporter's
+    own word (`locust_running`, in the `scrapes` of the lab's sampler); no step is cut from them.
+
+    Locust's CSV writer goes on after its test stops: while a master waits for its workers to stop
+    and while the exporter lingers, it writes the user count its master still holds, which is stale
+    (a worker whose goodbye has not been read yet still counts; with two workers that is about half
+    the users). Those rows carry no requests, and three of them would read as a step with nothing
+    served, and so as a break. A row is dropped when its second may have begun after a scrape that
+    saw the test stopped, until a scrape sees a test run again. Without the gauge (a plain Locust
+    CSV, an older run) none is."""
+    stopped: list[tuple[float, float]] = []  # [first scrape that saw it stopped, next scrape that saw it run)
+    ran, since = False, None
+    for t, value in series(scrapes, LOCUST_RUNNING):
+        if value == 1:
+            if since is not None:
+                stopped.append((since, t))
+            ran, since = True, None
+        elif ran and since is None:
+            since = t
+    if since is not None:
+        stopped.append((since, float("inf")))
+    # CSV timestamps are whole seconds: a row was written during [t, t + 1).
+    return [row for row in rows if row.users > 0 and any(row.t + 1 > start and row.t < end for start, end in stopped)]
 
 
 def hold_rows(plateau: list[HistoryRow], transient_fraction: float) -> list[HistoryRow]:
@@ -298,7 +327,9 @@ def summarize_steps(history: LocustHistory, samples: Samples | None = None, meta
     if resources is None:
         resources = resource_series(samples, meta)
     steps = []
-    for index, plateau in enumerate(detect_plateaus(history.rows, min_rows=min_rows)):
+    stale = {row.t for row in after_stop(history.rows, samples.scrapes(LOCUST_JOB))}
+    plateaus = [[row for row in plateau if row.t not in stale] for plateau in detect_plateaus(history.rows, min_rows)]
+    for index, plateau in enumerate(p for p in plateaus if len(p) >= min_rows):
         hold = hold_rows(plateau, transient_fraction)
         rates = _interval_rates(hold)
         requests = max(0, hold[-1].requests - hold[0].requests)
@@ -367,4 +398,4 @@ def resource_timeline(resources: ResourceSeries | None) -> dict[str, list[Point]
 
 
 __all__ = ["StepSummary", "ResourceSeries", "detect_plateaus", "hold_rows", "summarize_steps", "resource_series",
-           "resource_timeline"]
+           "resource_timeline", "after_stop"]

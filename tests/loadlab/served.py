@@ -69,3 +69,26 @@ def served_truth(run_dir: Path, verdict: dict, workers: int, think_s: float, nom
     d, r0 = seconds / count, statistics.median(light) / 1000.0
     x = workers / d
     return ServedTruth(d, r0, x, x * (r0 + think_s), basis)
+
+
+# The truth of a fleet behind a round-robin balancer (tests/loadlab/test_fleet.py, test_scale_out.py):
+# each of its machines gets an equal share of the requests, so the fleet saturates when its slower
+# machine does, at that many times its capacity: X = machines / D_slow, with D_slow the time the slower
+# machine's one worker spent per login, from its own histogram over the holds the capacity rests on
+# (the knee and up). Held to 15 %: D is measured inside the app; the worker's time to accept, parse
+# and answer each request (a few milliseconds of 120 ms on a busy host), and the moments it idles
+# between requests while the balancer's next one is on its way, are not in it.
+FLEET_TOLERANCE = 0.15
+
+
+def fleet_truth(samples: Samples, verdict: dict, slow_source: str, machines: int = 2) -> float | None:
+    """X = machines / D_slow (req/s) over the steps from the verdict's knee up; None without a knee or
+    without the slower machine's login durations there. `slow_source`: its --target-metrics' source
+    in samples.jsonl (e.g. target_metrics_2)."""
+    knee = verdict["knee"]["users"] if verdict.get("knee") else None
+    if knee is None:
+        return None
+    served = [served_seconds(samples, s["hold_start"], s["end"], source=slow_source)
+              for s in verdict["steps"] if s["users"] >= knee]
+    seconds, count = sum(t for t, _ in served), sum(c for _, c in served)
+    return machines / (seconds / count) if count > 0 and seconds > 0 else None

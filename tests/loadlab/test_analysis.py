@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import statistics
+from pathlib import Path
 
 import pytest
 
 from loadlab.analysis import analyze_steps, find_break, find_knee
 from loadlab.contract.histograms import counter_increase
 from loadlab.contract.thresholds import DEFAULT_THRESHOLDS
-from loadlab.history import read_stats_history
-from loadlab.steps import detect_plateaus, summarize_steps, window_increase
+from loadlab.history import read_samples, read_stats_history
+from loadlab.steps import after_stop, detect_plateaus, summarize_steps, window_increase
 from tests.loadlab.synthetic import model_steps, write_history
 
 
@@ -268,3 +270,39 @@ def write_rows(seconds):
         rows.append(HistoryRow(t=1_700_000_000 + i, users=users, requests=int(total), failures=0, p50_ms=p95 / 2,
                                p95_ms=p95))
     return rows
+
+
+# Recorded from a real distributed run (tests/loadlab/test_scale_out.py, 2026-12-02: `--remote-workers 2`,
+# steps of 2 to 12 users): its CSV, and the exporter's gauges from samples.jsonl. After the hunt's last
+# step Locust's master quit and its exporter said the test had stopped (`locust_running` 0 from
+# 1796177657.4), yet its CSV went on for 5 s at 12 users, with no requests: the workers' goodbyes
+# were never read, so the master still counted their users.
+REMOTE_TAIL = Path(__file__).parent / "data" / "remote_tail"
+STOPPED_AT = 1796177657.4
+
+
+@pytest.mark.parametrize("tail_users", [12, 6], ids=["as-recorded", "one-goodbye-read"])
+def test_rows_written_after_a_distributed_test_stopped_are_no_step(tail_users):
+    history = read_stats_history(REMOTE_TAIL / "locust_stats_history.csv")
+    samples = read_samples(REMOTE_TAIL / "samples.jsonl")
+    # The same run had the master read one worker's goodbye first: half the users in the tail.
+    history.rows = [dataclasses.replace(r, users=tail_users) if r.t >= 1796177658 else r for r in history.rows]
+
+    stale = after_stop(history.rows, samples.scrapes("locust"))
+    assert [(r.t, r.users) for r in stale] == [(1796177657.0, 12)] + [(1796177658.0 + i, tail_users) for i in range(4)]
+    steps = summarize_steps(history, samples)
+    assert [s.users for s in steps] == [2, 4, 6, 8, 10, 12]
+    assert all(s.end < STOPPED_AT for s in steps)
+    # The last step's throughput is what the workers sent at 12 users (19 requests in 2 s), not a
+    # collapse to 0 req/s that the stale rows would make of it (or of a step of their own).
+    assert steps[-1].rps == pytest.approx(9.5) and steps[-1].requests == 19
+    # Judged by an SLO the whole run met: no break, and the capacity is the plateau's from the knee
+    # on (with the stale rows: a break at 6 users "at 0.0 req/s", or a knee at 4 and 7.67 req/s).
+    verdict = analyze_steps(steps, dataclasses.replace(DEFAULT_THRESHOLDS, latency_p95_seconds=5.0))
+    assert verdict.brk is None and verdict.knee is not None and verdict.knee.step_users == 6, verdict.summary()
+    assert verdict.capacity_rps == pytest.approx(statistics.median(s.rps for s in steps[2:]), abs=0.01)
+
+
+def test_without_the_exporters_word_every_row_is_kept():
+    history = read_stats_history(REMOTE_TAIL / "locust_stats_history.csv")
+    assert after_stop(history.rows, []) == []  # a plain Locust CSV: nothing says when its test stopped

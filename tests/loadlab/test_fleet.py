@@ -10,9 +10,10 @@ this does not prove: separate kernels and networks (the two "machines" share thi
 
 from __future__ import annotations
 
+import base64
 import json
+import math
 import subprocess
-import sys
 import urllib.request
 
 import pytest
@@ -21,12 +22,13 @@ import yaml
 from loadlab import server_latency, targets
 from loadlab.analysis import analyze_steps
 from loadlab.contract.thresholds import DEFAULT_THRESHOLDS
-from loadlab.history import Samples, Scrape, read_samples
+from loadlab.history import HistoryRow, LocustHistory, Samples, Scrape, read_samples
+from loadlab.report import _Charts, machine_cpu_chart, render_charts
 from loadlab.runner import Lab, LabOptions
 from monitoring.prometheus_config import default_rule_files, render
-from tests.helpers import PYTHON, free_port, require_binary, wait_for_http
-from tests.loadlab.conftest import assert_all_gone, run_loadlab, step_table
-from tests.loadlab.served import served_seconds
+from tests.helpers import require_binary
+from tests.loadlab.conftest import api_machine, assert_all_gone, load_balancer, run_loadlab, step_table
+from tests.loadlab.served import FLEET_TOLERANCE, fleet_truth
 from tests.loadlab.synthetic import model_steps
 
 MACHINES = ("http://10.0.0.5:9256/metrics", "http://10.0.0.6:9256/metrics")
@@ -61,6 +63,25 @@ def test_a_fleet_with_spare_cpu_on_every_machine_is_not_cpu_limited():
 def test_a_fleet_saturated_everywhere_says_so():
     basis = analyze_steps(_fleet_steps(busy=0.99, other=0.95), DEFAULT_THRESHOLDS).limiting_resource_basis
     assert MACHINES[1] in basis and "every machine was saturated" in basis, basis
+
+
+def test_the_report_draws_each_machines_cpu_per_step():
+    steps = _fleet_steps(busy=0.98, other=0.22)
+    steps[-1].target_machines[0]["cpu_cores"] = None  # a step without that machine's samples: a gap, no zero
+    verdict = analyze_steps(steps, DEFAULT_THRESHOLDS)
+    history = LocustHistory(rows=[HistoryRow(t=s.start + i, users=s.users, requests=0, failures=0, p50_ms=None,
+                                             p95_ms=None) for s in steps for i in range(3)], windowed_percentiles=True)
+    charts = dict(render_charts(verdict, history, None))
+    assert "Target CPU per machine" in charts and "Load generator CPU per machine" not in charts
+    assert base64.b64decode(charts["Target CPU per machine"]).startswith(b"\x89PNG")
+    fig = machine_cpu_chart(_Charts(history.rows[0].t, 60.0, verdict), "target", "t")
+    lines = fig.axes[0].get_lines()
+    assert [line.get_label() for line in lines[:2]] == list(MACHINES)  # one line per machine, in the flags' order
+    assert list(lines[1].get_ydata()) == [0.98] * len(steps)
+    assert math.isnan(lines[0].get_ydata()[-1])
+    # One machine: no per-machine chart.
+    one = analyze_steps(model_steps(list(range(4, 48, 4))), DEFAULT_THRESHOLDS)
+    assert not any("per machine" in title for title, _ in render_charts(one, history, None))
 
 
 def _sidecar_scrape(t: float, cpu: float, procs: int = 2, host_cores: int = 2, wait: float = 0.0) -> list:
@@ -138,27 +159,12 @@ LOCUST = ["--step-users", "2", "--step-time", "5s", "--max-users", "12", "--no-s
 ENV = {"LOGIN_USERS": "10", "MIN_WAIT_TIME": "200", "MAX_WAIT_TIME": "400"}
 
 
-def _instance(spawn, ground_truth, address: str, service_ms: float) -> tuple[str, str, str]:
-    """A ground-truth API on its own loopback address, and a sidecar beside it: (API URL, sidecar URL, metrics URL)."""
-    api = ground_truth(1, service_ms, "burn", host=address)
-    port = free_port(address)
-    car = spawn([PYTHON, "-m", "monitoring.sidecar", "--host", address, "--port", str(port), "--group-pid",
-                 f"target={api.pid}"], name=f"sidecar-{address}")
-    sidecar = f"http://{address}:{port}/metrics"
-    wait_for_http(sidecar, timeout=30, proc=car)
-    return api.url, sidecar, f"{api.url}/metrics"
-
-
 @pytest.mark.serial  # measured CPU per machine: run alone
 @pytest.mark.timeout(240)
 def test_a_fleet_behind_a_load_balancer_is_limited_by_its_slower_machine(spawn, ground_truth, tmp_path):
-    fast, fast_sidecar, fast_metrics = _instance(spawn, ground_truth, "127.0.0.2", FAST_MS)
-    slow, slow_sidecar, slow_metrics = _instance(spawn, ground_truth, "127.0.0.3", SLOW_MS)
-    port = free_port()
-    lb = spawn([sys.executable, "-m", "tests.loadlab.round_robin_lb", "--port", str(port), "--backend", fast,
-                "--backend", slow, "--max-seconds", "240"], name="round-robin-lb")
-    host = f"http://127.0.0.1:{port}"
-    wait_for_http(f"{host}/healthz", timeout=30, proc=lb)
+    fast, fast_sidecar, fast_metrics = api_machine(spawn, ground_truth, "127.0.0.2", FAST_MS)
+    slow, slow_sidecar, slow_metrics = api_machine(spawn, ground_truth, "127.0.0.3", SLOW_MS)
+    host = load_balancer(spawn, [fast, slow], max_seconds=240)
 
     run = run_loadlab(["run", "login-step", "--host", host, "--target-sidecar", fast_sidecar, "--target-sidecar",
                        slow_sidecar, "--target-metrics", fast_metrics, "--target-metrics", slow_metrics,
@@ -184,22 +190,10 @@ def test_a_fleet_behind_a_load_balancer_is_limited_by_its_slower_machine(spawn, 
         assert machines[slow_sidecar]["cpu_cores"] > machines[fast_sidecar]["cpu_cores"], detail
         assert s["server_rps"] is not None and s["server_p95_ms"] is not None, detail
 
-    # The fleet's truth: round robin gives each machine half the requests, so the fleet saturates
-    # when the slower one does, at twice its capacity: X = 2 / D_slow, with D_slow the time its one
-    # worker spent per login, from its own histogram over the holds the capacity rests on (as
-    # tests/loadlab/served.py does for one server). 15%: D is measured inside the app; the worker's
-    # time to accept, parse and answer each request (a few milliseconds of 120 ms on a busy host), and the
-    # moments it idles between requests while the balancer's next one is on its way, are not in it.
-    samples = read_samples(run.run_dir / "samples.jsonl")
-    steps = sorted(verdict["steps"], key=lambda s: s["users"])
-    knee = verdict["knee"]["users"] if verdict.get("knee") else None
-    assert knee is not None, detail
-    plateau = [s for s in steps if s["users"] >= knee]
-    served = [served_seconds(samples, s["hold_start"], s["end"], source="target_metrics_2") for s in plateau]
-    seconds, count = sum(t for t, _ in served), sum(c for _, c in served)
-    assert count > 0, detail
-    truth = 2 / (seconds / count)
-    assert verdict["capacity_rps"] == pytest.approx(truth, rel=0.15), f"truth {truth:.1f} req/s\n{detail}"
+    # The fleet's truth (tests/loadlab/served.py): twice the slower machine's capacity.
+    truth = fleet_truth(read_samples(run.run_dir / "samples.jsonl"), verdict, "target_metrics_2")
+    assert truth is not None, detail
+    assert verdict["capacity_rps"] == pytest.approx(truth, rel=FLEET_TOLERANCE), f"truth {truth:.1f} req/s\n{detail}"
     # The balancer did split the load evenly.
     with urllib.request.urlopen(f"{host}/lb-counts", timeout=5) as resp:
         counts = list(json.loads(resp.read()).values())

@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shlex
 import signal
 import subprocess
 import time
@@ -25,8 +24,17 @@ from loadlab import generators
 from loadlab.analysis import analyze_steps
 from loadlab.contract.thresholds import DEFAULT_THRESHOLDS
 from loadlab.history import Samples, read_samples, scrape_value
-from tests.helpers import PYTHON, VENV_BIN, ManagedProcess, free_port, wait_for_http
-from tests.loadlab.conftest import LOADLAB, assert_all_gone
+from tests.helpers import ManagedProcess
+from tests.loadlab.conftest import (
+    LOADLAB,
+    assert_all_gone,
+    lab_pids,
+    printed_command,
+    run_dir_of,
+    run_remote_workers,
+    start_machine_sidecar,
+    start_worker,
+)
 from tests.loadlab.synthetic import model_steps
 
 # The short step hunt of tests/loadlab/test_runner.py: 3 steps of 6 s, few seeded accounts, a cheap hash.
@@ -34,53 +42,11 @@ SHORT = ["run", "login-step", "--time-scale", "0.04", "--target-workers", "2", "
          "--prometheus", "off"]
 SHORT_LOCUST = ["--", "--step-users", "5", "--max-users", "15"]
 ENV = {"LOGIN_USERS": "10", "MIN_WAIT_TIME": "200", "MAX_WAIT_TIME": "400", "PYTHONUNBUFFERED": "1"}
-WORKER_LINE = "worker     "
 
 
 def start_lab(spawn, tmp_path: Path, *args: str) -> ManagedProcess:
     out = tmp_path / "reports"
     return spawn([*LOADLAB, *SHORT, "--out", str(out), *args, *SHORT_LOCUST], name="loadlab", env=ENV)
-
-
-def printed_command(lab: ManagedProcess, timeout: float = 90) -> str:
-    """The worker command the lab printed, once it has."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for line in lab.log().splitlines():
-            if line.startswith(WORKER_LINE):
-                return line[len(WORKER_LINE):]
-        assert lab.proc.poll() is None, lab.log()
-        time.sleep(0.2)
-    pytest.fail(f"loadlab printed no worker command in {timeout} s:\n{lab.log()}")
-
-
-def start_worker(spawn, command: str, name: str) -> ManagedProcess:
-    """Run the printed command as a shell would: leading NAME=VALUE words are its environment;
-    `locust` is found on PATH (the instructions say: the checkout's .venv/bin on PATH)."""
-    words = shlex.split(command)
-    env = {"PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    while "=" in words[0] and not words[0].startswith("-"):
-        name_, value = words.pop(0).split("=", 1)
-        env[name_] = value
-    assert words[0] == "locust", command
-    return spawn(words, name=name, env=env, cwd=Path("/"))  # not the checkout: the command must say where
-
-
-def start_machine_sidecar(spawn, address: str, pid_file: Path) -> str:
-    """A sidecar on a simulated load machine (its own loopback address). On a real machine its group
-    would be a regex of the worker's command line; here both workers share one kernel, so each
-    sidecar follows its own worker by PID file (the lab's own sidecar follows Locust the same way)."""
-    port = free_port(address)
-    proc = spawn([PYTHON, "-m", "monitoring.sidecar", "--host", address, "--port", str(port),
-                  "--pid-file", f"locust={pid_file}"], name=f"sidecar-{address}")
-    url = f"http://{address}:{port}/metrics"
-    wait_for_http(url, timeout=30, proc=proc)
-    return url
-
-
-def run_dir_of(lab: ManagedProcess) -> Path:
-    line = next(line for line in lab.log().splitlines() if line.startswith("run directory "))
-    return Path(line.removeprefix("run directory ").strip())
 
 
 @pytest.mark.timeout(240)
@@ -90,17 +56,9 @@ def test_two_remote_workers_run_the_hunt_and_the_exporter_equals_the_csv(spawn, 
                 for address, pid_file in zip(("127.0.0.2", "127.0.0.3"), pid_files)]
     lab = start_lab(spawn, tmp_path, "--remote-workers", "2", "--workers-timeout", "60",
                     *(arg for url in sidecars for arg in ("--generator-sidecar", url)))
-    command = printed_command(lab)
-    assert " --worker --master-host 127.0.0.1 --master-port " in command
-    workers = []
-    for i, pid_file in enumerate(pid_files, 1):
-        workers.append(start_worker(spawn, command, f"worker-{i}"))
-        pid_file.write_text(f"{workers[-1].pid}\n")
-    code = lab.wait(timeout=180)
+    command, workers, run_dir = run_remote_workers(spawn, lab, pid_files)
     output = lab.log()
-    assert code == 0, output
-    assert "2 of 2 remote workers connected" in output
-    run_dir = run_dir_of(lab)
+    assert " --worker --master-host 127.0.0.1 --master-port " in command
     verdict = json.loads((run_dir / "verdict.json").read_text())
     assert verdict["complete"] is True, output
     assert verdict["steps"], output
@@ -129,11 +87,6 @@ def test_two_remote_workers_run_the_hunt_and_the_exporter_equals_the_csv(spawn, 
     assert (scrape_value(last, "locust_request_failures_total") or 0) == int(row["Failure Count"])
     assert scrape_value(last, "locust_workers") is not None
     assert_all_gone(lab_pids(run_dir))
-
-
-def lab_pids(run_dir: Path) -> list[int]:
-    meta = json.loads((run_dir / "run.json").read_text())
-    return [c["pid"] for c in meta["components"]] + meta.get("pids", [])
 
 
 @pytest.mark.timeout(120)
