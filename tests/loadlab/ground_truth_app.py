@@ -26,8 +26,10 @@ import functools
 import itertools
 import threading
 import time
+from typing import Any
 
 from flask import Flask, jsonify, request
+from gunicorn.workers.sync import SyncWorker
 
 from loadlab.instrument import instrument
 from target_app.server import serve
@@ -60,6 +62,39 @@ def stall_then_sleep(service_s: float, stall_s: float, period_s: float) -> None:
 
 
 LOCK_THREADS = 8
+LOGIN = "/client_login"
+
+
+class HeldSyncWorker(SyncWorker):
+    """gunicorn's sync worker that also measures how long it is held per login, from accepting the
+    connection to closing it (parsing, Flask, writing the answer): `app_ground_truth_held_seconds`.
+    The app's request histogram times Flask's part only; the worker is busy for the whole of it, so
+    the utilization law's capacity is W over this time (tests/loadlab/served.py)."""
+
+    _held: Any = None  # the Summary, made in the worker (after the fork, in the multiprocess directory)
+    _path: str | None = None
+
+    def accept(self, listener: Any) -> None:
+        started = time.perf_counter()
+        self._path = None
+        try:
+            super().accept(listener)  # raises when no connection is waiting: idle, not counted
+        finally:
+            if self._path == LOGIN:
+                self.held().observe(time.perf_counter() - started)
+
+    def handle_request(self, listener: Any, req: Any, client: Any, addr: Any) -> Any:
+        self._path = req.path
+        return super().handle_request(listener, req, client, addr)
+
+    @classmethod
+    def held(cls) -> Any:
+        if cls._held is None:
+            from prometheus_client import Summary
+            # No registry: the multiprocess collector behind /metrics reads every worker's file.
+            cls._held = Summary("app_ground_truth_held_seconds", "Seconds a worker was held per login, "
+                                "accept to close", registry=None)
+        return cls._held
 
 
 def create_app(service_s: float, mode: str, stall_s: float = 1.0, period_s: float = 5.0) -> Flask:
@@ -72,7 +107,7 @@ def create_app(service_s: float, mode: str, stall_s: float = 1.0, period_s: floa
     ids = itertools.count(1)
     one_at_a_time = threading.Semaphore(1)
 
-    @app.post("/client_login")
+    @app.post(LOGIN)
     def login():
         if mode == "lock":
             with one_at_a_time:  # the worker's other threads queue here
@@ -109,7 +144,8 @@ def main() -> None:
     args = parser.parse_args()
     # sync workers: one request at a time per worker is the model (a sleeping request would yield
     # to others in the target's gevent workers).
-    options: dict[str, object] = {"timeout": 120, "backlog": 2048, "worker_class": "sync"}
+    options: dict[str, object] = {"timeout": 120, "backlog": 2048,
+                                  "worker_class": "tests.loadlab.ground_truth_app.HeldSyncWorker"}
     if args.mode == "lock":
         options.update(worker_class="gthread", threads=LOCK_THREADS)
     serve(functools.partial(create_app, args.service_ms / 1000.0, args.mode, args.stall_s, args.period_s),

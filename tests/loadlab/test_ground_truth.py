@@ -26,7 +26,7 @@ from tests.loadlab.served import ServedTruth, served_truth
 # Think time Z: uniform between 0.4 and 0.6 s, so 0.5 s on average.
 THINK = {"MIN_WAIT_TIME": "400", "MAX_WAIT_TIME": "600", "LOGIN_USERS": "20"}
 Z = 0.5
-STEP_S = 5  # every hunt here holds each step 5 s
+STEP_S = 5  # every hunt here holds each step 5 s unless it says otherwise
 
 # Each test measures capacity and knee against X = W/S: run alone (make test's serial group).
 pytestmark = pytest.mark.serial
@@ -37,6 +37,7 @@ class Hunted:
     verdict: dict
     run: LabRun
     wall_s: float  # the whole `loadlab run`, start-up and analysis included
+    step_s: float = STEP_S  # each step's hold (--step-time)
 
     @property
     def hunt_s(self) -> float:
@@ -83,7 +84,7 @@ def hunt_run(gt, tmp_path, *locust_args: str, think_s: float = Z, timeout: float
     print(f"\nW={gt.workers} S={gt.service_s * 1000:g} ms Z={think_s:g} s: X={gt.capacity_rps:g} req/s, "
           f"N*={gt.knee_users(think_s):g}; "
           f"{' '.join(locust_args)}\n" + step_table(verdict))
-    return Hunted(verdict, run, wall)
+    return Hunted(verdict, run, wall, step_s)
 
 
 def hunt(gt, tmp_path, step_users: int, max_users: int, *extra: str):
@@ -165,7 +166,7 @@ def assert_ground_truth_verdict(verdict: dict, truth: ServedTruth, knee_toleranc
 def scheduled_s(hunted: Hunted) -> float:
     """The hunt's length as scheduled: its steps' holds plus its back-offs (Locust's own clock, not
     how busy this machine was; the measured times are printed beside it)."""
-    return len(hunted.verdict["steps"]) * STEP_S + hunted.drain_s
+    return len(hunted.verdict["steps"]) * hunted.step_s + hunted.drain_s
 
 
 def hunts_at_once(*hunts: tuple) -> list[Hunted]:
@@ -217,37 +218,43 @@ def test_adaptive_hunt_finds_a_large_knee_in_a_third_of_the_fixed_hunts_time(gro
     # shared with other test suites, does not serve 200 logins/s to the lab's own Locust without the
     # host's CPUs deciding the plateau (measured: 140-160 req/s, target 0.26 cores, host 2.0 busy).
     # The same knee at half the rate: W=16, S=160 ms, Z=1.0 s: X = 100 req/s, N* = 116 users.
-    think_s = 1.0
+    think_s, step_s = 1.0, STEP_S
     gt = ground_truth(workers=16, service_ms=160, mode="sleep")
-    adaptive = hunt_run(gt, tmp_path / "adaptive", "--max-users", "400", think_s=think_s)
+    adaptive = hunt_run(gt, tmp_path / "adaptive", "--max-users", "400", think_s=think_s, step_s=step_s)
     verdict = adaptive.verdict
-    # The truth of this run from what the server served (X = W/D, N* = X (R0 + Z); tests/loadlab/served.py).
+    # The truth of this run from what the server served (X = W/D, with D the time a worker is held per
+    # login, accept to close; N* = X (R0 + Z); tests/loadlab/served.py).
     truth = served_truth(adaptive.run.run_dir, verdict, gt.workers, think_s, gt.knee_users(think_s))
     print(truth)
     # Capacity: the issue asks for 5 %, which this scaled-down server does not allow reliably. Its SLO
-    # (500 ms, ~3 S here against ~6 S in the issue's S = 80 ms example) breaks near 1.35 N*, so every
-    # step the capacity may rest on lies on the bend, where X(N) is still 2-7 % below W/D (measured:
-    # -2.4 %, -4.5 %, -7.3 %). Held to 10 % so CI guards the hunt; closing the gap (plateau steps as close
-    # to the SLO's edge as the hunt can place them) is open work, said in README.
+    # (500 ms, ~3 S here against ~6 S in the issue's S = 80 ms example) breaks at 1.15-1.35 N*, so the
+    # steps the capacity may rest on can all lie on the bend, where X(N) is still below W/D (measured
+    # with 8 s steps on a quiet machine: 106 and 110 users at N* = 110 read -6.3 %, while 160 users,
+    # past the SLO, read +2 %). Held to 10 % so CI guards the hunt; closing the gap (reading the
+    # capacity where the curve is flat) is open work, said in README.
     assert_ground_truth_verdict(verdict, truth, knee_tolerance=0.10, capacity_tolerance=0.10)
     # The fixed hunt that resolves the knee as finely has steps as far apart as the two steps the
     # adaptive hunt bracketed its knee with. Its length is counted, not run (benchmarks/bench_hunt.py
     # runs both and prints the wall times side by side): it runs every step up to the break this run
-    # measured (the fewest users that breached the SLO) and one more. The least it could run at all is
-    # every step up to the first past the knee and one more to confirm it; both are printed.
+    # measured (the fewest users that breached the SLO) and one more, each as long as the adaptive
+    # hunt's. The least it could run at all is every step up to the first past the knee and one more
+    # to confirm it; both are printed.
     below, above = adaptive.bracket()
     step = above - below
     assert step <= 0.06 * truth.knee_users, f"the knee is bracketed by {below} and {above} users only"
     assert verdict["break"] is not None, step_table(verdict)
     fixed_steps = math.ceil(verdict["break"]["users"] / step) + 1
     least = math.ceil(truth.knee_users / step) + 1
+    capacity_error = verdict["capacity_rps"] / truth.capacity_rps - 1
     print(f"large knee: adaptive {len(adaptive.users)} steps {adaptive.users}, knee between {below} and {above} "
-          f"users; hunt {adaptive.hunt_s:.0f} s (drained {adaptive.drain_s:.0f} s), run {adaptive.wall_s:.0f} s, "
-          f"scheduled {scheduled_s(adaptive):.0f} s | fixed +{step} users to the break at {verdict['break']['users']} "
-          f"users and one more: {fixed_steps} steps, {fixed_steps * STEP_S} s (to confirm the knee alone at least "
-          f"{least} steps, {least * STEP_S} s) | adaptive / fixed {scheduled_s(adaptive) / (fixed_steps * STEP_S):.2f} "
-          f"({scheduled_s(adaptive) / (least * STEP_S):.2f} against the least)")
-    assert scheduled_s(adaptive) <= fixed_steps * STEP_S / 3, (adaptive.users, step, fixed_steps)
+          f"users; knee {verdict['knee']['users']:.1f} ({verdict['knee']['users'] / truth.knee_users - 1:+.1%}), "
+          f"capacity {verdict['capacity_rps']:.1f} req/s ({capacity_error:+.1%}); hunt {adaptive.hunt_s:.0f} s "
+          f"(drained {adaptive.drain_s:.0f} s), run {adaptive.wall_s:.0f} s, scheduled {scheduled_s(adaptive):.0f} s "
+          f"| fixed +{step} users to the break at {verdict['break']['users']} users and one more: {fixed_steps} steps, "
+          f"{fixed_steps * step_s} s (to confirm the knee alone at least {least} steps, {least * step_s} s) | adaptive / "
+          f"fixed {scheduled_s(adaptive) / (fixed_steps * step_s):.2f} ({scheduled_s(adaptive) / (least * step_s):.2f} "
+          f"against the least)")
+    assert scheduled_s(adaptive) <= fixed_steps * step_s / 3, (adaptive.users, step, fixed_steps)
 
 
 @pytest.mark.timeout(360)
