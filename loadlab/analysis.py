@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 
 from loadlab import functional
 from loadlab.contract import knee as knee_rule
+from loadlab.contract.cores import cpu_limited, obtainable_cores
 from loadlab.contract.slo import LATENCY_P95, SloJudgement, judge
 from loadlab.contract.slo import refuted as slo_refuted
 from loadlab.contract.thresholds import DEFAULT_THRESHOLDS, Thresholds
@@ -120,8 +121,18 @@ def capacity(steps: list[StepSummary], knee: KneeResult | None, brk: int | None,
     return max(healthy) if healthy else None
 
 
-def _saturated(cores: float | None, available: float | None, th: Thresholds) -> bool:
-    return cores is not None and available is not None and cores >= th.cpu_saturation_fraction * available
+def _saturated(cores: float | None, available: float | None, th: Thresholds, steal: float | None = None) -> bool:
+    """CPU use at the saturation line of the cores the group can get (the hypervisor took `steal` of them)."""
+    return cpu_limited(cores, None, available, steal, th.cpu_saturation_fraction)
+
+
+def _stolen(available: float | None, steal: float | None, th: Thresholds, without: str = "") -> str:
+    """What the hypervisor took, for a reason text; `without` when there was no noticeable steal
+    (under half a percent), so the text is the one it was before steal was counted."""
+    if not available or steal is None or steal < 0.005:
+        return without
+    return (f", of which the hypervisor took {steal:.0%} (steal): >= {th.cpu_saturation_fraction:.0%} of the "
+            f"{obtainable_cores(available, steal):.2f} it could get")
 
 
 def limiting_resource(steps: list[StepSummary], ref: int | None, brk: int | None,
@@ -142,12 +153,15 @@ def limiting_resource(steps: list[StepSummary], ref: int | None, brk: int | None
         if machine is not None:  # one load machine of several (--generator-sidecar): named
             return GENERATOR_CPU, (
                 f"the load generator on {machine['instance']} used {machine['cpu_cores']:.2f} of its "
-                f"{machine['cores_available']:g} usable cores at {s.users} users: the measurement is not valid; "
+                f"{machine['cores_available']:g} usable cores"
+                f"{_stolen(machine['cores_available'], machine.get('host_cpu_steal_share'), th)} at {s.users} users: "
+                f"the measurement is not valid; "
                 f"add Locust workers on more machines, or fewer per machine")
-        if _saturated(s.generator_cpu_cores, s.generator_cores_available, th):
+        if _saturated(s.generator_cpu_cores, s.generator_cores_available, th, s.generator_host_cpu_steal_share):
             return GENERATOR_CPU, (
                 f"the load generator used {s.generator_cpu_cores:.2f} of its {s.generator_cores_available:g} "
-                f"usable cores at {s.users} users: the measurement is not valid; add Locust workers "
+                f"usable cores{_stolen(s.generator_cores_available, s.generator_host_cpu_steal_share, th)} "
+                f"at {s.users} users: the measurement is not valid; add Locust workers "
                 f"(loadlab run --workers N, or Locust --processes/--worker) or move Locust to another machine")
     # The target at the knee and the step after it (both on the plateau, before the break).
     window = steps[ref: (ref + 2) if brk is None else max(ref + 1, min(ref + 2, brk + 1))]
@@ -159,17 +173,19 @@ def limiting_resource(steps: list[StepSummary], ref: int | None, brk: int | None
         machine = saturated_target(s, th)
         if machine is not None:
             return TARGET_CPU, fleet_reason(s, machine, th)
-    if _saturated(peak.target_cpu_cores, peak.target_cores_available, th):
-        return TARGET_CPU, (
-            f"the target used {peak.target_cpu_cores:.2f} of its {peak.target_cores_available:g} usable cores "
-            f"(>= {th.cpu_saturation_fraction:.0%}) at {peak.users} users")
+    for s in sorted(known, key=lambda s: -(s.target_cpu_cores or 0.0)):  # the peak first
+        if _saturated(s.target_cpu_cores, s.target_cores_available, th, s.host_cpu_steal_share):
+            line = _stolen(s.target_cores_available, s.host_cpu_steal_share, th, f" (>= {th.cpu_saturation_fraction:.0%})")
+            return TARGET_CPU, (f"the target used {s.target_cpu_cores:.2f} of its {s.target_cores_available:g} "
+                                f"usable cores{line} at {s.users} users")
     for s in known:
         if cpu_starved(s, th):
             used, wait = s.target_cpu_cores or 0.0, s.target_cpu_wait_cores or 0.0
             return TARGET_CPU, (
                 f"the target used {used:.2f} cores and its processes waited for a CPU another {wait:.2f} cores' worth "
-                f"at {s.users} users ({used + wait:.2f} of its {s.target_cores_available:g} usable cores, "
-                f">= {th.cpu_saturation_fraction:.0%}): CPU-bound, and other processes on its host had the CPU it waited for")
+                f"at {s.users} users ({used + wait:.2f} of its {s.target_cores_available:g} usable cores"
+                f"{_stolen(s.target_cores_available, s.host_cpu_steal_share, th, f', >= {th.cpu_saturation_fraction:.0%}')}"
+                f"): CPU-bound, and other processes on its host had the CPU it waited for")
     r0 = min((s.mean_response_ms for s in steps if s.mean_response_ms is not None), default=None)
     for s in known:
         if cpu_bound_on_busy_host(s, r0, th):
@@ -192,24 +208,23 @@ def limiting_resource(steps: list[StepSummary], ref: int | None, brk: int | None
 def saturated_generator(step: StepSummary, th: Thresholds = DEFAULT_THRESHOLDS) -> dict | None:
     """The first load machine whose generator CPU reached the saturation line at this step (None if none)."""
     return next((m for m in step.generator_machines or []
-                 if _saturated(m.get("cpu_cores"), m.get("cores_available"), th)), None)
+                 if _saturated(m.get("cpu_cores"), m.get("cores_available"), th, m.get("host_cpu_steal_share"))), None)
 
 
 def saturated_target(step: StepSummary, th: Thresholds = DEFAULT_THRESHOLDS) -> dict | None:
     """The API machine (of several, `loadlab.targets`) whose target CPU is the furthest past the
     saturation line at this step (None if none reached it)."""
     hot = [m for m in step.target_machines or [] if _machine_saturated(m, th)]
-    return max(hot, key=lambda m: (m["cpu_cores"] + (m.get("cpu_wait_cores") or 0.0)) / m["cores_available"],
-               default=None)
+    return max(hot, key=lambda m: (m["cpu_cores"] + (m.get("cpu_wait_cores") or 0.0))
+               / obtainable_cores(m["cores_available"], m.get("host_cpu_steal_share")), default=None)
 
 
 def _machine_saturated(m: dict, th: Thresholds) -> bool:
     """One machine's CPU at the saturation line: used, or used plus the time its processes waited
-    for a CPU that other processes there had (`cpu_starved`, per machine)."""
-    used, wait, available = m.get("cpu_cores"), m.get("cpu_wait_cores"), m.get("cores_available")
-    if used is None or not available:
-        return False
-    return used + (wait or 0.0) >= th.cpu_saturation_fraction * available
+    for a CPU that other processes there had (`cpu_starved`, per machine), against the cores its
+    hypervisor left it."""
+    return cpu_limited(m.get("cpu_cores"), m.get("cpu_wait_cores"), m.get("cores_available"),
+                       m.get("host_cpu_steal_share"), th.cpu_saturation_fraction)
 
 
 def fleet_reason(step: StepSummary, machine: dict, th: Thresholds) -> str:
@@ -224,9 +239,13 @@ def fleet_reason(step: StepSummary, machine: dict, th: Thresholds) -> str:
            "that machine limits the fleet (a slower machine, or a load balancer that sends it more than its share)")
     wait = machine.get("cpu_wait_cores") or 0.0
     waited = (f" and waited for a CPU another {wait:.2f} cores' worth"
-              if not _saturated(machine["cpu_cores"], machine["cores_available"], th) else "")
+              if not _saturated(machine["cpu_cores"], machine["cores_available"], th,
+                                machine.get("host_cpu_steal_share")) else "")
+    line = _stolen(machine["cores_available"], machine.get("host_cpu_steal_share"), th,
+                   f" (>= {th.cpu_saturation_fraction:.0%})")
     return (f"the target machine {machine['instance']} used {machine['cpu_cores']:.2f}{waited} of its "
-            f"{machine['cores_available']:g} usable cores (>= {th.cpu_saturation_fraction:.0%}) at {step.users} users "
+            f"{machine['cores_available']:g} usable cores{line} "
+            f"at {step.users} users "
             f"while {fleet}: {why}")
 
 
@@ -234,11 +253,13 @@ def cpu_starved(step: StepSummary, th: Thresholds = DEFAULT_THRESHOLDS) -> bool:
     """The target wanted the cores it can use but the host's other processes had them: the CPU it
     used plus the time its threads sat runnable waiting for a CPU (the sidecar's run delay, in
     cores) reaches the saturation line. A server waiting on I/O, a lock or a pool is not runnable
-    then, so it never counts here however busy the host is."""
-    used, wait, available = step.target_cpu_cores, step.target_cpu_wait_cores, step.target_cores_available
-    if used is None or wait is None or not available:
+    then, so it never counts here however busy the host is. On a virtual machine the line is of
+    the cores the hypervisor left (`loadlab.contract.cores.cpu_limited`): the kernel counts stolen
+    time neither as the target's CPU nor as its run delay."""
+    if step.target_cpu_wait_cores is None:
         return False
-    return used + wait >= th.cpu_saturation_fraction * available
+    return cpu_limited(step.target_cpu_cores, step.target_cpu_wait_cores, step.target_cores_available,
+                       step.host_cpu_steal_share, th.cpu_saturation_fraction)
 
 
 def cpu_bound_on_busy_host(step: StepSummary, light_response_ms: float | None,
@@ -272,7 +293,7 @@ def signals(steps: list[StepSummary], knee: KneeResult | None, th: Thresholds = 
             note(reason, s, s.p95_ms if reason == LATENCY_P95 else s.error_ratio)
         if knee is not None and i == knee.step:
             note("throughput_plateau", s, s.rps)
-        if _saturated(s.target_cpu_cores, s.target_cores_available, th) or cpu_starved(s, th):
+        if _saturated(s.target_cpu_cores, s.target_cores_available, th, s.host_cpu_steal_share) or cpu_starved(s, th):
             note(TARGET_CPU, s, s.target_cpu_cores)
         hot = saturated_target(s, th)
         if hot is not None:  # one machine of a fleet
@@ -280,7 +301,7 @@ def signals(steps: list[StepSummary], knee: KneeResult | None, th: Thresholds = 
         machine = saturated_generator(s, th)
         if machine is not None:
             note(GENERATOR_CPU, s, machine["cpu_cores"])
-        if _saturated(s.generator_cpu_cores, s.generator_cores_available, th):
+        if _saturated(s.generator_cpu_cores, s.generator_cores_available, th, s.generator_host_cpu_steal_share):
             note(GENERATOR_CPU, s, s.generator_cpu_cores)
     return sorted(crossings.values(), key=lambda c: (c.users, c.time))
 

@@ -29,7 +29,7 @@ from loadlab.contract.cores import cores_available
 from loadlab.contract.names import GENERATOR_GROUP, SIDECAR_JOB
 from loadlab.history import Samples, Scrape, series
 from loadlab.processes import LabError
-from loadlab.steps import CPU, NODE_CPU, PROCS, StepSummary, window_increase
+from loadlab.steps import CPU, NODE_CPU, PROCS, STEAL, StepSummary, steal_over, window_increase
 
 SOURCE_PREFIX = "generator_sidecar"
 MASTER = "this machine (the Locust master and any local workers)"
@@ -76,7 +76,17 @@ def machine(instance: str, scrapes: list[Scrape], start: float, end: float, host
     busy = statistics.median(procs) if procs else None
     return {"instance": instance,
             "cpu_cores": round(cpu[0] / cpu[1], 4) if cpu and cpu[1] >= 0.5 else None,
-            "procs": busy, "cores_available": cores_available(cores, busy), "host_cores": cores}
+            "procs": busy, "cores_available": cores_available(cores, busy), "host_cores": cores,
+            "host_cpu_steal_share": steal_over(series(scrapes, NODE_CPU, STEAL), start, end, cores)}
+
+
+def pooled_steal(machines: list[dict]) -> float | None:
+    """The machines' steal shares weighted by their usable cores: the share of the cores they can
+    use together that their hypervisors took (None when any machine's share or cores is unknown)."""
+    known = [(m["cores_available"], m.get("host_cpu_steal_share")) for m in machines]
+    if not known or any(not cores or share is None for cores, share in known):
+        return None
+    return round(sum(cores * share for cores, share in known) / sum(cores for cores, _ in known), 4)
 
 
 def apply(steps: list[StepSummary], samples: Samples, meta: Mapping) -> list[str]:
@@ -100,6 +110,7 @@ def apply(steps: list[StepSummary], samples: Samples, meta: Mapping) -> list[str
         known = all(m["cpu_cores"] is not None and m["cores_available"] for m in machines)
         step.generator_cpu_cores = sum(m["cpu_cores"] for m in machines) if known else None
         step.generator_cores_available = sum(m["cores_available"] for m in machines) if known else None
+        step.generator_host_cpu_steal_share = pooled_steal(machines)
     return [busiest(steps), *unknown(steps)] if steps else []
 
 
@@ -131,4 +142,4 @@ def busiest(steps: list[StepSummary], machines: str = "generator_machines", what
             f"note: no {what.split(' per ')[0]} samples from {whose} during any step's hold")
 
 
-__all__ = ["MASTER", "SOURCE_PREFIX", "apply", "busiest", "check", "machine", "sources", "unknown"]
+__all__ = ["MASTER", "SOURCE_PREFIX", "apply", "busiest", "check", "machine", "pooled_steal", "sources", "unknown"]

@@ -37,7 +37,7 @@ NODE_CPU = "node_cpu_seconds_total"
 SERVER_HISTOGRAM = "http_request_duration_seconds"
 # The target's fields a remote sidecar provides: unknown for a step without its samples.
 TARGET_RESOURCE_FIELDS = ("target_cpu_cores", "target_memory_bytes", "target_procs", "target_cores_available",
-                          "host_cpu_busy_cores", "target_cpu_wait_cores")
+                          "host_cpu_busy_cores", "target_cpu_wait_cores", "host_cpu_steal_share")
 SERVER_LATENCY_FIELDS = ("server_p95_ms", "server_mean_ms", "server_rps")
 # A step keeps a remote source's figures when that source's samples span at least this share of
 # its hold; an outage shorter than MIN_NOTED_S that cost no step is not worth a note.

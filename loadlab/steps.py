@@ -15,6 +15,7 @@ from loadlab.contract.cores import (
     TARGET_IDLE_PROCESSES,
     busy_processes,
     cores_available,
+    steal_share,
 )
 from loadlab.contract.histograms import counter_increase, rate_series
 from loadlab.contract.names import GENERATOR_GROUP, LOCUST_JOB, SIDECAR_JOB, TARGET_GROUP, TARGET_SIDECAR_SOURCE
@@ -30,6 +31,7 @@ PROCS = "namedprocess_namegroup_num_procs"
 RUN_DELAY = "namedprocess_namegroup_run_delay_seconds_total"
 NODE_CPU = "node_cpu_seconds_total"
 LOCUST_HISTOGRAM = "locust_request_duration_seconds"
+STEAL = {"mode": "steal"}
 
 
 @dataclass
@@ -79,6 +81,13 @@ class StepSummary:
     # {"instance", "cpu_cores", "procs", "cores_available", "host_cores", ...}; the target_* and
     # host_* fields above are then the fleet's sums. None with one machine.
     target_machines: list[dict] | None = None
+    # The share of the host's CPU time the hypervisor took over the hold (a VM's steal time,
+    # node_cpu_seconds_total mode="steal" over the host's cores): the target's host (a fleet: its
+    # machines' shares weighted by their usable cores), and the generator's own host. A group that
+    # wants every core it may use gets only (1 - share) of them (`loadlab.contract.cores.cpu_limited`).
+    # None when the sidecar has no steal series (not Linux) or no host metrics.
+    host_cpu_steal_share: float | None = None
+    generator_host_cpu_steal_share: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -181,6 +190,8 @@ class ResourceSeries:
     generator_host_cpu: list[Point] | None = None
     generator_host_idle: list[Point] | None = None
     wait: dict[str, list[Point]] = field(default_factory=dict)  # run delay seconds, by role (a sidecar that has it)
+    host_steal: list[Point] = field(default_factory=list)  # node_cpu_seconds_total mode="steal", every CPU
+    generator_host_steal: list[Point] | None = None
 
 
 def _host_cores(scrapes: list[Scrape]) -> int | None:
@@ -214,6 +225,7 @@ def resource_series(samples: Samples, meta: dict | None = None) -> ResourceSerie
             procs={role: series(local, PROCS, {"groupname": groups[role]}) for role in ROLES},
             memory={role: series(local, MEMORY, {"groupname": groups[role], "memtype": "resident"}) for role in ROLES},
             wait={role: series(local, RUN_DELAY, {"groupname": groups[role]}) for role in ROLES},
+            host_steal=series(local, NODE_CPU, STEAL),
         )
     return ResourceSeries(
         host_cores=meta.get("target_host_cores") or (_host_cores(remote) if remote else None),
@@ -227,6 +239,8 @@ def resource_series(samples: Samples, meta: dict | None = None) -> ResourceSerie
         generator_host_cores=local_cores,
         generator_host_cpu=series(local, NODE_CPU),
         generator_host_idle=series(local, NODE_CPU, {"mode": "idle"}),
+        host_steal=series(remote, NODE_CPU, STEAL),
+        generator_host_steal=series(local, NODE_CPU, STEAL),
     )
 
 
@@ -248,6 +262,15 @@ def window_increase(points: list[Point], start: float, end: float) -> tuple[floa
     return counter_increase([before[-1], after[0]], before[-1][0], after[0][0])
 
 
+def steal_over(points: list[Point], start: float, end: float, host_cores: int | None) -> float | None:
+    """The share of a host's CPU time stolen by its hypervisor over [start, end] (`steal_share`)."""
+    steal = window_increase(points, start, end)
+    if not steal or steal[1] < 0.5:
+        return None
+    share = steal_share(steal[0] / steal[1], host_cores)
+    return None if share is None else round(share, 4)
+
+
 def _resource_fields(res: ResourceSeries, start: float, end: float, meta: dict) -> dict:
     """CPU (cores, averaged over [start, end]) and memory of the target and generator groups."""
     out: dict = {"host_cores": res.host_cores}
@@ -256,6 +279,7 @@ def _resource_fields(res: ResourceSeries, start: float, end: float, meta: dict) 
     idle = window_increase(res.host_idle, start, end)
     if busy and idle and busy[1] >= 0.5:
         out["host_cpu_busy_cores"] = (busy[0] - idle[0]) / busy[1]
+    out["host_cpu_steal_share"] = steal_over(res.host_steal, start, end, host_cores)
     for role in ROLES:
         cpu = window_increase(res.cpu[role], start, end)
         if cpu and cpu[1] >= 0.5:  # a moment of samples (the run's last instant) says nothing
@@ -280,6 +304,8 @@ def _resource_fields(res: ResourceSeries, start: float, end: float, meta: dict) 
         distributed = out["generator_procs"] > 1
         gen_procs = busy_processes(out["generator_procs"], GENERATOR_IDLE_PROCESSES_DISTRIBUTED if distributed else 0)
     gen_host_cores = res.generator_host_cores if res.generator_host_cores is not None else host_cores
+    out["generator_host_cpu_steal_share"] = (out["host_cpu_steal_share"] if res.generator_host_steal is None
+                                             else steal_over(res.generator_host_steal, start, end, gen_host_cores))
     for role, busy, cores in (("target", workers, host_cores), ("generator", gen_procs, gen_host_cores)):
         available = cores_available(cores, busy)
         if available is not None:
@@ -397,5 +423,5 @@ def resource_timeline(resources: ResourceSeries | None) -> dict[str, list[Point]
     return out
 
 
-__all__ = ["StepSummary", "ResourceSeries", "detect_plateaus", "hold_rows", "summarize_steps", "resource_series",
-           "resource_timeline", "after_stop"]
+__all__ = ["StepSummary", "ResourceSeries", "detect_plateaus", "hold_rows", "steal_over", "summarize_steps",
+           "resource_series", "resource_timeline", "after_stop"]

@@ -101,6 +101,7 @@ def apply(steps: list[StepSummary], samples: Samples, meta: Mapping) -> list[str
             else:
                 total = round(sum(values), 4) if all(v is not None for v in values) else None
             setattr(step, field, total)
+        step.host_cpu_steal_share = generators.pooled_steal(machines)
     return notes(steps) if steps else []
 
 

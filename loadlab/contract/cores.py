@@ -41,3 +41,28 @@ def cores_available(host_cores: int | None, busy: float | None) -> float | None:
     if not host_cores or not busy:
         return None
     return float(min(host_cores, busy))
+
+
+def steal_share(steal_cores: float | None, host_cores: float | None) -> float | None:
+    """The share of a host's CPU time its hypervisor took (node_cpu_seconds_total mode="steal", in
+    cores, over the host's cores), clamped to [0, 1]; None when either is unknown."""
+    if steal_cores is None or not host_cores:
+        return None
+    return min(1.0, max(0.0, steal_cores / host_cores))
+
+
+def obtainable_cores(available: float, steal: float | None) -> float:
+    """The cores a group that wants every core it may use can get on a host whose hypervisor takes
+    the share `steal` of each CPU (a virtual machine's steal time). The kernel counts stolen time
+    neither as the group's CPU nor as its run delay, so on a VM with 16% steal an always-runnable
+    worker reads 0.84 of a core used and nothing waited: the line to judge it by is 0.84, not 1."""
+    return available * (1.0 - (steal or 0.0))
+
+
+def cpu_limited(used: float | None, wait: float | None, available: float | None, steal: float | None,
+                fraction: float) -> bool:
+    """A group is CPU-limited when the CPU it used plus the time its threads waited runnable for a
+    CPU (run delay, in cores; None: not sampled) reaches `fraction` of the cores it can obtain."""
+    if used is None or not available:
+        return False
+    return used + (wait or 0.0) >= fraction * obtainable_cores(available, steal)

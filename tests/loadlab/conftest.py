@@ -114,11 +114,11 @@ def assert_all_gone(pids: list[int]) -> None:
 
 
 def step_table(verdict: dict) -> str:
-    rows = ["users  rps    p95ms  meanms  tgtCPU  genCPU  hostCPU"]
+    rows = ["users  rps    p95ms  meanms  tgtCPU  genCPU  hostCPU  steal"]
     for s in verdict["steps"]:
         rows.append(f"{s['users']:5d} {s['rps']:6.1f} {s['p95_ms'] or 0:7.0f} {s['mean_response_ms'] or 0:7.0f} "
                     f"{s['target_cpu_cores'] or 0:7.2f} {s['generator_cpu_cores'] or 0:7.2f} "
-                    f"{s['host_cpu_busy_cores'] or 0:7.2f}")
+                    f"{s['host_cpu_busy_cores'] or 0:7.2f} {s.get('host_cpu_steal_share') or 0:6.2f}")
     return "\n".join(rows + verdict["summary"])
 
 
