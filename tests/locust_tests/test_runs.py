@@ -10,9 +10,10 @@ import subprocess
 import pytest
 
 from locust_tests.plugins.cleanup import delete_users
-from tests.helpers import free_port, require_binary
+from tests.helpers import PYTHON, REPO_ROOT, free_port, require_binary
 from tests.locust_tests.conftest import LocustRun, Target, locust_args, run_locust
 
+LOCUSTFILES = REPO_ROOT / "tests" / "locust_tests" / "locustfiles"
 LINGER = "2"  # seconds the exporter serves the final totals; the test scrapes every 0.2 s
 
 
@@ -153,6 +154,22 @@ def test_registration_across_processes_has_no_conflicts(processes_run, target):
     assert int(row["Failure Count"]) == 0 and "409" not in processes_run.failures_csv()
     # --keep-users kept them: every request created its own user, all under this run's prefix.
     assert delete_users(target.url, "lt_procs1_", target.token) == int(row["Request Count"])
+
+
+def test_a_workers_late_final_report_still_counts(launch, tmp_path_factory, target):
+    # The worker's final report comes 1.5 s after the master's quit message; Locust's own master
+    # quits 0.5 s after it, and the requests since the worker's last report were lost.
+    port = str(free_port())
+    out = tmp_path_factory.mktemp("late")
+    exporter = free_port()
+    proc = launch([PYTHON, "-m", "locust", "-f", str(LOCUSTFILES / "late_final_report.py"), "--headless",
+                   "--host", target.url, "--only-summary", "--csv", str(out / "late"), "--exporter-port", str(exporter),
+                   "--exporter-linger", LINGER, "--users", "20", "--spawn-rate", "20", "--run-time", "3s",
+                   "--processes", "1", "--master-bind-port", port, "--master-port", port, "--run-id", "late1",
+                   "--keep-users"], "late", {"LAB_ADMIN_TOKEN": target.token})
+    run = run_locust(proc, f"http://127.0.0.1:{exporter}/metrics", 60, csv_prefix=out / "late")
+    assert_exporter_equals_csv(run)
+    assert delete_users(target.url, "lt_late1_", target.token) == int(run.aggregated()["Request Count"])
 
 
 @pytest.fixture(scope="module")
