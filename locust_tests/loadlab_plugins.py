@@ -24,4 +24,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
 
-from locust_tests.plugins import exporter, preflight, runid, shapes  # noqa: E402,F401  (event listeners)
+# Event listeners run in import order. shapes goes first: its init listener logs whether the file's own
+# LoadTestShape runs, and the lab reads that line as soon as the exporter (whose init listener starts
+# serving) answers.
+# isort: off
+from locust_tests.plugins import shapes  # noqa: E402,F401  (event listeners)
+from locust_tests.plugins import exporter, preflight, runid  # noqa: E402,F401
+# isort: on

@@ -143,3 +143,15 @@ def test_the_step_scenario_hunts_adaptively_unless_step_users_is_given(probe):
 
 def test_adaptive_with_step_users_is_refused_naming_both(probe):
     assert "--step-users" in step_probe(probe, {"hunt": "adaptive"})["error"]  # the probe gives --step-users 10
+
+
+def test_the_own_shape_line_is_logged_before_the_exporter_serves():
+    # The lab reads "defines its own LoadTestShape" from Locust's log once the exporter answers; init
+    # listeners run in import order, so the shapes plugin's must come before the exporter's (a CI
+    # run lost that race when the exporter's came first).
+    probe = ("import locust, locust_tests.loadlab_plugins\n"
+             "import json; print(json.dumps([h.__module__.rsplit('.', 1)[-1] for h in locust.events.init._handlers]))")
+    out = subprocess.run([PYTHON, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    order = json.loads(out.stdout.strip().splitlines()[-1])
+    assert order.index("shapes") < order.index("exporter"), order
