@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from loadlab.contract.histograms import bucket_deltas, histogram_quantile
+from loadlab.contract.names import LOCUST_JOB, LOCUST_STATS_TIMESTAMP
 
 AGGREGATED = "Aggregated"
 
@@ -256,6 +257,25 @@ def iter_sample_lines(path: Path, damage: Damage | None = None) -> Iterator[tupl
         yield line_no, rec
 
 
+# How far a source's own timestamp may lie from the scrape's and still be believed: a loop stalled
+# this long would have failed the scrape; a later one is a clock gone wrong.
+STATS_TIME_MAX_AGE_S = 60.0
+STATS_TIME_MAX_AHEAD_S = 1.0
+
+
+def data_time(t: float, source: str, samples: Sequence[tuple[str, Labels, float]]) -> float:
+    """When a scrape's values were current: Locust's exporter says so (LOCUST_STATS_TIMESTAMP, as
+    old as its last render or its workers' last reports), which a rate over a few seconds needs;
+    any other source's values are the scrape's, at `t`."""
+    if source == LOCUST_JOB:
+        for name, _, value in samples:
+            if name == LOCUST_STATS_TIMESTAMP:
+                if t - STATS_TIME_MAX_AGE_S <= value <= t + STATS_TIME_MAX_AHEAD_S:
+                    return value
+                break
+    return t
+
+
 def _scrape(rec: dict[str, Any]) -> Scrape:
     """A sampler record as a Scrape; ValueError (what is wrong) for anything else."""
     t, source, samples = rec.get("t"), rec.get("source"), rec.get("samples", [])
@@ -275,7 +295,7 @@ def _scrape(rec: dict[str, Any]) -> Scrape:
     if len(parsed) != len(samples):
         bad = next((x for x in samples if not _is_sample(x)), samples[0] if samples else None)
         raise ValueError(f"a sample must be [name, {{label: value}}, number], got {json.dumps(bad)[:80]}")
-    return Scrape(t=float(t), source=source, samples=parsed)
+    return Scrape(t=data_time(float(t), source, parsed), source=source, samples=parsed)
 
 
 def _is_sample(value: Any) -> bool:

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from loadlab.contract.names import GENERATOR_GROUP, LOCUST_JOB, SIDECAR_JOB, TARGET_GROUP
 from loadlab.contract.openmodel import ARRIVAL_RATE
-from loadlab.history import Scrape, quantile_between, scrape_value
+from loadlab.history import Scrape, data_time, quantile_between, scrape_value
 
 # Metric name prefixes worth keeping (process-exporter / node_exporter names from the
 # sidecar, the target's http_* and app_* metrics, Locust's exporter).
@@ -100,7 +100,7 @@ class Sampler(threading.Thread):
                 record = {"t": t, "source": name, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
             else:
                 record = {"t": t, "source": name, "ok": True, "samples": samples}
-                self.recent[name].append(Scrape(t=t, source=name, samples=samples))
+                self.recent[name].append(Scrape(t=data_time(t, name, samples), source=name, samples=samples))
             with self._lock:
                 if self._fh.closed:
                     return

@@ -39,5 +39,11 @@ DEFAULT_PORTS: dict[str, int] = {
     "master": 5557,
 }
 
+# The exporter's gauge of when its counts were current (Unix time). It serves what the loop last
+# rendered (0.1-1 s ago), and a master's counts are as old as its workers' last reports (each
+# second): a per-step rate over scrape times read up to a second too many or too few (+13.9 % on
+# a 5 s hold). The analysis takes a Locust scrape's time from it (`history.data_time`).
+LOCUST_STATS_TIMESTAMP = "locust_stats_timestamp_seconds"
+
 # Native runs bind loopback only; exposing a port is always an explicit choice.
 DEFAULT_BIND = "127.0.0.1"

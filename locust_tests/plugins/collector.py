@@ -7,6 +7,8 @@ reports. Metric names (a contract read by dashboards, recording rules and alerts
     locust_users                                    gauge    simulated users now
     locust_running                                  gauge    1 while spawning or running, else 0
     locust_workers                                  gauge    connected workers (0 when standalone)
+    locust_stats_timestamp_seconds                  gauge    Unix time the counts were current at (when
+                                                             the exporter gives its `stats_time`)
     locust_step                                     gauge    current step of the step hunt (only then)
     locust_hunt_phase{phase}                        gauge    1 for the step hunt's phase, 0 for the others
                                                              (fixed|grow|refine|confirm|drain|done; only then)
@@ -35,7 +37,8 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -44,6 +47,7 @@ from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 from loadlab.contract.histograms import LATENCY_BUCKETS_SECONDS, GroupedBuckets
+from loadlab.contract.names import LOCUST_STATS_TIMESTAMP
 from loadlab.contract.openmodel import (
     ARRIVAL_RATE,
     ARRIVALS_DROPPED,
@@ -142,12 +146,38 @@ class RequestSeries:
         return self._samples
 
 
-class LocustCollector(Collector):
-    """Yields the metric families above from `environment.runner` at each scrape."""
+class StatsTime:
+    """When the runner's counts were current, for the exporter's LOCUST_STATS_TIMESTAMP. A standalone
+    runner counts each request as it ends: now, at the render. A master's totals are the sum of its
+    workers' last reports, so with even load they were current at the mean time of those reports.
+    Never earlier than a value given before (a worker that leaves takes its report time with it)."""
 
-    def __init__(self, environment: Any, error_limit: int = MAX_DISTINCT_ERRORS) -> None:
+    def __init__(self, runner: Any) -> None:
+        self.runner = runner
+        self.reported: dict[str, float] = {}  # worker id: when its last stats report arrived
+        self.latest = 0.0
+
+    def report(self, worker_id: str) -> None:
+        self.reported[worker_id] = time.time()
+
+    def __call__(self) -> float:
+        now = time.time()
+        workers = getattr(self.runner, "clients", None)
+        times = [self.reported[w] for w in list(workers or ()) if w in self.reported]
+        value = sum(times) / len(times) if workers is not None and times else now
+        self.latest = max(self.latest, value)
+        return self.latest
+
+
+class LocustCollector(Collector):
+    """Yields the metric families above from `environment.runner` at each scrape. `stats_time`:
+    when the counts were current (Unix time), for LOCUST_STATS_TIMESTAMP; none without it."""
+
+    def __init__(self, environment: Any, error_limit: int = MAX_DISTINCT_ERRORS,
+                 stats_time: Callable[[], float] | None = None) -> None:
         self.environment = environment
         self.errors = ErrorLabels(error_limit)
+        self.stats_time = stats_time
         self._series: dict[tuple[str, str], RequestSeries] = {}
 
     def describe(self) -> list[Metric]:
@@ -168,6 +198,10 @@ class LocustCollector(Collector):
         # Only a master has worker clients; a standalone runner reports 0.
         workers = runner.worker_count if hasattr(runner, "clients") else 0
         yield GaugeMetricFamily("locust_workers", "Locust workers connected to this master.", value=workers)
+        if self.stats_time is not None:
+            yield GaugeMetricFamily(LOCUST_STATS_TIMESTAMP, "Unix time at which the counts here were current: "
+                                    "their render, or on a master its workers' last reports (mean).",
+                                    value=self.stats_time())
         step = getattr(self.environment.shape_class, "current_step", None)
         if step is not None:
             yield GaugeMetricFamily("locust_step", "Current step of the step hunt (1-based; 0 before it starts).",

@@ -46,7 +46,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from loadlab.contract.names import DEFAULT_BIND, DEFAULT_PORTS
 
 from . import exposition
-from .collector import LocustCollector
+from .collector import LocustCollector, StatsTime
 from .metrics_server import READY, encode_frame
 from .roles import is_coordinator
 
@@ -146,7 +146,8 @@ class Exporter:
     def __init__(self, environment: Environment) -> None:
         self.environment = environment
         self.registry = CollectorRegistry(auto_describe=False)
-        self.collector = LocustCollector(environment)
+        self.stats_time = StatsTime(environment.runner)
+        self.collector = LocustCollector(environment, stats_time=self.stats_time)
         self.registry.register(self.collector)
         self.server: MetricsServer | None = None
         self.renders = 0
@@ -261,6 +262,12 @@ def _on_init(environment: Environment, web_ui: Any = None, **_: Any) -> None:
     if web_ui is not None:
         exporter.add_web_ui_route(web_ui)
     _exporter = exporter
+
+
+@events.worker_report.add_listener
+def _on_worker_report(client_id: str, **_: Any) -> None:
+    if _exporter is not None:
+        _exporter.stats_time.report(client_id)
 
 
 def _refresh_own_port() -> None:

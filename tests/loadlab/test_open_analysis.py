@@ -185,3 +185,35 @@ def test_loadlab_analyze_writes_the_open_model_verdict_and_report(tmp_path):
     report = (tmp_path / rundir.REPORT).read_text()
     assert 'id="rate-steps"' in report and "break (arrivals/s offered)" in report
     assert report.count('class="chart"') == 7  # offered vs achieved, corrected latency, and the five of any run
+
+
+@pytest.mark.parametrize("exporter_says_when", [True, False])
+def test_a_steps_rate_is_over_the_times_its_counts_were_current(tmp_path, exporter_says_when):
+    # The exporter serves what Locust's loop last rendered, 0-1 s before the scrape. Over a 5 s hold
+    # a rate over scrape times then reads up to a fifth too high or low (a CI run: 45.4 req/s
+    # achieved from a server that serves 40). Its LOCUST_STATS_TIMESTAMP gives the render's time.
+    from itertools import cycle
+
+    from loadlab.contract.names import LOCUST_STATS_TIMESTAMP
+    from loadlab.history import read_samples
+
+    truth = open_run([10, 20, 40, 60], capacity=30, step_s=8)
+    render_age = cycle([0.9, 0.1, 0.5, 0.0, 0.7, 0.3, 0.8])
+    path = tmp_path / "samples.jsonl"
+    with open(path, "w") as fh:
+        for source, scrapes in truth.by_source.items():
+            for scrape in scrapes:
+                samples = [list(s) for s in scrape.samples]
+                age = next(render_age) if source == "locust" else 0.0
+                if source == "locust" and exporter_says_when:
+                    samples.append([LOCUST_STATS_TIMESTAMP, {}, scrape.t])
+                fh.write(json.dumps({"t": scrape.t + age, "source": source, "ok": True, "samples": samples}) + "\n")
+    exact = summarize_rate_steps(truth)
+    read = summarize_rate_steps(read_samples(path))
+    assert [s.offered_rps for s in read] == [10, 20, 40, 60]
+    errors = [abs(r.achieved_rps / e.achieved_rps - 1) for r, e in zip(read, exact)]
+    errors += [abs(r.scheduled_rps / e.scheduled_rps - 1) for r, e in zip(read, exact)]
+    if exporter_says_when:
+        assert max(errors) < 1e-9, errors
+    else:  # the flaw it fixes, shown on the same data
+        assert max(errors) > 0.05, errors

@@ -178,10 +178,12 @@ def test_the_adaptive_rate_hunt_finds_the_capacity_in_fewer_steps_than_the_fixed
             f"{adaptive_s / (fixed_steps * step_s):.2f}")
     assert rates[:4] == [6, 12, 24, 48], detail  # x2 while sustained
     assert verdict["open_model"] is True and held is not None, detail
-    # 5 % is the goal; measured +0.7 %, -4.4 % and, in a CI run, -5.5 %: the verdict read its 44.7/s step
-    # at 35.5 req/s where the live hunt counted 39.5 (the lab's per-step throughput of an overloaded
-    # step reads low; open work, said in README). Held to 10 % so CI guards the hunt meanwhile.
-    assert verdict["capacity_rps"] == pytest.approx(truth, rel=0.10), detail
+    # Uniform arrivals: each step schedules exactly its rate, so its rate as the verdict reads it tests
+    # the window over which the lab counts. Over scrape times (before the exporter said when its
+    # counts were current) 40.2/s read 36.2 and a 48/s step achieved 45.4 req/s from a 40 req/s server.
+    for step in steps:
+        assert step["scheduled_rps"] == pytest.approx(step["offered_rps"], rel=0.03), detail
+    assert verdict["capacity_rps"] == pytest.approx(truth, rel=0.05), detail
     # The hunt's highest sustained rate exceeds the capacity by at most what the judge forgives a short
     # hold: 5 % of its arrivals plus the requests in flight at the hold's edges (openmodel.judge_step;
     # ~12 % at 43/s, 400 ms, a 5.6 s hold). Its break is past the capacity, bracketed to a few percent.
