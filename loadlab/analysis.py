@@ -135,6 +135,25 @@ def _stolen(available: float | None, steal: float | None, th: Thresholds, withou
             f"{obtainable_cores(available, steal):.2f} it could get")
 
 
+# How far past the knee the target's CPU is looked at: up to the first step this much more loaded. A
+# fixed hunt's next step (+10 users at a knee of 50-100) reaches it; an adaptive hunt's refined steps
+# crowd the knee itself (51, 53, 54 users, where a CPU-bound target got 1.6-1.8 of its 2 cores and the
+# demo said `concurrency`), so its window goes on to the first step that loaded the target harder.
+PLATEAU_WINDOW_REACH = 1.10
+
+
+def _plateau_window(steps: list[StepSummary], ref: int, brk: int | None) -> list[StepSummary]:
+    """The steps the target's CPU is judged on (in order of users): the reference step and those after
+    it up to the first with PLATEAU_WINDOW_REACH times its users, never past the break."""
+    last = len(steps) - 1 if brk is None else max(ref, brk)
+    end = ref + 1
+    while end <= last:
+        end += 1
+        if steps[end - 1].users >= PLATEAU_WINDOW_REACH * steps[ref].users:
+            break
+    return steps[ref:end]
+
+
 def limiting_resource(steps: list[StepSummary], ref: int | None, brk: int | None,
                       th: Thresholds = DEFAULT_THRESHOLDS, knee: bool = True) -> tuple[str | None, str]:
     """(limiting resource, why) judged at the reference step (the knee, else the break). `knee`: the
@@ -163,8 +182,7 @@ def limiting_resource(steps: list[StepSummary], ref: int | None, brk: int | None
                 f"usable cores{_stolen(s.generator_cores_available, s.generator_host_cpu_steal_share, th)} "
                 f"at {s.users} users: the measurement is not valid; add Locust workers "
                 f"(loadlab run --workers N, or Locust --processes/--worker) or move Locust to another machine")
-    # The target at the knee and the step after it (both on the plateau, before the break).
-    window = steps[ref: (ref + 2) if brk is None else max(ref + 1, min(ref + 2, brk + 1))]
+    window = _plateau_window(steps, ref, brk)
     known = [s for s in window if s.target_cpu_cores is not None]
     if not known:
         return None, "target CPU unknown (no sidecar samples for the target group, e.g. a --host target)"

@@ -106,6 +106,25 @@ def test_cpu_threshold_comes_from_the_shared_thresholds():
     assert verdict_of(_with_cpu(target=below, generator=0.1), stricter)["limiting_resource"] == "target_cpu"
 
 
+def test_an_adaptive_hunts_cpu_is_judged_past_the_refined_steps_at_its_knee():
+    # The demo's adaptive hunt: 10, 20, 40, 80 users, then 49, 54, 53, 51 around a knee near 50. Its
+    # CPU-bound target got 1.6-1.7 of 2 cores at the steps crowding the knee and 1.85 at 80 users; the
+    # fixed hunt's +10 users step reached 1.84 and said target_cpu. Judged on the knee step and the one
+    # after it alone (51 and 53 users), it said concurrency.
+    users = [10, 20, 40, 80, 49, 54, 53, 51]
+    cpu = {10: 0.37, 20: 0.70, 40: 1.43, 49: 1.58, 51: 1.66, 53: 1.62, 54: 1.70, 80: 1.85}
+    steps = [dataclasses.replace(s, target_cpu_cores=cpu[s.users], target_cores_available=2.0,
+                                 generator_cpu_cores=0.06, generator_cores_available=1.0)
+             for s in model_steps(users, workers=2, service_s=0.08, think_s=2.0)]
+    verdict = verdict_of(steps)
+    assert verdict["knee"] is not None and verdict["knee"]["step_users"] < 80
+    assert verdict["limiting_resource"] == "target_cpu", verdict["limiting_resource_basis"]
+    assert "at 80 users" in verdict["limiting_resource_basis"]
+    # Had the target not got more at 80 users either, it was not its CPU.
+    flat = [dataclasses.replace(s, target_cpu_cores=min(s.target_cpu_cores, 1.7)) for s in steps]
+    assert verdict_of(flat)["limiting_resource"] == "concurrency"
+
+
 def test_without_resource_samples_the_limit_is_unknown_and_says_why():
     verdict = verdict_of(model_steps(STAIR))
     assert verdict["limiting_resource"] is None

@@ -226,13 +226,10 @@ def test_adaptive_hunt_finds_a_large_knee_in_a_third_of_the_fixed_hunts_time(gro
     # login, accept to close; N* = X (R0 + Z); tests/loadlab/served.py).
     truth = served_truth(adaptive.run.run_dir, verdict, gt.workers, think_s, gt.knee_users(think_s))
     print(truth)
-    # Capacity: the issue asks for 5 %, which this scaled-down server does not allow reliably. Its SLO
-    # (500 ms, ~3 S here against ~6 S in the issue's S = 80 ms example) breaks at 1.15-1.35 N*, so the
-    # steps the capacity may rest on can all lie on the bend, where X(N) is still below W/D (measured
-    # with 8 s steps on a quiet machine: 106 and 110 users at N* = 110 read -6.3 %, while 160 users,
-    # past the SLO, read +2 %). Held to 10 % so CI guards the hunt; closing the gap (reading the
-    # capacity where the curve is flat) is open work, said in README.
-    assert_ground_truth_verdict(verdict, truth, knee_tolerance=0.10, capacity_tolerance=0.10)
+    # The issue's tolerances: knee 10 %, capacity 5 %. Measured on a quiet machine, 5 s steps: capacity
+    # +0.0, +0.4, -3.7 % while a step's rate was taken over scrape times, +2.7, +0.3, -0.6 % since it is
+    # over the times the exporter's counts were current (knee +2.9, -0.1, -0.4 %).
+    assert_ground_truth_verdict(verdict, truth, knee_tolerance=0.10, capacity_tolerance=0.05)
     # The fixed hunt that resolves the knee as finely has steps as far apart as the two steps the
     # adaptive hunt bracketed its knee with. Its length is counted, not run (benchmarks/bench_hunt.py
     # runs both and prints the wall times side by side): it runs every step up to the break this run
