@@ -206,7 +206,8 @@ def bare_metrics_server(body: bytes) -> tuple[subprocess.Popen, str]:
 def scrape_timing(host: str, workdir: Path, name: str, seconds: float, users: int,
                   think_time: float) -> tuple[list[float], list[float]]:
     """Times of one scrape of the exporter, and of the same server process with no Locust behind it
-    (same body), scraped alternately so the machine's hiccups hit both alike."""
+    (same body), scraped alternately so the machine's hiccups hit both alike. Which goes first after
+    each pause alternates too: on an idle VM the first request after a pause pays for waking it."""
     port = free_port()
     run = locust(host, workdir, name, seconds, users, port, think_time)
     url = f"http://127.0.0.1:{port}/metrics"
@@ -218,11 +219,13 @@ def scrape_timing(host: str, workdir: Path, name: str, seconds: float, users: in
         time.sleep(min(5.0, seconds / 3))  # let all 50 names appear with a spread of latencies
         with urllib.request.urlopen(url, timeout=5) as response:
             bare, bare_url = bare_metrics_server(response.read())
+        pair = ((url, times), (bare_url, floor))
         while run.poll() is None:
-            for target, into in ((url, times), (bare_url, floor)):
+            for target, into in pair:
                 ms = scrape_ms(target)
                 if ms is not None:
                     into.append(ms)
+            pair = pair[::-1]
             time.sleep(0.05)
     finally:
         run.stop()

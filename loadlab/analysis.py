@@ -113,12 +113,17 @@ def capacity(steps: list[StepSummary], knee: KneeResult | None, brk: int | None,
     `steps` in order of users (`by_load`), as `knee` and `brk` index them."""
     if not steps:
         return None
-    if knee is not None:
-        within = [s for s in steps[knee.step: brk] if not breaches_slo(s, th)]
-        if within:
-            return statistics.median(s.rps for s in within)
+    within = plateau_within_slo(steps, knee, brk, th)
+    if within:
+        return statistics.median(s.rps for s in within)
     healthy = [s.rps for s in steps[: brk] if not breaches_slo(s, th)]
     return max(healthy) if healthy else None
+
+
+def plateau_within_slo(steps: list[StepSummary], knee: KneeResult | None, brk: int | None,
+                       th: Thresholds = DEFAULT_THRESHOLDS) -> list[StepSummary]:
+    """The steps from the knee up to the break that met the SLO: what the capacity is read from."""
+    return [] if knee is None else [s for s in steps[knee.step: brk] if not breaches_slo(s, th)]
 
 
 def _saturated(cores: float | None, available: float | None, th: Thresholds, steal: float | None = None) -> bool:
@@ -196,15 +201,15 @@ def limiting_resource(steps: list[StepSummary], ref: int | None, brk: int | None
             line = _stolen(s.target_cores_available, s.host_cpu_steal_share, th, f" (>= {th.cpu_saturation_fraction:.0%})")
             return TARGET_CPU, (f"the target used {s.target_cpu_cores:.2f} of its {s.target_cores_available:g} "
                                 f"usable cores{line} at {s.users} users")
+    r0 = lightest_mean_ms(steps)
     for s in known:
-        if cpu_starved(s, th):
+        if cpu_starved(s, th, r0):
             used, wait = s.target_cpu_cores or 0.0, s.target_cpu_wait_cores or 0.0
             return TARGET_CPU, (
                 f"the target used {used:.2f} cores and its processes waited for a CPU another {wait:.2f} cores' worth "
                 f"at {s.users} users ({used + wait:.2f} of its {s.target_cores_available:g} usable cores"
                 f"{_stolen(s.target_cores_available, s.host_cpu_steal_share, th, f', >= {th.cpu_saturation_fraction:.0%}')}"
                 f"): CPU-bound, and other processes on its host had the CPU it waited for")
-    r0 = min((s.mean_response_ms for s in steps if s.mean_response_ms is not None), default=None)
     for s in known:
         if cpu_bound_on_busy_host(s, r0, th):
             demand_ms = 1000.0 * (s.target_cpu_cores or 0.0) / s.rps
@@ -267,17 +272,42 @@ def fleet_reason(step: StepSummary, machine: dict, th: Thresholds) -> str:
             f"while {fleet}: {why}")
 
 
-def cpu_starved(step: StepSummary, th: Thresholds = DEFAULT_THRESHOLDS) -> bool:
+def cpu_starved(step: StepSummary, th: Thresholds = DEFAULT_THRESHOLDS,
+                light_response_ms: float | None = None) -> bool:
     """The target wanted the cores it can use but the host's other processes had them: the CPU it
     used plus the time its threads sat runnable waiting for a CPU (the sidecar's run delay, in
-    cores) reaches the saturation line. A server waiting on I/O, a lock or a pool is not runnable
-    then, so it never counts here however busy the host is. On a virtual machine the line is of
-    the cores the hypervisor left (`loadlab.contract.cores.cpu_limited`): the kernel counts stolen
-    time neither as the target's CPU nor as its run delay."""
+    cores) reaches the saturation line, and its requests are CPU work (`cpu_heavy`, judged when the
+    light-load response `light_response_ms` is known). A server waiting on I/O, a lock or a pool is
+    not runnable then. On a virtual machine the line is of the cores the hypervisor left
+    (`loadlab.contract.cores.cpu_limited`); the kernel does not count stolen time as CPU used, but
+    it does count it in the run delay of the threads queued behind a stolen vCPU. So on a host
+    short of CPU a server of many sleeping workers queues for a core too (16 workers, 2.9 ms of CPU
+    per 160 ms login: 0.27 cores used and 1.58 waited at 34 % steal), and is still not CPU-bound."""
     if step.target_cpu_wait_cores is None:
         return False
-    return cpu_limited(step.target_cpu_cores, step.target_cpu_wait_cores, step.target_cores_available,
-                       step.host_cpu_steal_share, th.cpu_saturation_fraction)
+    if not cpu_limited(step.target_cpu_cores, step.target_cpu_wait_cores, step.target_cores_available,
+                       step.host_cpu_steal_share, th.cpu_saturation_fraction):
+        return False
+    return light_response_ms is None or cpu_heavy(step, light_response_ms)
+
+
+# A sleeping or I/O-bound handler spends a few percent of its response on CPU; a CPU-bound one on a
+# contended host still shows ~30 % (measured: 22 ms of a 71 ms response).
+CPU_HEAVY_SHARE = 0.25
+
+
+def cpu_heavy(step: StepSummary, light_response_ms: float | None) -> bool:
+    """By the utilization law (CPU per request D = U / X), a quarter or more of a request's
+    light-load response time is the target's CPU work."""
+    used = step.target_cpu_cores
+    if used is None or not light_response_ms or step.rps <= 0:
+        return False
+    return 1000.0 * used / step.rps >= CPU_HEAVY_SHARE * light_response_ms
+
+
+def lightest_mean_ms(steps: list[StepSummary]) -> float | None:
+    """The run's light-load response: its lowest step mean."""
+    return min((s.mean_response_ms for s in steps if s.mean_response_ms is not None), default=None)
 
 
 def cpu_bound_on_busy_host(step: StepSummary, light_response_ms: float | None,
@@ -285,14 +315,10 @@ def cpu_bound_on_busy_host(step: StepSummary, light_response_ms: float | None,
     """The target is CPU-limited even below its own saturation line: no idle CPU was left on the
     host, and by the utilization law (CPU per request D = U / X) most of a request's light-load
     response time is CPU work (a quarter or more), so more CPU is what it lacked."""
-    busy, cores, used = step.host_cpu_busy_cores, step.host_cores, step.target_cpu_cores
-    if busy is None or cores is None or used is None or not light_response_ms or step.rps <= 0:
+    busy, cores = step.host_cpu_busy_cores, step.host_cores
+    if busy is None or cores is None:
         return False
-    host_saturated = busy >= th.cpu_saturation_fraction * cores
-    demand_ms = 1000.0 * used / step.rps
-    # A quarter: a sleeping or I/O-bound handler spends a few percent of its response on CPU; a
-    # CPU-bound one on a contended host still shows ~30% (measured: 22 ms of a 71 ms response).
-    return host_saturated and demand_ms >= 0.25 * light_response_ms
+    return busy >= th.cpu_saturation_fraction * cores and cpu_heavy(step, light_response_ms)
 
 
 def signals(steps: list[StepSummary], knee: KneeResult | None, th: Thresholds = DEFAULT_THRESHOLDS) -> list[Signal]:
@@ -301,6 +327,7 @@ def signals(steps: list[StepSummary], knee: KneeResult | None, th: Thresholds = 
     for a fixed hunt that is time order, and for an adaptive one it is the order of load, so the
     first signal is still the first to warn as users rise."""
     crossings: dict[str, Signal] = {}
+    r0 = lightest_mean_ms(steps)
 
     def note(name: str, step: StepSummary, value: float | None) -> None:
         if name not in crossings:
@@ -311,7 +338,7 @@ def signals(steps: list[StepSummary], knee: KneeResult | None, th: Thresholds = 
             note(reason, s, s.p95_ms if reason == LATENCY_P95 else s.error_ratio)
         if knee is not None and i == knee.step:
             note("throughput_plateau", s, s.rps)
-        if _saturated(s.target_cpu_cores, s.target_cores_available, th, s.host_cpu_steal_share) or cpu_starved(s, th):
+        if _saturated(s.target_cpu_cores, s.target_cores_available, th, s.host_cpu_steal_share) or cpu_starved(s, th, r0):
             note(TARGET_CPU, s, s.target_cpu_cores)
         hot = saturated_target(s, th)
         if hot is not None:  # one machine of a fleet
@@ -366,6 +393,7 @@ def analyze_steps(steps: list[StepSummary], th: Thresholds = DEFAULT_THRESHOLDS,
         brk=None if brk is None else Break(**StepPoint.fields_of(steps[brk]),
                                            reasons=tuple(breaches_slo(steps[brk], th))),
         capacity_rps=None if cap is None else round(cap, 2),
+        capacity_below_plateau=knee is not None and cap is not None and not plateau_within_slo(steps, knee, brk, th),
         limiting_resource=resource,
         limiting_resource_basis=basis,
         signals=signals(steps, knee, th),

@@ -161,6 +161,8 @@ class Verdict:
     functional_failure: FunctionalFailure | None = None  # set: no knee, break or capacity (exit 3)
     skipped_rows: int = 0  # unreadable input rows left out (`loadlab analyze --lenient`)
     capacity_ci: tuple[float, float | None] | None = None  # 95% CI (loadlab.uncertainty)
+    # Every step from the knee on breached the SLO: the capacity is the best step below that met it.
+    capacity_below_plateau: bool = False
     uncertainty: dict[str, Any] | None = None  # how the intervals were computed (verdict.json "uncertainty")
     bootstrap: Bootstrap | None = field(default=None, repr=False, compare=False)  # replicates, for compare
     gates: list[GateResult] | None = None  # loadlab.gates, when the run was given --gate
@@ -173,9 +175,12 @@ class Verdict:
 
     @property
     def capacity_is_lower_bound(self) -> bool:
-        """Without a knee, throughput never flattened: the capacity is the best rate seen, a lower bound.
-        (The open model's capacity is the throughput measured while overloaded: never a lower bound.)"""
-        return self.capacity_rps is not None and self.knee is None and not self.open_model
+        """Without a knee, throughput never flattened: the capacity is the best rate seen, a lower bound;
+        so it is when no step from the knee on met the SLO (the best one below it did, and the true
+        sustainable rate lies somewhere between). The open model's capacity is the throughput
+        measured while overloaded: never a lower bound."""
+        return (self.capacity_rps is not None and not self.open_model
+                and (self.knee is None or self.capacity_below_plateau))
 
     @property
     def breaking_point_reached(self) -> bool:
@@ -217,7 +222,7 @@ class Verdict:
                              f"start lower (e.g. smaller --step-users) to find where it holds")
             elif self.capacity_is_lower_bound:
                 lines.append(f"capacity: at least {cap} req/s (a lower bound: the best step that met the SLO; "
-                             f"throughput never flattened into a knee)")
+                             + ("no step from the knee on met it)" if knee else "throughput never flattened into a knee)"))
             else:
                 lines.append(f"capacity: {cap} req/s" + (f" ({ci_text(self.capacity_ci)})" if self.capacity_ci else ""))
         if self.limiting_resource or self.breaking_point_reached:

@@ -325,3 +325,20 @@ def test_rows_written_after_a_distributed_test_stopped_are_no_step(tail_users):
 def test_without_the_exporters_word_every_row_is_kept():
     history = read_stats_history(REMOTE_TAIL / "locust_stats_history.csv")
     assert after_stop(history.rows, []) == []  # a plain Locust CSV: nothing says when its test stopped
+
+
+def test_a_capacity_from_below_a_knee_whose_steps_all_breached_is_a_lower_bound():
+    # A CI run: 8 users 11.3 req/s (p95 242 ms), 16 users 19.1 (571 ms), 24 users 19.2 (968 ms). The knee is at
+    # 16 users, where the SLO (500 ms) already broke: the capacity, the best step that met it, was printed
+    # as "capacity: 11.28 req/s", as if measured on the plateau.
+    steps = model_steps([8, 16, 24], workers=4, service_s=0.2, think_s=0.5)
+    steps = [dataclasses.replace(s, p95_ms=p95) for s, p95 in zip(steps, (242.0, 571.0, 968.0))]
+    verdict = verdict_of(steps)
+    assert verdict["knee"] is not None and verdict["break"]["users"] == 16
+    assert verdict["capacity_rps"] == pytest.approx(steps[0].rps, rel=0.01)
+    assert verdict["capacity_is_lower_bound"] is True
+    assert any(line.startswith("capacity: at least") and "no step from the knee on met it" in line
+               for line in verdict["summary"]), verdict["summary"]
+    # With a plateau step that met the SLO, the capacity is that plateau's, and no bound.
+    met = verdict_of([dataclasses.replace(s, p95_ms=min(s.p95_ms, 400.0)) if s.users == 16 else s for s in steps])
+    assert met["capacity_is_lower_bound"] is False and met["capacity_rps"] > steps[0].rps

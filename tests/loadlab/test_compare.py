@@ -14,6 +14,7 @@ import pytest
 from loadlab.compare import IMPROVED, REGRESSED, UNCHANGED, UNKNOWN, compare
 from tests.helpers import REPO_ROOT
 from tests.loadlab.conftest import LOADLAB, assert_all_gone, run_loadlab, step_table
+from tests.loadlab.served import served_truth
 from tests.loadlab.synthetic_runs import Truth, side, write_run
 
 SHORT_HUNT = Truth(users=tuple(range(50, 140, 10)))
@@ -179,26 +180,31 @@ def test_ground_truth_servers_with_different_service_times_are_judged_regressed(
 
     # Against the truth. X = W/S leaves out what gunicorn, Flask and the host add to every request
     # (~3 ms on an idle machine, 10 ms and more on a busy one), so the truth of *this* run is the
-    # operational law on the service time the server delivered: its light-load mean response R0 (the
-    # first step), X = W/R0 and N* = X (R0 + Z). The knee's interval must hold N*. The capacity's
+    # operational law on what the server delivered (tests/loadlab/served.py): X = W/D, with D the time a
+    # worker was held per login on the plateau, and N* = X (R0 + Z), with R0 the first step's mean
+    # response (W/R0 was the truth before; R0 counts Locust's side too, and a first step at 11 % steal
+    # put it 7 ms high, N* below the knee's interval). The knee's interval must hold N*. The capacity's
     # interval covers the sampling noise of the plateau (about 1% wide for a sleeping server, which
     # serves as steadily as a clock); the host's share of each request moves the plateau itself by
     # more than that from one run to the next, which no interval from within a run can cover, so the
-    # capacity is held to 10% of W/R0 and the gap is printed.
+    # capacity is held to 10% of W/D and the gap is printed.
     for name, gt in (("fast", fast), ("slow", slow)):
         verdict = runs[name].verdict()
-        r0 = verdict["steps"][0]["mean_response_ms"] / 1000.0
-        x, n_star = gt.workers / r0, gt.workers / r0 * (r0 + 0.5)
+        first = min(s["users"] for s in verdict["steps"])  # R0 from the first step: at most half the knee below
+        truth = served_truth(runs[name].run_dir, verdict, gt.workers, 0.5, nominal_knee=2 * first)
+        x, n_star = truth.capacity_rps, truth.knee_users
         low, high = verdict["knee"]["users_ci"]
-        print(f"{name}: W/S = {gt.capacity_rps:g}, W/R0 = {x:.1f} req/s (R0 {r0 * 1000:.0f} ms): capacity "
-              f"{verdict['capacity_rps']} {verdict['capacity_ci']}; N* = {n_star:.1f}: knee {verdict['knee']['users']} "
-              f"({low}-{high})")
+        print(f"{name}: W/S = {gt.capacity_rps:g}, {truth}: capacity "
+              f"{verdict['capacity_rps']} {verdict['capacity_ci']}; knee {verdict['knee']['users']} ({low}-{high})")
         # A 95% interval misses the truth 1 run in 20 by design (two servers here: 1 in 10); held to
         # the same interval widened by half on each side (~99.7% for a normal estimate), the test
         # fails only when the interval is really wrong, not on the misses it promises.
         knee = verdict["knee"]["users"]
         assert low - 0.5 * (knee - low) <= n_star <= high + 0.5 * (high - knee), name
-        assert verdict["capacity_rps"] == pytest.approx(x, rel=0.10), name
+        if verdict["capacity_is_lower_bound"]:  # the plateau's steps all breached the SLO: a bound, which must hold
+            assert verdict["capacity_rps"] <= x * 1.10, name
+        else:
+            assert verdict["capacity_rps"] == pytest.approx(x, rel=0.10), name
 
     done = loadlab("compare", str(runs["fast"].run_dir), str(runs["slow"].run_dir))
     print(done.stdout)

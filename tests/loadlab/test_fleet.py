@@ -155,8 +155,10 @@ def test_a_bad_fleet_flag_is_one_line_and_nothing_starts(tmp_path, args, says):
 # ------------------------------------------------------------------ the proof on one machine
 
 FAST_MS, SLOW_MS = 40.0, 120.0  # CPU burnt per login: the slower machine needs three times the CPU
-# 8 s steps: a 5 s step holds 2 samples, and on a host with 20-30 % steal one read 2.0 req/s
-LOCUST = ["--step-users", "2", "--step-time", "8s", "--max-users", "12", "--no-stop-on-break"]
+# 8 s steps: a 5 s step holds 2 samples, and on a host with 20-30 % steal one read 2.0 req/s. Up to 16
+# users: at 27-37 % steal the curve bent so gently that 12 users (15.1 req/s of the fleet's ~15.7) still
+# showed no knee, and without a knee there is no plateau to take the truth from.
+LOCUST = ["--step-users", "2", "--step-time", "8s", "--max-users", "16", "--no-stop-on-break"]
 ENV = {"LOGIN_USERS": "10", "MIN_WAIT_TIME": "200", "MAX_WAIT_TIME": "400"}
 
 
@@ -189,7 +191,10 @@ def test_a_fleet_behind_a_load_balancer_is_limited_by_its_slower_machine(spawn, 
         assert s["target_cpu_cores"] == pytest.approx(sum(m["cpu_cores"] for m in machines.values()), abs=1e-3)
         assert s["target_cores_available"] == 2, detail
         assert machines[slow_sidecar]["cpu_cores"] > machines[fast_sidecar]["cpu_cores"], detail
-        assert s["server_rps"] is not None and s["server_p95_ms"] is not None, detail
+        if s["server_rps"] is None:  # the machine's /metrics did not answer in that hold: the verdict says so
+            assert any("stopped answering" in line and f"{s['users']} users" in line for line in verdict["summary"]), detail
+        else:
+            assert s["server_p95_ms"] is not None, detail
 
     # The fleet's truth (tests/loadlab/served.py): twice the slower machine's capacity.
     truth = fleet_truth(read_samples(run.run_dir / "samples.jsonl"), verdict, "target_metrics_2")

@@ -1,5 +1,6 @@
 """Steal time on a virtual machine: the hypervisor runs other guests on the host's CPUs, and the
-kernel counts that time neither as a process's CPU nor as its run delay. A worker that is always
+kernel does not count that time as a process's CPU (only in the run delay of threads queued behind a
+stolen vCPU). A worker that is always
 runnable then reads ~0.84 of a core at 16% steal: judged against its whole core it looks idle
 enough for a concurrency limit. The CPU judgement is made against the cores the hypervisor left
 (`loadlab.contract.cores.cpu_limited`), per step, per role, per machine."""
@@ -68,6 +69,20 @@ def test_used_plus_run_delay_is_judged_against_what_the_hypervisor_left():
     basis = verdict["limiting_resource_basis"]
     assert verdict["limiting_resource"] == "target_cpu", basis
     assert "waited for a CPU another 0.10" in basis and "hypervisor took 16% (steal)" in basis, basis
+
+
+def test_a_sleeping_pool_queued_behind_stolen_cpus_is_still_a_concurrency_limit():
+    # A CI run at 34 % steal: 16 sleeping workers (S = 160 ms) used 0.2-0.27 cores, 2.9 ms of CPU a
+    # login, and their run delay read 1.4-1.6 cores' worth: used plus waited passed the line of the
+    # 1.33 cores the hypervisor left, and the verdict said target_cpu. Its logins are not CPU work.
+    steps = [dataclasses.replace(s, target_cpu_cores=0.27, target_cpu_wait_cores=1.58, target_cores_available=2.0,
+                                 generator_cpu_cores=0.2, generator_cores_available=1.0, host_cpu_busy_cores=1.1,
+                                 host_cores=2, host_cpu_steal_share=0.34, generator_host_cpu_steal_share=0.34)
+             for s in model_steps([10, 20, 40, 80, 108, 112, 121, 125, 160], workers=16, service_s=0.16, think_s=1.0)]
+    verdict = verdict_of(steps)
+    assert verdict["limiting_resource"] == "concurrency", verdict["limiting_resource_basis"]
+    assert not any(s["signal"] == "target_cpu" for s in verdict["signals"])
+    # A worker whose logins are CPU work, waiting as long, is CPU-bound (the test above, with wait).
 
 
 def test_little_steal_does_not_make_an_idle_target_cpu_limited():
