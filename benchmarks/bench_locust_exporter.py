@@ -51,9 +51,8 @@ import psutil
 from loadlab.processes import Component, LabError, free_port
 from locust_tests.plugins.metrics_server import READY, encode_frame
 
-METRICS_SERVER = Path(__file__).resolve().parent.parent / "locust_tests" / "plugins" / "metrics_server.py"
-
 REPO = Path(__file__).resolve().parent.parent
+METRICS_SERVER = REPO / "locust_tests" / "plugins" / "metrics_server.py"
 
 NAMES_LOCUSTFILE = '''
 import os

@@ -150,13 +150,11 @@ PLATEAU_WINDOW_REACH = 1.10
 def _plateau_window(steps: list[StepSummary], ref: int, brk: int | None) -> list[StepSummary]:
     """The steps the target's CPU is judged on (in order of users): the reference step and those after
     it up to the first with PLATEAU_WINDOW_REACH times its users, never past the break."""
-    last = len(steps) - 1 if brk is None else max(ref, brk)
-    end = ref + 1
-    while end <= last:
-        end += 1
-        if steps[end - 1].users >= PLATEAU_WINDOW_REACH * steps[ref].users:
-            break
-    return steps[ref:end]
+    stop = len(steps) if brk is None else max(ref, brk) + 1
+    for i in range(ref + 1, stop):
+        if steps[i].users >= PLATEAU_WINDOW_REACH * steps[ref].users:
+            return steps[ref:i + 1]
+    return steps[ref:stop]
 
 
 def limiting_resource(steps: list[StepSummary], ref: int | None, brk: int | None,

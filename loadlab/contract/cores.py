@@ -53,9 +53,10 @@ def steal_share(steal_cores: float | None, host_cores: float | None) -> float | 
 
 def obtainable_cores(available: float, steal: float | None) -> float:
     """The cores a group that wants every core it may use can get on a host whose hypervisor takes
-    the share `steal` of each CPU (a virtual machine's steal time). The kernel counts stolen time
-    neither as the group's CPU nor as its run delay, so on a VM with 16% steal an always-runnable
-    worker reads 0.84 of a core used and nothing waited: the line to judge it by is 0.84, not 1."""
+    the share `steal` of each CPU (a virtual machine's steal time). The kernel does not count stolen
+    time as the group's CPU (nor as the run delay of a thread that was running when its vCPU was
+    taken), so on a VM with 16% steal an always-runnable worker reads 0.84 of a core used and nothing
+    waited: the line to judge it by is 0.84, not 1."""
     return available * (1.0 - (steal or 0.0))
 
 

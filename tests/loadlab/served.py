@@ -57,9 +57,11 @@ def served_seconds(samples: Samples, start: float, end: float, source: str = "ta
     return (s1 - s0, c1 - c0) if c1 > c0 else (0.0, 0.0)
 
 
-def served_truth(run_dir: Path, verdict: dict, workers: int, think_s: float, nominal_knee: float) -> ServedTruth:
+def served_truth(run_dir: Path, verdict: dict, workers: int, think_s: float, nominal_knee: float,
+                 light_up_to: float | None = None) -> ServedTruth:
     """The run's truth: D over the holds of the steps the capacity rests on (from the knee up to the
-    break, in order of users), else over every hold; R0 over the steps with at most half the nominal knee."""
+    break, in order of users), else over every hold; R0 over the steps with at most `light_up_to`
+    users (default: half the nominal knee)."""
     samples = read_samples(run_dir / "samples.jsonl")
     steps = sorted(verdict["steps"], key=lambda s: (s["users"], s["start"]))
     knee = verdict["knee"]["users"] if verdict.get("knee") else None
@@ -71,8 +73,9 @@ def served_truth(run_dir: Path, verdict: dict, workers: int, think_s: float, nom
         held, basis = steps, "D over every hold"
     seconds, count = (sum(v) for v in zip(*mean_time(samples, held, DURATION)))
     assert count > 0, f"no server-side login durations in {run_dir / 'samples.jsonl'} (target scrapes)"
-    light = [s["mean_response_ms"] for s in steps if s["users"] <= 0.5 * nominal_knee and s["mean_response_ms"]]
-    assert light, f"no step at or below {0.5 * nominal_knee:.0f} users to measure the light-load response"
+    light_up_to = 0.5 * nominal_knee if light_up_to is None else light_up_to
+    light = [s["mean_response_ms"] for s in steps if s["users"] <= light_up_to and s["mean_response_ms"]]
+    assert light, f"no step at or below {light_up_to:.0f} users to measure the light-load response"
     d, r0 = seconds / count, statistics.median(light) / 1000.0
     handler = None
     held_seconds, held_count = (sum(v) for v in zip(*mean_time(samples, held, HELD)))

@@ -190,8 +190,8 @@ def test_ground_truth_servers_with_different_service_times_are_judged_regressed(
     # capacity is held to 10% of W/D and the gap is printed.
     for name, gt in (("fast", fast), ("slow", slow)):
         verdict = runs[name].verdict()
-        first = min(s["users"] for s in verdict["steps"])  # R0 from the first step: at most half the knee below
-        truth = served_truth(runs[name].run_dir, verdict, gt.workers, 0.5, nominal_knee=2 * first)
+        first = min(s["users"] for s in verdict["steps"])  # R0 from the first step (the slow knee is below 16)
+        truth = served_truth(runs[name].run_dir, verdict, gt.workers, 0.5, gt.knee_users(0.5), light_up_to=first)
         x, n_star = truth.capacity_rps, truth.knee_users
         low, high = verdict["knee"]["users_ci"]
         print(f"{name}: W/S = {gt.capacity_rps:g}, {truth}: capacity "
