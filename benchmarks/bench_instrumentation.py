@@ -4,17 +4,20 @@ uses it), measured side by side, with 1 and with 2 gunicorn workers in one run.
 For each worker count, starts the target twice, `--no-metrics` (bare) and with metrics
 (instrumented), same number of gunicorn workers, and drives GET /healthz on each with wrk in alternating rounds (bare first
 in even rounds, instrumented first in odd ones) so drift in machine load hits both alike.
-Prints each round, the throughput of each, and the ratio instrumented/bare (goal: >= 0.95).
+Prints each round, the throughput of each, and the ratio instrumented/bare (goal: >= 0.95), with a
+95 % confidence interval from the rounds (a paired design: each round is one bare and one
+instrumented run back to back, so slow drift in the machine's load cancels within a round).
 Then it loads both servers at once (same noise at the same moment for both) and prints that
 ratio too, and the workers' CPU time per request of each server (from psutil), which a busy
 machine disturbs less than wall-clock throughput. A final table puts the worker counts side by side.
 
-    .venv/bin/python benchmarks/bench_instrumentation.py [--workers 1 2] [--rounds 6] [--duration 5]
+    .venv/bin/python benchmarks/bench_instrumentation.py [--workers 1 2] [--rounds 10] [--duration 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import shutil
@@ -28,6 +31,23 @@ from pathlib import Path
 import psutil
 
 from loadlab.processes import Component, LabError, Supervisor, free_port
+from loadlab.uncertainty import t_quantile
+
+
+def ratio_interval(ratios: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """(geometric mean, low, high) of per-round ratios: a t interval on their logs, exponentiated."""
+    logs = [math.log(r) for r in ratios]
+    mean = statistics.mean(logs)
+    if len(logs) < 2:
+        return math.exp(mean), math.nan, math.nan
+    half = t_quantile(0.5 + level / 2, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
+    return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
+
+
+def verdict(low: float, point: float, goal: float = 0.95) -> str:
+    if low >= goal:
+        return "met (the whole interval)"
+    return "met by the estimate, not by the whole interval" if point >= goal else "missed"
 
 
 def start_server(sup: Supervisor, name: str, workers: int, workdir: Path, extra: list[str]) -> tuple[Component, int]:
@@ -90,20 +110,24 @@ def measure(args: argparse.Namespace, wrk_path: str, workers: int, workdir: Path
         results: dict[str, list[float]] = {"bare": [], "instrumented": []}
         cpu = {"bare": 0.0, "instrumented": 0.0}
         served = {"bare": 0, "instrumented": 0}
+        cpu_per_request: dict[str, list[float]] = {"bare": [], "instrumented": []}
         for round_no in range(args.rounds):
             order = ["bare", "instrumented"] if round_no % 2 == 0 else ["instrumented", "bare"]
             for name in order:
                 server, port = servers[name]
                 cpu_before = server_cpu_seconds(server)
                 rate, requests = wrk(wrk_path, port, args.duration, args.connections)
-                cpu[name] += server_cpu_seconds(server) - cpu_before
+                used = server_cpu_seconds(server) - cpu_before
+                cpu[name] += used
                 served[name] += requests
+                cpu_per_request[name].append(used / requests)
                 results[name].append(rate)
             print(f"round {round_no + 1}: bare {results['bare'][-1]:8.1f} req/s   "
                   f"instrumented {results['instrumented'][-1]:8.1f} req/s   "
                   f"ratio {results['instrumented'][-1] / results['bare'][-1]:.3f}")
         bare, instrumented = (statistics.mean(results[k]) for k in ("bare", "instrumented"))
         per_round = [i / b for i, b in zip(results["instrumented"], results["bare"])]
+        cpu_rounds = [b / i for b, i in zip(cpu_per_request["bare"], cpu_per_request["instrumented"])]
         # Simultaneous runs: both servers share the CPUs under the very same noise at the same
         # moment, so the ratio is close to the ratio of CPU per request.
         together: dict[str, list[float]] = {"bare": [], "instrumented": []}
@@ -119,6 +143,8 @@ def measure(args: argparse.Namespace, wrk_path: str, workers: int, workdir: Path
             "cpu_us_bare": cpu_bare, "cpu_us_instrumented": cpu_instrumented,
             "cpu_ratio": cpu_bare / cpu_instrumented, "loadavg_end": os.getloadavg()[0],
         }
+        figures["round_ratio"], figures["round_low"], figures["round_high"] = ratio_interval(per_round)
+        figures["cpu_round_ratio"], figures["cpu_low"], figures["cpu_high"] = ratio_interval(cpu_rounds)
         print(f"mean throughput: bare {bare:.1f} req/s, instrumented {instrumented:.1f} req/s; "
               f"worker CPU per request: bare {cpu_bare:.1f} us, instrumented {cpu_instrumented:.1f} us")
         return figures
@@ -165,8 +191,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="instrumented vs bare throughput of target_app on /healthz")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2],
                         help="gunicorn worker counts to measure, one after the other (default: 1 2)")
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    parser.add_argument("--rounds", type=int, default=10, help="paired rounds per worker count (default: 10)")
+    parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run (default: 3)")
     parser.add_argument("--connections", type=int, default=16)
     args = parser.parse_args()
     wrk_path = shutil.which("wrk")
@@ -184,6 +210,11 @@ def main() -> None:
     for w, f in figures.items():
         print(f"{w:>7}  {f['bare']:10.1f}  {f['instrumented']:12.1f}  {f['ratio']:16.3f}  {f['median_round_ratio']:16.3f}  "
               f"{f['simultaneous_ratio']:12.3f}  {f['cpu_ratio']:23.3f}  {f['loadavg_end']:14.2f}")
+    for w, f in figures.items():
+        print(f"{w} worker(s): throughput ratio {f['round_ratio']:.3f} (95% CI {f['round_low']:.3f}-{f['round_high']:.3f}, "
+              f"{args.rounds} paired rounds): {verdict(f['round_low'], f['round_ratio'])}; CPU per request "
+              f"bare/instrumented {f['cpu_round_ratio']:.3f} (95% CI {f['cpu_low']:.3f}-{f['cpu_high']:.3f}): "
+              f"{verdict(f['cpu_low'], f['cpu_round_ratio'])}")
     bare_us, instrumented_us = inprocess_cost_us()
     print(f"in one process (Flask's WSGI app, multiprocess mode): GET /healthz {bare_us:.1f} us bare, "
           f"{instrumented_us:.1f} us instrumented: the instrumentation costs {instrumented_us - bare_us:.1f} us of CPU "
