@@ -57,6 +57,7 @@ from loadlab.stacks import DEFAULT_RATE as DEFAULT_PROFILE_RATE
 from loadlab.stacks import ProfilerUnavailable, check_attach
 from loadlab.verdict import Verdict
 from loadlab.watchdog import Watchdog
+from locust_tests.config.api_contract import settings_problem  # Locust-free
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCENARIO_DIR = REPO_ROOT / "locust_tests" / "scenarios"
@@ -236,6 +237,10 @@ class Lab:
         locustfile = own_locustfile.PLUGIN_FILE if opts.locustfile else SCENARIO_DIR / SCENARIOS[opts.scenario][0]
         if not locustfile.is_file():
             raise LabError(f"{locustfile}: the Locust suite's scenario file is missing; is this a complete checkout?")
+        # The suite reads these when Locust loads it, after the target and sidecar started: check them now.
+        contract = settings_problem({**os.environ, **opts.env})
+        if contract:
+            raise LabError(contract)
         if shutil.which("locust") is None and not (Path(sys.executable).parent / "locust").exists():
             # Installed without its script on PATH still works (we run `python -m locust`). Look it
             # up without importing it: importing Locust would gevent-patch the runner's own process.

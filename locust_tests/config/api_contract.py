@@ -1,9 +1,10 @@
 """The request/response contract of the API under test, as data: body templates, accepted statuses
-and where the login token is. `test_config` reads them from environment variables through these
-parsers; the checks, the preflight and the seeding apply them.
+and where the login token is. `test_config` reads them from environment variables (`SETTINGS`,
+`read_setting`); the checks, the preflight and the seeding apply them; the lab checks them
+(`settings_problem`) before it starts anything.
 
     REGISTRATION_BODY='{"user": {"login": "{username}", "mail": "{email}", "secret": "{password}"}}'
-    LOGIN_OK_STATUS=200,201   LOGIN_TOKEN_FIELD=data.token
+    LOGIN_OK_STATUS=200,201   LOGIN_TOKEN_FIELD=data.token   REGISTRATION_EXISTS_STATUS=400,409
 
 A body template is a JSON object whose string values may hold the placeholders {username},
 {email}, {password} and {name}; they are filled in after parsing, so a value never has to be
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,3 +142,46 @@ def token_problem(body: Any, path: str) -> str | None:
     if isinstance(value, str) and value:
         return None
     return "in the body" if path == "token" else f"at {path}"
+
+
+DEFAULT_REGISTRATION_BODY = '{"username": "{username}", "email": "{email}", "password": "{password}"}'
+DEFAULT_LOGIN_BODY = '{"username": "{username}", "password": "{password}"}'
+
+# The contract settings: environment variable -> (default, parser).
+SETTINGS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "REGISTRATION_BODY": (DEFAULT_REGISTRATION_BODY, parse_body),
+    "LOGIN_BODY": (DEFAULT_LOGIN_BODY, parse_body),
+    "REGISTRATION_OK_STATUS": ("201", parse_statuses),
+    # How the API answers the registration of a user that exists. Seeding and the login preflight
+    # count such a user as there: a re-run finds the accounts an earlier run left (cleanup is optional).
+    "REGISTRATION_EXISTS_STATUS": ("409", parse_statuses),
+    "LOGIN_OK_STATUS": ("200", parse_statuses),
+    "LOGIN_TOKEN_FIELD": ("token", parse_field),
+}
+
+
+def setting_error(name: str, raw: str, expected: str) -> str:
+    """The one line a bad setting stops Locust (and the lab) with."""
+    return f"environment variable {name}={raw!r} is not valid: expected {expected}"
+
+
+def read_setting(name: str, env: Mapping[str, str]) -> Any:
+    """Contract setting `name` from `env`, parsed; its default when unset or empty, except that an
+    empty LOGIN_TOKEN_FIELD turns the token check off. ContractError with `setting_error`'s line."""
+    default, parse = SETTINGS[name]
+    raw = env.get(name)
+    text = default if raw is None or (raw == "" and name != "LOGIN_TOKEN_FIELD") else raw
+    try:
+        return parse(text)
+    except ContractError as exc:
+        raise ContractError(setting_error(name, text, str(exc))) from None
+
+
+def settings_problem(env: Mapping[str, str]) -> str | None:
+    """The line the first unusable contract setting in `env` would stop Locust with; None if all are usable."""
+    for name in SETTINGS:
+        try:
+            read_setting(name, env)
+        except ContractError as exc:
+            return str(exc)
+    return None

@@ -14,9 +14,10 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 from loadlab.contract.thresholds import ThresholdError, Thresholds, resolve
-from locust_tests.config.api_contract import BodyTemplate, ContractError, parse_body, parse_field, parse_statuses
+from locust_tests.config.api_contract import BodyTemplate, ContractError, read_setting, setting_error
 
 _SUITE_DIR = Path(__file__).resolve().parent.parent
 
@@ -24,7 +25,7 @@ _SUITE_DIR = Path(__file__).resolve().parent.parent
 def _fail(name: str, raw: str, expected: str) -> SystemExit:
     # SystemExit rather than ValueError: Locust imports this while loading the locustfile, and a
     # one-line message serves a user better there than a traceback.
-    return SystemExit(f"environment variable {name}={raw!r} is not valid: expected {expected}")
+    return SystemExit(setting_error(name, raw, expected))
 
 
 def _str(name: str, default: str) -> str:
@@ -81,28 +82,25 @@ LOGIN_ENDPOINT: str = _path("LOGIN_ENDPOINT", "/client_login")
 HEALTH_ENDPOINT: str = _path("HEALTH_ENDPOINT", "/healthz")
 ADMIN_USERS_ENDPOINT: str = _path("ADMIN_USERS_ENDPOINT", "/admin/users")
 
-# The API's request/response contract (locust_tests/config/api_contract.py): JSON body templates with
-# the placeholders {username} {email} {password} {name}, the statuses that count as success, and the
-# dotted JSON path of the login token ("" = no token check). Seeding and the preflight use them too.
-DEFAULT_REGISTRATION_BODY = '{"username": "{username}", "email": "{email}", "password": "{password}"}'
-DEFAULT_LOGIN_BODY = '{"username": "{username}", "password": "{password}"}'
 
-
-def _contract(name: str, default: str, parse):
-    raw = os.environ.get(name)
-    text = default if raw is None or (raw == "" and name != "LOGIN_TOKEN_FIELD") else raw
+def _contract(name: str) -> Any:
     try:
-        return parse(text)
+        return read_setting(name, os.environ)
     except ContractError as exc:
-        raise _fail(name, text, str(exc)) from None
+        raise SystemExit(str(exc)) from None
 
 
-REGISTRATION_BODY: BodyTemplate = _contract("REGISTRATION_BODY", DEFAULT_REGISTRATION_BODY, parse_body)
-LOGIN_BODY: BodyTemplate = _contract("LOGIN_BODY", DEFAULT_LOGIN_BODY, parse_body)
-REGISTRATION_OK_STATUS: frozenset[int] = _contract("REGISTRATION_OK_STATUS", "201", parse_statuses)
-LOGIN_OK_STATUS: frozenset[int] = _contract("LOGIN_OK_STATUS", "200", parse_statuses)
+# The API's request/response contract (locust_tests/config/api_contract.py): JSON body templates with
+# the placeholders {username} {email} {password} {name}, the statuses that count as success (and, for a
+# registration, as "already exists"), and the dotted JSON path of the login token ("" = no token check).
+# Seeding and the preflight use them too; the lab checks them before it starts anything.
+REGISTRATION_BODY: BodyTemplate = _contract("REGISTRATION_BODY")
+LOGIN_BODY: BodyTemplate = _contract("LOGIN_BODY")
+REGISTRATION_OK_STATUS: frozenset[int] = _contract("REGISTRATION_OK_STATUS")
+REGISTRATION_EXISTS_STATUS: frozenset[int] = _contract("REGISTRATION_EXISTS_STATUS")
+LOGIN_OK_STATUS: frozenset[int] = _contract("LOGIN_OK_STATUS")
 # Empty (LOGIN_TOKEN_FIELD=) turns the token check off; unset means the default, "token".
-LOGIN_TOKEN_FIELD: str = _contract("LOGIN_TOKEN_FIELD", "token", parse_field)
+LOGIN_TOKEN_FIELD: str = _contract("LOGIN_TOKEN_FIELD")
 
 # The SLO the step hunt judges each step against, and the share of each step it ignores as a
 # transient: SLO_P95_MS, SLO_ERROR_RATIO, STEP_TRANSIENT_FRACTION over the defaults in

@@ -11,7 +11,7 @@ accounts stay and names their prefix; the run is not failed for it. By hand:
 
     LAB_ADMIN_TOKEN=... python -m locust_tests.plugins.cleanup --host http://127.0.0.1:5000 --prefix lt_
 
-`delete_users` and the CLI do not import Locust.
+`delete_users`, `after_run` (what the listeners do and say) and the CLI do not import Locust.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import logging
 import os
 import urllib.parse
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from .httpclient import call
 from .testdata import PREFIX, USERNAME_RE
@@ -63,6 +63,34 @@ def delete_users(host: str, prefix: str, token: str, endpoint: str = ADMIN_ENDPO
     raise CleanupError(f"{host} answered {status} to DELETE {endpoint} (expected 200 with a \"deleted\" count)")
 
 
+class Outcome(NamedTuple):
+    level: int  # logging.INFO, or WARNING when cleanup was wanted and failed
+    line: str  # "" when there is nothing to say
+    note: bool  # the accounts stay by design: said once per run
+
+
+def _stay(host: str, prefix: str, why: str) -> Outcome:
+    # A note, not a failure: cleanup is optional, and an API of your own rarely has the bundled
+    # target's admin endpoint.
+    return Outcome(logging.INFO, f"cleanup: note: the test accounts stay on {host} ({why}); their usernames start "
+                                 f"with {prefix}, so you can remove them by that prefix", True)
+
+
+def after_run(host: str, prefix: str, token: str, endpoint: str = ADMIN_ENDPOINT) -> Outcome:
+    """Delete the run's users (those starting with `prefix`) if `token` is set, and what to log about it."""
+    if not token:
+        return _stay(host, prefix, f"{TOKEN_ENV} is not set, so they are not deleted")
+    try:
+        deleted = delete_users(host, prefix, token, endpoint)
+    except NoAdminEndpoint:
+        return _stay(host, prefix, f"it has no admin endpoint: DELETE {endpoint} answered 404; "
+                                   f"set ADMIN_USERS_ENDPOINT if yours lives elsewhere")
+    except CleanupError as exc:
+        return Outcome(logging.WARNING, f"cleanup: users starting with {prefix} were not deleted: {exc}", False)
+    line = f"cleanup: deleted {deleted} users starting with {prefix} (--keep-users keeps them)" if deleted else ""
+    return Outcome(logging.INFO, line, False)
+
+
 _option_added = False
 
 
@@ -88,14 +116,6 @@ def remove_after_test(prefix: str | Callable[[Any], str]) -> None:
 
     noted: set[str] = set()
 
-    def _stay(host: str, wanted: str, why: str) -> None:
-        # A note, not a failure: cleanup is optional, and an API of your own rarely has the bundled
-        # target's admin endpoint. Said once per run (this runs at test stop and again at exit).
-        if wanted not in noted:
-            noted.add(wanted)
-            logger.info("cleanup: note: the test accounts stay on %s (%s); their usernames start with %s, "
-                        "so you can remove them by that prefix", host, why, wanted)
-
     def _remove(environment: Any, **_: Any) -> None:
         if not is_coordinator(environment):
             return
@@ -107,20 +127,13 @@ def remove_after_test(prefix: str | Callable[[Any], str]) -> None:
         if host is None:
             return
         wanted = prefix(environment) if callable(prefix) else prefix
-        if not token:
-            _stay(host, wanted, f"{TOKEN_ENV} is not set, so they are not deleted")
-            return
-        try:
-            deleted = delete_users(host, wanted, token, test_config.ADMIN_USERS_ENDPOINT)
-        except NoAdminEndpoint:
-            _stay(host, wanted, f"it has no admin endpoint: DELETE {test_config.ADMIN_USERS_ENDPOINT} answered 404; "
-                                f"set ADMIN_USERS_ENDPOINT if yours lives elsewhere")
-            return
-        except CleanupError as exc:
-            logger.warning("cleanup: users starting with %s were not deleted: %s", wanted, exc)
-            return
-        if deleted:
-            logger.info("cleanup: deleted %d users starting with %s (--keep-users keeps them)", deleted, wanted)
+        outcome = after_run(host, wanted, token, test_config.ADMIN_USERS_ENDPOINT)
+        if outcome.note:  # once per run: this runs at test stop and again at exit
+            if outcome.line in noted:
+                return
+            noted.add(outcome.line)
+        if outcome.line:
+            logger.log(outcome.level, "%s", outcome.line)
 
     events.test_stop.add_listener(_remove)
     events.quitting.add_listener(_remove)

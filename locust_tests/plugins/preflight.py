@@ -13,7 +13,8 @@ with one message:
    scenario seeds one user and logs in with it once; the registration scenario registers one
    user. A wrong answer exits with code 3 (`loadlab.contract.exits.EXIT_API_FAILED`) and quotes
    the status and the body's error code, and says what to change: the host, the endpoint paths,
-   or the request/response settings (REGISTRATION_BODY, LOGIN_BODY, *_OK_STATUS, LOGIN_TOKEN_FIELD),
+   or the request/response settings (REGISTRATION_BODY, LOGIN_BODY, *_OK_STATUS, LOGIN_TOKEN_FIELD,
+   REGISTRATION_EXISTS_STATUS for a seeded user that exists),
    which these requests use exactly as the load does.
 
 `--skip-preflight` (env LOCUST_SKIP_PREFLIGHT=true) skips both. With the interactive web UI the
@@ -35,6 +36,7 @@ from locust import events
 from locust.env import Environment
 
 from loadlab.contract.exits import EXIT_API_FAILED
+from locust_tests.config.api_contract import expected_statuses
 
 from .checks import describe_answer, login_problem, registration_problem
 from .httpclient import call
@@ -78,9 +80,12 @@ def _register(host: str, user: dict[str, str], accept_existing: bool) -> str | N
         return f"POST {url} (register a user) got {answer}"
     status, body = answer
     problem = registration_problem(status, body, test_config.REGISTRATION_OK_STATUS)
-    if problem is None or (status == 409 and accept_existing):
+    exists = test_config.REGISTRATION_EXISTS_STATUS
+    if problem is None or (status in exists and accept_existing):
         return None
-    expected = problem.removeprefix("expected ") + (" (or 409 for a user that exists)" if accept_existing else "")
+    expected = problem.removeprefix("expected ")
+    if accept_existing:
+        expected += f" (or {expected_statuses(exists)} for a user that exists: REGISTRATION_EXISTS_STATUS)"
     return f"POST {url} (register a user) answered {describe_answer(status, body)}, expected {expected}"
 
 

@@ -4,6 +4,7 @@ never a verdict that silently differs from the run's data."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -79,6 +80,24 @@ def test_the_same_port_for_two_components_is_refused_before_anything_starts(tmp_
     assert run.returncode == EXIT_USAGE, run.output
     assert f"--target-port and --sidecar-port are both {port}" in run.output
     assert run.run_dir is None and not (tmp_path / "reports").exists()
+
+
+@pytest.mark.parametrize(("scenario", "name", "value"), [
+    ("login-step", "LOGIN_OK_STATUS", "abc"),
+    ("registration-step", "REGISTRATION_BODY", '{"username": {username}}'),
+    ("login-step", "REGISTRATION_EXISTS_STATUS", "taken"),
+])
+def test_a_bad_contract_setting_is_refused_before_anything_starts(scenario, name, value, tmp_path):
+    # Without the lab's own check the target and the sidecar start, then Locust stops on the setting
+    # and the lab says only "Locust stopped before any load (code 1)", 10 s later.
+    from locust_tests.config.api_contract import settings_problem
+
+    done = subprocess.run([*LOADLAB, "run", scenario, "--prometheus", "off", "--out", str(tmp_path / "reports")],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, env={**os.environ, name: value})
+    assert done.returncode == EXIT_USAGE, done.stdout + done.stderr
+    assert done.stdout == "" and done.stderr == f"loadlab run: error: {settings_problem({name: value})}\n"
+    assert f"environment variable {name}=" in done.stderr
+    assert not (tmp_path / "reports").exists()  # no run directory: nothing was started
 
 
 # ------------------------------------------------------------------ damaged input to `loadlab analyze`

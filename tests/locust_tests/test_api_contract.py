@@ -5,15 +5,25 @@ from __future__ import annotations
 
 import importlib
 import json
+import subprocess
 
 import pytest
 
 import locust_tests.config.test_config as test_config
-from locust_tests.config.api_contract import ContractError, field_value, parse_body, parse_field, parse_statuses
+from locust_tests.config.api_contract import (
+    ContractError,
+    field_value,
+    parse_body,
+    parse_field,
+    parse_statuses,
+    settings_problem,
+)
 from locust_tests.plugins.checks import expect_registered, expect_token, login_problem, registration_problem
 from locust_tests.plugins.testdata import display_name, request_fields
+from tests.helpers import PYTHON, REPO_ROOT
 
-NAMES = ["REGISTRATION_BODY", "LOGIN_BODY", "REGISTRATION_OK_STATUS", "LOGIN_OK_STATUS", "LOGIN_TOKEN_FIELD"]
+NAMES = ["REGISTRATION_BODY", "LOGIN_BODY", "REGISTRATION_OK_STATUS", "REGISTRATION_EXISTS_STATUS", "LOGIN_OK_STATUS",
+         "LOGIN_TOKEN_FIELD"]
 USER = {"username": "lt_data_00001_x", "email": "lt_data_00001_x@example.com", "password": 'p"w{d}\\', "name": "Ann Lee"}
 
 
@@ -39,6 +49,7 @@ def test_defaults_are_todays_bodies_and_statuses(reload_config):
         "username": USER["username"], "email": USER["email"], "password": USER["password"]}
     assert cfg.LOGIN_BODY.render(request_fields(USER)) == {"username": USER["username"], "password": USER["password"]}
     assert (cfg.REGISTRATION_OK_STATUS, cfg.LOGIN_OK_STATUS, cfg.LOGIN_TOKEN_FIELD) == ({201}, {200}, "token")
+    assert cfg.REGISTRATION_EXISTS_STATUS == {409}
 
 
 def test_another_apis_contract_is_only_settings(reload_config):
@@ -46,13 +57,14 @@ def test_another_apis_contract_is_only_settings(reload_config):
         REGISTRATION_BODY='{"account": {"login": "{username}", "mail": "{email}", "secret": "{password}", '
                           '"display_name": "Dr. {name}", "tags": ["load", "{username}"], "age": 30}}',
         LOGIN_BODY='{"login": "{username}", "secret": "{password}"}',
-        REGISTRATION_OK_STATUS="200, 201", LOGIN_OK_STATUS="200", LOGIN_TOKEN_FIELD="data.access_token")
+        REGISTRATION_OK_STATUS="200, 201", LOGIN_OK_STATUS="200", LOGIN_TOKEN_FIELD="data.access_token",
+        REGISTRATION_EXISTS_STATUS="400,422")
     body = cfg.REGISTRATION_BODY.render(request_fields(USER))
     # Filled in after parsing: a password with a quote, braces and a backslash stays one exact string.
     assert body == {"account": {"login": USER["username"], "mail": USER["email"], "secret": USER["password"],
                                 "display_name": "Dr. Ann Lee", "tags": ["load", USER["username"]], "age": 30}}
     assert json.loads(json.dumps(body)) == body
-    assert cfg.REGISTRATION_OK_STATUS == {200, 201}
+    assert (cfg.REGISTRATION_OK_STATUS, cfg.REGISTRATION_EXISTS_STATUS) == ({200, 201}, {400, 422})
     assert login_problem(200, {"data": {"access_token": "abc"}}, cfg.LOGIN_OK_STATUS, cfg.LOGIN_TOKEN_FIELD) is None
     assert login_problem(200, {"access_token": "abc"}, cfg.LOGIN_OK_STATUS, cfg.LOGIN_TOKEN_FIELD) == \
         "HTTP 200 without a token at data.access_token"
@@ -75,6 +87,8 @@ def test_an_empty_token_field_turns_the_token_check_off(reload_config):
     ("LOGIN_OK_STATUS", "200,700", "'700' is not one"),
     ("LOGIN_OK_STATUS", " , ", "at least one status code"),
     ("LOGIN_TOKEN_FIELD", "data..token", "dotted JSON path"),
+    ("REGISTRATION_EXISTS_STATUS", "duplicate", "'duplicate' is not one"),
+    ("REGISTRATION_EXISTS_STATUS", "409,", "'' is not one"),
 ])
 def test_a_bad_setting_is_one_clear_error_naming_the_variable(reload_config, name, value, says):
     with pytest.raises(SystemExit) as exc:
@@ -82,6 +96,21 @@ def test_a_bad_setting_is_one_clear_error_naming_the_variable(reload_config, nam
     message = str(exc.value)
     assert message.startswith(f"environment variable {name}=") and "is not valid: expected" in message
     assert says in message and "\n" not in message
+    # The lab checks the same settings before it starts anything, and says the same line.
+    assert settings_problem({name: value}) == message
+
+
+def test_the_lab_finds_no_problem_in_good_or_unset_settings():
+    assert settings_problem({}) is None
+    assert settings_problem({"LOGIN_TOKEN_FIELD": "", "REGISTRATION_OK_STATUS": "", "REGISTRATION_EXISTS_STATUS": "400, 409"}) is None
+
+
+def test_the_contract_module_imports_no_locust():
+    # The lab imports it in its own process: Locust would gevent-patch it.
+    code = ("import sys, locust_tests.config.api_contract; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('locust', 'gevent')))")
+    done = subprocess.run([PYTHON, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
 def test_parsers_directly():
