@@ -40,7 +40,7 @@ RUNNING = "locust_running"
 # needs to run the same scenario. Secrets (LAB_ADMIN_TOKEN, web passwords) are never printed.
 SUITE_VARIABLES = ("MIN_WAIT_TIME", "MAX_WAIT_TIME", "USERS_COUNT", "LOGIN_USERS", "TEST_USERS_FILE",
                    "REGISTRATION_ENDPOINT", "LOGIN_ENDPOINT", "HEALTH_ENDPOINT", "REGISTRATION_BODY", "LOGIN_BODY",
-                   "REGISTRATION_OK_STATUS", "LOGIN_OK_STATUS", "LOGIN_TOKEN_FIELD")
+                   "REGISTRATION_OK_STATUS", "REGISTRATION_EXISTS_STATUS", "LOGIN_OK_STATUS", "LOGIN_TOKEN_FIELD")
 SECRET = re.compile(r"PASSWORD|TOKEN|SECRET|_WEB_", re.IGNORECASE)  # LOCUST_WEB_PASSWORD, the master's web UI
 SECURITY_NOTE = ("Locust's master port has no authentication: open --master-bind only on a trusted network "
                  "(anyone who reaches it can join as a worker)")
