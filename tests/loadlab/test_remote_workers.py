@@ -1,7 +1,8 @@
 """Load generators on other machines (`--remote-workers N`), simulated on this one: the lab prints
 the worker command, the test runs it as a user would on each load machine, and the run completes
 with one verdict whose exporter totals equal Locust's CSV. Workers that do not all come fail fast
-with one line naming how many did.
+with one line naming how many did; one lost mid-run stops the run with a PARTIAL verdict. `loadlab up
+--remote-workers` waits for its workers the same way before it prints the web UI's URL.
 
 Loopback addresses stand in for the machines: the master listens on 127.0.0.1 (the lab's machine)
 and each worker's sidecar on its own address (127.0.0.2, 127.0.0.3). What this does not prove:
