@@ -1,7 +1,8 @@
 """Load generators on other machines (`--remote-workers N`), simulated on this one: the lab prints
 the worker command, the test runs it as a user would on each load machine, and the run completes
 with one verdict whose exporter totals equal Locust's CSV. Workers that do not all come fail fast
-with one line naming how many did.
+with one line naming how many did; one lost mid-run stops the run with a PARTIAL verdict. `loadlab up
+--remote-workers` waits for its workers the same way before it prints the web UI's URL.
 
 Loopback addresses stand in for the machines: the master listens on 127.0.0.1 (the lab's machine)
 and each worker's sidecar on its own address (127.0.0.2, 127.0.0.3). What this does not prove:
@@ -13,9 +14,11 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -135,6 +138,105 @@ def test_the_last_remote_worker_lost_mid_run_stops_the_run_with_a_partial_verdic
     assert verdict["complete"] is False
     assert verdict["incomplete_reason"].startswith("a Locust worker was lost during the test")
     assert verdict["summary"][0].startswith("PARTIAL verdict"), verdict["summary"]
+    assert_all_gone(lab_pids(run_dir_of(lab)))
+
+
+LOST = re.compile(r"a Locust worker was lost during the test: Locust's master "
+                  r"(counts 1 of 2 workers|says: Worker \S+ failed to send heartbeat)")
+
+
+@pytest.mark.timeout(180)
+def test_one_of_two_remote_workers_lost_mid_run_stops_the_run_with_a_partial_verdict(spawn, tmp_path):
+    # The master runs on with the other worker (unlike the last one's loss above): only the lab's
+    # watch stops the run, from the master's worker count (1 of 2 while its test runs) or its
+    # "missing" log line, whichever it reads first. Nothing here is timed against a truth: not serial.
+    out = tmp_path / "reports"
+    lab = start_lab(spawn, tmp_path, "--remote-workers", "2", "--workers-timeout", "60")
+    command = printed_command(lab)
+    workers = [start_worker(spawn, command, f"worker-{i}") for i in (1, 2)]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # until the second step runs: the first is whole, a part to judge
+        history = next(out.glob("*/locust_stats_history.csv"), None)
+        users = {r.get("User Count") for r in csv.DictReader(history.open(newline=""))} if history else set()
+        if "10" in users:
+            break
+        assert lab.proc.poll() is None, lab.log()
+        time.sleep(0.3)
+    else:
+        pytest.fail(f"the hunt never reached its second step (10 users):\n{lab.log()}")
+    os.kill(workers[0].pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    code = lab.wait(timeout=90)
+    output = lab.log()
+    assert code == 1, output
+    assert "2 of 2 remote workers connected" in output, output
+    assert time.monotonic() - killed_at < 45, output
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and LOST.search(errors[0]), output
+    verdict = json.loads((run_dir_of(lab) / "verdict.json").read_text())
+    assert verdict["complete"] is False, output
+    assert LOST.match(verdict["incomplete_reason"]), verdict["incomplete_reason"]
+    assert verdict["summary"][0].startswith("PARTIAL verdict"), verdict["summary"]
+    # No capacity as if measured: the part that ran (5 and 10 users, a cheap hash) met the SLO, so the
+    # verdict gives a lower bound ("at least ..."), never "capacity: N req/s".
+    assert verdict["breaking_point_reached"] is False, verdict["summary"]
+    assert not any(line.startswith("capacity: ") for line in verdict["summary"]), verdict["summary"]
+    assert verdict["summary"][1].startswith("breaking point not reached") and "(at least " in verdict["summary"][1]
+    assert all(s["users"] <= 10 for s in verdict["steps"]), verdict["steps"]
+    assert "Traceback" not in output
+    assert workers[1].wait(timeout=30) == 0, workers[1].log()  # the survivor: told to quit by the master
+    assert_all_gone(lab_pids(run_dir_of(lab)))
+
+
+# --- `loadlab up --remote-workers`: the web UI's lab waits for its load machines the same way ---
+
+UP = ["up", "login-step", "--free-ports", "--prometheus", "off", "--target-workers", "1", "--hash-profile", "lab"]
+
+
+def start_up(spawn, tmp_path: Path, *args: str) -> ManagedProcess:
+    return spawn([*LOADLAB, *UP, "--out", str(tmp_path / "reports"), *args], name="loadlab-up", env=ENV)
+
+
+@pytest.mark.timeout(120)
+def test_up_without_its_remote_worker_stops_naming_0_of_1(spawn, tmp_path):
+    lab = start_up(spawn, tmp_path, "--remote-workers", "1", "--workers-timeout", "3")
+    command = printed_command(lab)
+    code = lab.wait(timeout=90)
+    output = lab.log()
+    assert code == 1, output
+    assert " --worker --master-host 127.0.0.1 --master-port " in command
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: 0 of 1 remote Locust workers connected within 3 s: "
+                                                     "check that each load machine runs"), output
+    assert "--master-bind" in errors[0] and "firewall" in errors[0]
+    assert "locust UI" not in output  # its URL is printed only once the workers are there
+    assert "Traceback" not in output
+    assert_all_gone(lab_pids(run_dir_of(lab)))
+
+
+@pytest.mark.timeout(150)
+def test_up_with_its_remote_worker_serves_the_ui_and_stops_on_ctrl_c_leaving_nothing(spawn, tmp_path):
+    lab = start_up(spawn, tmp_path, "--remote-workers", "1", "--workers-timeout", "60")
+    worker = start_worker(spawn, printed_command(lab), "worker-1")
+    deadline = time.monotonic() + 90
+    while not (ui := re.search(r"^locust UI\s+(http://127\.0\.0\.1:\d+)", lab.log(), re.M)):
+        assert lab.proc.poll() is None, lab.log()
+        assert time.monotonic() < deadline, f"no web UI URL in 90 s:\n{lab.log()}"
+        time.sleep(0.3)
+    output = lab.log()
+    assert "workers    1 of 1 remote workers connected\n" in output, output
+    url = ui.group(1)
+    for page in (url, f"{url}/lab"):
+        with urllib.request.urlopen(page, timeout=10) as response:
+            assert response.status == 200, page
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:  # the master counts the worker
+        assert re.search(r"^locust_workers 1(\.0)?$", response.read().decode(), re.M)
+    os.kill(lab.pid, signal.SIGINT)  # Ctrl-C
+    code = lab.wait(timeout=90)
+    output = lab.log()
+    assert code == 130, output
+    assert "stopped every component this run started" in output and "Traceback" not in output, output
+    assert worker.wait(timeout=30) == 0, worker.log()  # told to quit by the master as it stopped
     assert_all_gone(lab_pids(run_dir_of(lab)))
 
 
