@@ -84,7 +84,7 @@ def _user_config(environ: Any = os.environ) -> dict[str, Any]:
         try:
             return vars(importlib.import_module(name))
         except ModuleNotFoundError as exc:
-            if exc.name and name.startswith(exc.name):
+            if exc.name and (name == exc.name or name.startswith(exc.name + ".")):  # yours, not one it imports
                 raise SystemExit(f"{USER_CONFIG_ENV}={location!r}: no module {exc.name!r} on the path; "
                                  "name your gunicorn config as python:MODULE or a file path") from None
             raise
