@@ -11,7 +11,7 @@ COPY target_app/ target_app/
 COPY locust_tests/ locust_tests/
 COPY monitoring/ monitoring/
 COPY loadlab/ loadlab/
-RUN pip install -c constraints.txt .
+RUN pip install -c constraints.txt '.[lab]'
 
 # Not root: none of the services needs it. /data holds the target's SQLite file.
 RUN useradd --create-home --uid 10001 lab && mkdir -p /data && chown lab /data

@@ -3,22 +3,26 @@
     gunicorn -c python:loadlab.gunicorn_conf -w 2 -b 127.0.0.1:8000 myapi:app
 
 Each gunicorn worker is a process of its own; without this, /metrics reports the counts of
-whichever worker answered the scrape. This module:
+whichever worker answered the scrape. This module installs loadlab.multiproc.GunicornHooks (the
+same hooks the bundled target runs):
 
-- creates a fresh PROMETHEUS_MULTIPROC_DIR when gunicorn reads its configuration, before anything
+- a fresh PROMETHEUS_MULTIPROC_DIR, made when gunicorn reads its configuration, before anything
   forks or loads the app (also with --preload), in /dev/shm when it is writable; the directories
   that killed servers left there are removed. A PROMETHEUS_MULTIPROC_DIR you set yourself is used
   as it is, and kept at exit (empty it before each start, as prometheus-client asks);
-- calls prometheus-client's `mark_process_dead` whenever a worker exits (`child_exit`);
-- removes the directory it created when the arbiter exits (`on_exit`);
-- with LOADLAB_METRICS_PORT=PORT, serves the merged metrics from the arbiter at
+- `mark_process_dead` whenever a worker exits (`child_exit`);
+- the directory it made removed when the arbiter exits (`on_exit`);
+- with LOADLAB_METRICS_PORT=PORT, the merged metrics served from the arbiter at
   http://LOADLAB_METRICS_BIND:PORT/metrics (bind 127.0.0.1 unless LOADLAB_METRICS_BIND says
   otherwise). The arbiter handles no requests, so that port answers while every worker is busy,
   where a scrape of the API port waits in the queue behind the load.
 
-Your own settings still apply: command-line flags (-w, -b, --timeout, ...) and GUNICORN_CMD_ARGS
-beat a config file. gunicorn reads one config file; if you have your own, start it with
-`from loadlab.gunicorn_conf import *` and keep its hooks, or call ours from yours.
+Your own settings still apply. Command-line flags (-w, -b, --timeout, ...) and GUNICORN_CMD_ARGS
+beat a config file. gunicorn reads one config file, this one, so your own config file is read
+from here: the one LOADLAB_GUNICORN_CONFIG names (a path, or python:MODULE), else ./gunicorn.conf.py
+if there is one (the file gunicorn reads when -c is not given). Its settings are taken as they are;
+its when_ready, post_fork and child_exit hooks run after ours, its on_exit before ours (which
+removes the directory), so defining a hook never turns ours off.
 
 Settings and hooks only: module-level names that are gunicorn setting names are read as settings,
 so the state here is underscore-prefixed. Imports the standard library, gunicorn's own modules and
@@ -29,8 +33,12 @@ from __future__ import annotations
 
 import atexit
 import errno
+import functools
+import importlib
+import importlib.util
 import os
-import shutil
+import sys
+from collections.abc import Callable
 from typing import Any
 
 from loadlab import multiproc
@@ -38,6 +46,8 @@ from loadlab import multiproc
 METRICS_PORT_ENV = "LOADLAB_METRICS_PORT"
 METRICS_BIND_ENV = "LOADLAB_METRICS_BIND"
 DEFAULT_METRICS_BIND = "127.0.0.1"
+USER_CONFIG_ENV = "LOADLAB_GUNICORN_CONFIG"
+GUNICORN_DEFAULT_CONFIG = "gunicorn.conf.py"
 
 
 def _metrics_port(environ: Any = os.environ) -> int:
@@ -51,56 +61,79 @@ def _metrics_port(environ: Any = os.environ) -> int:
     return int(raw)
 
 
-_port = _metrics_port()
-_bind = os.environ.get(METRICS_BIND_ENV, "").strip() or DEFAULT_METRICS_BIND
-_owner = os.getpid()  # the arbiter: gunicorn reads this module there, once, before forking
-_created: str | None = None
-if not os.environ.get(multiproc.ENV):
-    _created = multiproc.make_multiproc_dir(multiproc.memory_tmp_dir())
-    multiproc.enable_multiprocess_metrics(_created)
-_directory = os.environ[multiproc.ENV]
-_metrics_server: list[Any] = []
-
-
-def _remove_created() -> None:
-    # Workers are forks of the arbiter and run its atexit handlers too: only the owner removes.
-    if _created and os.getpid() == _owner:
-        shutil.rmtree(_created, ignore_errors=True)
-
-
-atexit.register(_remove_created)  # also when gunicorn stops before on_exit (a bad flag, a taken port)
-
-# gunicorn's worker heartbeat files on tmpfs too (its docs' advice); -w/--worker-tmp-dir still win.
-worker_tmp_dir = multiproc.memory_tmp_dir()
-
-
-def when_ready(server: Any) -> None:
-    """In the arbiter, after its listeners are bound and before any worker forks: the metrics port."""
-    if not _port:
-        return
-    try:
-        httpd = multiproc.serve_merged_metrics(_bind, _port)
-    except OSError as exc:
+def _bind_message(bind: str, port: int) -> Callable[[OSError], str]:
+    def message(exc: OSError) -> str:
         why = ("is already in use: stop the process listening there or choose another"
                if exc.errno == errno.EADDRINUSE else f"cannot be bound ({exc.strerror}): choose another")
-        server.halt(f"{METRICS_PORT_ENV}: port {_port} on {_bind} {why} {METRICS_PORT_ENV}", exit_status=2)
-        return
-    _metrics_server.append(httpd)
-    server.log.info("Serving the metrics of all workers at http://%s:%s/metrics", _bind, _port)
+        return f"{METRICS_PORT_ENV}: port {port} on {bind} {why} {METRICS_PORT_ENV}"
+    return message
 
 
-def post_fork(server: Any, worker: Any) -> None:
-    """In each new worker: close its copy of the metrics port, so only the arbiter holds it (a dead
-    arbiter then means a refused scrape, not a hung one)."""
-    for httpd in _metrics_server:
-        httpd.socket.close()
+def _user_config(environ: Any = os.environ) -> dict[str, Any]:
+    """The names of your own gunicorn config (LOADLAB_GUNICORN_CONFIG, else ./gunicorn.conf.py), read
+    as gunicorn reads `-c`; {} when there is none. A name that is not there stops gunicorn with one line."""
+    location = str(environ.get(USER_CONFIG_ENV, "")).strip()
+    if not location:
+        # gunicorn reads ./gunicorn.conf.py when -c is not given: read it here, unless that file is
+        # what is importing this module (gunicorn loads it as __config__), which would read it twice.
+        if "__config__" in sys.modules or not os.path.isfile(GUNICORN_DEFAULT_CONFIG):
+            return {}
+        location = GUNICORN_DEFAULT_CONFIG
+    if location.startswith("python:"):
+        name = location[len("python:"):]
+        try:
+            return vars(importlib.import_module(name))
+        except ModuleNotFoundError as exc:
+            if exc.name and (name == exc.name or name.startswith(exc.name + ".")):  # yours, not one it imports
+                raise SystemExit(f"{USER_CONFIG_ENV}={location!r}: no module {exc.name!r} on the path; "
+                                 "name your gunicorn config as python:MODULE or a file path") from None
+            raise
+    path = location.removeprefix("file:")
+    if not os.path.isfile(path):
+        raise SystemExit(f"{USER_CONFIG_ENV}={location!r}: no such file; name your gunicorn config as a file path "
+                         "or python:MODULE")
+    spec = importlib.util.spec_from_file_location("__loadlab_user_config__", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return vars(module)
 
 
-def child_exit(server: Any, worker: Any) -> None:
-    """In the arbiter, when a worker has exited: drop its live gauges; its counts stay in the totals."""
-    multiproc.mark_process_dead(worker.pid, _directory)
+def _both(first: Callable[..., Any], then: Callable[..., Any], theirs: Callable[..., Any]) -> Callable[..., Any]:
+    """`first` then `then`, with the signature of `theirs` (gunicorn checks a hook's argument count)."""
+    @functools.wraps(theirs)
+    def hook(*args: Any) -> None:
+        first(*args)
+        then(*args)
+    return hook
 
 
-def on_exit(server: Any) -> None:
-    """In the arbiter, as gunicorn stops: remove the directory this module created."""
-    _remove_created()
+def _merge(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
+    """Your config's gunicorn settings over ours, with each of our hooks kept and chained with yours."""
+    from gunicorn.config import KNOWN_SETTINGS
+
+    names = {setting.name for setting in KNOWN_SETTINGS}
+    merged = dict(ours)
+    for name, value in theirs.items():
+        if name not in names:
+            continue
+        mine = ours.get(name)
+        if mine is None or value is mine or not callable(value):  # not a hook of ours, or ours re-exported
+            merged[name] = value
+        elif name == "on_exit":
+            merged[name] = _both(value, mine, value)  # yours, then ours: ours removes the directory
+        else:
+            merged[name] = _both(mine, value, value)
+    return merged
+
+
+_port = _metrics_port()
+_bind = os.environ.get(METRICS_BIND_ENV, "").strip() or DEFAULT_METRICS_BIND
+_hooks = multiproc.GunicornHooks(os.environ.get(multiproc.ENV) or None, _bind, _port, _bind_message(_bind, _port))
+atexit.register(_hooks.cleanup)  # also when gunicorn stops before on_exit (a bad flag, a taken port)
+
+# The settings gunicorn reads from this module: when_ready, post_fork, child_exit and on_exit, and
+# gunicorn's worker heartbeat files on tmpfs too (its docs' advice; --worker-tmp-dir still wins).
+_ours: dict[str, Any] = {"worker_tmp_dir": multiproc.memory_tmp_dir(), **_hooks.hooks()}
+globals().update(_ours)  # first, so a config of yours doing `from loadlab.gunicorn_conf import *` finds them
+globals().update(_merge(_ours, _user_config()))

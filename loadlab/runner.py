@@ -245,7 +245,7 @@ class Lab:
             # Installed without its script on PATH still works (we run `python -m locust`). Look it
             # up without importing it: importing Locust would gevent-patch the runner's own process.
             if importlib.util.find_spec("locust") is None:
-                raise LabError("Locust is not installed: run `make setup` (or pip install -e .)")
+                raise LabError("Locust is not installed: run `make setup` (or pip install -e '.[lab]')")
         if opts.prometheus != "off":
             self.prometheus_bin = shutil.which("prometheus")
             if self.prometheus_bin is None and opts.prometheus == "on":

@@ -83,7 +83,7 @@ def check_attach(pid: int, binary: str | None = None, timeout: float = 20.0) -> 
     """Raise ProfilerUnavailable unless py-spy can read the stacks of `pid` (one `py-spy dump`)."""
     binary = binary or pyspy_binary()
     if binary is None:
-        raise ProfilerUnavailable("py-spy is not installed: run `make setup` (or pip install py-spy)")
+        raise ProfilerUnavailable("py-spy is not installed: pip install py-spy (in a checkout of this project: make setup)")
     try:
         proc = subprocess.run([binary, "dump", "--pid", str(pid), "--nonblocking"], capture_output=True, text=True,
                               timeout=timeout, env=_env(), stdin=subprocess.DEVNULL)

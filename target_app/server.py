@@ -6,17 +6,18 @@ runs in this process (gunicorn.app.base.BaseApplication): the process tree is th
 process as arbiter plus forked workers, all with the caller's command line, and SIGTERM to the
 arbiter stops them all.
 
+The multiprocess metrics are loadlab.multiproc.GunicornHooks, the hooks `gunicorn -c
+python:loadlab.gunicorn_conf` installs for your own app: the bundled target runs the same code.
 With `metrics_port`, the arbiter itself also serves the merged metrics of all workers on a port
-of its own (prometheus_client's `start_http_server` in a daemon thread). The workers' /metrics on
-the API port waits in the same accept queue as the load, so under overload a scrape there times
-out exactly when it matters; the arbiter does no request work, so its port answers at once.
+of its own. The workers' /metrics on the API port waits in the same accept queue as the load, so
+under overload a scrape there times out exactly when it matters; the arbiter does no request work,
+so its port answers at once.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import shutil
 import socket
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -27,11 +28,9 @@ from gunicorn.app.base import BaseApplication
 from loadlab.contract.cores import usable_cores
 from loadlab.multiproc import (
     MULTIPROC_PREFIX,  # noqa: F401  (re-exported: tests find a server's directory by it)
-    enable_multiprocess_metrics,
-    make_multiproc_dir,
-    mark_process_dead,
+    GunicornHooks,
+    make_multiproc_dir,  # noqa: F401  (re-exported for the tests)
     memory_tmp_dir,
-    serve_merged_metrics,
 )
 
 
@@ -98,33 +97,6 @@ class _Gunicorn(BaseApplication):
         return self.app_factory()
 
 
-def _arbiter_metrics_hooks(host: str, port: int, failures: list[ServeError]) -> dict[str, Callable[..., None]]:
-    """gunicorn hooks that serve the multiprocess metrics from the arbiter on host:port.
-
-    `when_ready` runs in the arbiter after its listeners are bound and before any worker is
-    forked. A bind failure there (the port was taken after check_port) is put in `failures` and
-    halts the arbiter. `post_fork` closes the inherited listening socket in each worker, so only
-    the arbiter holds it: if the arbiter dies, scrapes are refused rather than left hanging."""
-    metrics_server: list[Any] = []
-
-    def when_ready(arbiter: Any) -> None:
-        try:
-            httpd = serve_merged_metrics(host, port)  # PROMETHEUS_MULTIPROC_DIR, as the workers' /metrics
-        except OSError as exc:
-            failures.append(bind_error(host, port, "--metrics-port", exc))
-            arbiter.halt(str(failures[-1]), exit_status=2)  # exits; serve() raises the ServeError
-            return
-        metrics_server.append(httpd)
-        arbiter.log.info("Serving metrics of all workers at http://%s:%s/metrics (%s)",
-                         f"[{host}]" if ":" in host else host, port, os.getpid())
-
-    def post_fork(arbiter: Any, worker: Any) -> None:
-        for httpd in metrics_server:
-            httpd.socket.close()  # this process's copy only; the arbiter keeps serving
-
-    return {"when_ready": when_ready, "post_fork": post_fork}
-
-
 def serve(
     app_factory: Callable[[], Flask],
     host: str = "127.0.0.1",
@@ -139,15 +111,14 @@ def serve(
     target_app.worker) until SIGTERM/SIGINT. Raises ServeError (one line) if host:port (or
     host:metrics_port) cannot be bound.
 
-    With `metrics`, a fresh PROMETHEUS_MULTIPROC_DIR is created (and removed at exit; one left by a
-    killed server is removed at the next start) before any worker starts, and dead workers are
-    marked with mark_process_dead, so an app instrumented with
-    loadlab.instrument.instrument reports all workers' totals on every /metrics (the same helpers,
-    loadlab.multiproc, as `gunicorn -c python:loadlab.gunicorn_conf` for your own app).
+    With `metrics`, the hooks of `gunicorn -c python:loadlab.gunicorn_conf` (GunicornHooks): a fresh
+    PROMETHEUS_MULTIPROC_DIR before any worker starts (removed at exit; one left by a killed server
+    is removed at the next start), dead workers marked with mark_process_dead, so an app
+    instrumented with loadlab.instrument.instrument reports all workers' totals on every /metrics.
     A non-zero `metrics_port` (needs `metrics`) makes the arbiter serve the same totals at
     http://host:metrics_port/metrics, which does not queue behind the load.
     `gunicorn_options` override gunicorn settings (e.g. {"timeout": 60}); overriding the
-    child_exit, when_ready or post_fork hooks turns off what they do here.
+    when_ready, post_fork, child_exit or on_exit hooks turns off what they do here.
     """
     check_listen(host, port, metrics_port, metrics)
     bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -170,31 +141,23 @@ def serve(
     tmp_dir = memory_tmp_dir()
     if tmp_dir:
         options["worker_tmp_dir"] = tmp_dir
-    multiproc_dir: str | None = None
-    metrics_port_failures: list[ServeError] = []
+    hooks: GunicornHooks | None = None
     if metrics:
-        multiproc_dir = make_multiproc_dir(tmp_dir)
-        enable_multiprocess_metrics(multiproc_dir)
-
-        def child_exit(server: Any, worker: Any) -> None:
-            mark_process_dead(worker.pid, multiproc_dir)
-
-        options["child_exit"] = child_exit
-        if metrics_port:
-            options.update(_arbiter_metrics_hooks(host, metrics_port, metrics_port_failures))
+        hooks = GunicornHooks(None, host, metrics_port,
+                              lambda exc: str(bind_error(host, metrics_port, "--metrics-port", exc)))
+        options.update(hooks.hooks())
     options.update(gunicorn_options or {})
 
     arbiter_pid = os.getpid()
     try:
         _Gunicorn(app_factory, options).run()
     except SystemExit:
-        if metrics_port_failures and os.getpid() == arbiter_pid:
-            raise metrics_port_failures[0] from None
+        if hooks and hooks.failure and os.getpid() == arbiter_pid:
+            raise ServeError(hooks.failure) from None  # the metrics port was taken after check_listen
         raise
     finally:
-        # Workers leave through this frame too (they are forks of it); only the arbiter cleans up.
-        if multiproc_dir and os.getpid() == arbiter_pid:
-            shutil.rmtree(multiproc_dir, ignore_errors=True)
+        if hooks:
+            hooks.cleanup()  # workers leave through this frame too; cleanup acts in the arbiter only
 
 
 def serve_dev(app_factory: Callable[[], Flask], host: str = "127.0.0.1", port: int = 5000, *,

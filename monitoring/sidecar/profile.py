@@ -143,7 +143,7 @@ class ProfileEndpoint:
             except stacks.ProfilerUnavailable as exc:
                 errors.append(str(exc))
         if not readable:
-            raise ProfileError("503 Service Unavailable", "; ".join(errors))
+            raise ProfileError("503 Service Unavailable", "; ".join(dict.fromkeys(errors)))  # once per distinct reason
         start = time.time()
         with tempfile.TemporaryDirectory(prefix="sidecar-profile-") as tmp:
             recorder = stacks.GroupRecorder(readable, Path(tmp), "profile", rate=rate, seconds=seconds).start()

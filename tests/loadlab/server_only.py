@@ -1,11 +1,12 @@
-"""Run a module as `python -m MODULE ARGS`, with Locust, gevent, matplotlib and Faker uninstallable.
+"""Run a module as `python -m MODULE ARGS`, with the `lab` extra's packages uninstallable.
 
     python tests/loadlab/server_only.py gunicorn -c python:loadlab.gunicorn_conf myapi:app
     python tests/loadlab/server_only.py monitoring.sidecar --group 'target=...'
 
-As on a server that has only requirements-server.txt: any import of those packages (in this
-process and in the workers it forks) fails as if they were not installed, and is reported on
-stderr, so a test proves the server side needs none of them.
+As on a server with only the base install (`pip install .`, no `lab` extra): any import of Locust,
+Faker, Flask-Login, gevent, matplotlib or numpy (in this process and in the workers it forks) fails
+as if they were not installed, and is reported on stderr, so a test proves the server side needs
+none of them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import runpy
 import sys
 
-BLOCKED = ("locust", "gevent", "matplotlib", "faker")
+BLOCKED = ("locust", "faker", "flask_login", "gevent", "matplotlib", "numpy")  # loadlab.__main__.LAB_PACKAGES
 
 
 class NotOnThisServer:

@@ -1,7 +1,7 @@
 """The server side of your own API: `loadlab.instrument`, `gunicorn -c python:loadlab.gunicorn_conf`
 and the sidecar, installed and run without Locust, gevent, matplotlib or Faker (issue 11, section 3).
 
-Real gunicorn with two sync workers, a real sidecar, in processes where those four packages cannot
+Real gunicorn with two sync workers, a real sidecar, in processes where the lab extra's packages cannot
 be imported (tests/loadlab/server_only.py), on a small app of a user's shape that is not the target.
 """
 
@@ -27,8 +27,10 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from prometheus_client.parser import text_string_to_metric_families
 
+from loadlab.__main__ import LAB_PACKAGES
 from loadlab.multiproc import MULTIPROC_PREFIX, memory_tmp_dir
 from tests.helpers import PYTHON, REPO_ROOT, free_port, wait_for_http
+from tests.loadlab import server_only
 
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
@@ -57,18 +59,18 @@ def order(order_id):
 '''
 
 
-def requirements(path: Path) -> dict[str, Requirement]:
-    lines = [line.split("#")[0].strip() for line in path.read_text().splitlines()]
-    return {canonicalize_name(r.name): r for r in map(Requirement, filter(None, lines))}
+def pyproject() -> dict:
+    return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
 
 
-def test_requirements_server_is_small_agrees_with_pyproject_and_covers_the_server_imports():
-    server = requirements(REPO_ROOT / "requirements-server.txt")
-    project = {canonicalize_name(r.name): r
-               for r in map(Requirement, tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"])}
-    assert not set(server) & LAB_ONLY
-    for name, req in server.items():
-        assert name in project and req.specifier == project[name].specifier, f"{name}: {req} vs pyproject"
+def names(requirements: list[str]) -> set[str]:
+    return {canonicalize_name(Requirement(r).name) for r in requirements}
+
+
+def test_a_plain_install_is_the_server_side_and_covers_its_imports():
+    """`pip install .` installs the base dependencies: none of the lab's, and all the server side imports."""
+    base, lab = names(pyproject()["dependencies"]), names(pyproject()["optional-dependencies"]["lab"])
+    assert not base & (LAB_ONLY | lab), f"lab packages in the base dependencies: {sorted(base & (LAB_ONLY | lab))}"
     imported: set[str] = set()
     for path in SERVER_FILES:
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -77,8 +79,25 @@ def test_requirements_server_is_small_agrees_with_pyproject_and_covers_the_serve
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 imported.add(node.module.split(".")[0])
     third_party = imported - set(sys.stdlib_module_names) - FIRST_PARTY - OPTIONAL
-    missing = {m for m in third_party if canonicalize_name(DISTRIBUTIONS.get(m, m)) not in server}
-    assert not missing, f"imported on the server side but not in requirements-server.txt: {sorted(missing)}"
+    missing = {m for m in third_party if canonicalize_name(DISTRIBUTIONS.get(m, m)) not in base}
+    assert not missing, f"imported on the server side but not in pyproject's dependencies: {sorted(missing)}"
+
+
+def test_the_loadlab_command_knows_every_package_of_the_lab_extra():
+    lab = names(pyproject()["optional-dependencies"]["lab"]) - {"py-spy"}  # a program, never imported
+    assert {canonicalize_name(m) for m in LAB_PACKAGES} == {canonicalize_name(n) for n in lab}
+    assert pyproject()["scripts"]["loadlab"] == "loadlab.__main__:main"
+    assert set(server_only.BLOCKED) == LAB_PACKAGES  # the server-side tests block them all
+
+
+def test_the_loadlab_command_without_the_lab_is_one_line_not_a_traceback(tmp_path):
+    run = subprocess.run([PYTHON, SERVER_ONLY, "loadlab", "run", "login-step"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 2, run.stderr
+    lines = [line for line in run.stderr.splitlines() if not line.startswith("server_only: blocked import")]
+    assert len(lines) == 1 and "Traceback" not in run.stderr, run.stderr
+    assert lines[0].startswith("loadlab: the lab needs the `lab` extra, not installed here (no module ")
+    assert lines[0].endswith("in a checkout of this project run `make setup` or `pip install '.[lab]'`")
 
 
 def test_the_blocker_really_blocks(tmp_path):

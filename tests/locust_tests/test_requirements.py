@@ -26,8 +26,10 @@ def requirements_txt() -> dict[str, Requirement]:
 
 
 def pyproject_dependencies() -> dict[str, Requirement]:
+    """The base dependencies and the `lab` extra's, where the suite's are."""
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
-    return {canonicalize_name(r.name): r for r in map(Requirement, project["dependencies"])}
+    return {canonicalize_name(r.name): r
+            for r in map(Requirement, project["dependencies"] + project["optional-dependencies"]["lab"])}
 
 
 def test_every_requirement_has_the_same_range_as_pyproject():

@@ -192,7 +192,7 @@ def test_published_ports_bind_loopback_by_default(resolved):
 def test_dockerfile_installs_the_project_on_python_311_slim():
     dockerfile = (REPO_ROOT / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim$", dockerfile, re.M)
-    assert re.search(r"^RUN pip install .*\.$", dockerfile, re.M)
+    assert re.search(r"^RUN pip install .*'\.\[lab\]'$", dockerfile, re.M)  # the lab: target, Locust, sidecar
     for copied in re.findall(r"^COPY (\S+)", dockerfile, re.M):
         assert (REPO_ROOT / copied.rstrip("/")).exists(), copied
     ignored = (REPO_ROOT / ".dockerignore").read_text().split()

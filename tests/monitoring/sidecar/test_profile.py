@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import urllib.error
 import urllib.request
 
 import psutil
+import pytest
+
+from loadlab import stacks
+from monitoring.sidecar.profile import ProfileEndpoint, ProfileError
 
 from .conftest import wait_until
 
@@ -73,3 +78,13 @@ def test_profile_refuses_bad_input_and_a_second_recording(sidecar, workload):
     finally:
         thread.join(timeout=60)
     assert first["status"] == 200, first
+
+
+def test_without_py_spy_profile_is_503_saying_once_how_to_install_it(monkeypatch):
+    """py-spy is optional on a server (the `profile` extra): /profile says what to install, once for the group."""
+    monkeypatch.setattr(stacks, "pyspy_binary", lambda: None)
+    endpoint = ProfileEndpoint(lambda environ, start_response: [], [], allowed=True)
+    with pytest.raises(ProfileError) as error:
+        endpoint.record("target", [os.getpid(), os.getppid()], 1, 100)
+    assert error.value.status == "503 Service Unavailable"
+    assert str(error.value) == "py-spy is not installed: pip install py-spy (in a checkout of this project: make setup)"
