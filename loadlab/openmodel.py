@@ -13,8 +13,9 @@ outpace completions, a queue grows without draining, and the throughput stays at
   their arrivals (or dropped some; `at_ceiling`): the ceiling, measured while overloaded. None when
   no step was overloaded;
 - `max_sustained_rate`: the highest offered rate sustained before the break;
-- `limiting_resource`: judged at the break by `analysis.limiting_resource` as for a closed run,
-  except `generator_concurrency` when the generator's own request slots were the limit.
+- `limiting_resource`: judged at the break by `analysis.limiting_resource` as for a closed run (a
+  fleet's machines and each load machine too, `judge_machines`), except `generator_concurrency`
+  when the generator's own request slots were the limit.
 """
 
 from __future__ import annotations

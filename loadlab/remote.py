@@ -14,7 +14,9 @@ a source that stops answering mid-run does to the verdict.
 Both are checked before anything starts (one line and exit 2 when a source does not answer, lacks
 the group, or its group matches no process). During the run a remote source may stop answering:
 the run goes on, the console says which source and since when, and the steps whose hold has no
-samples from it get no resource verdict (`apply_outages`), with a note in the verdict.
+samples from it get no resource figures (`apply_outages`), with a note in the verdict; where those
+steps are the ones the CPU is judged on, the limiting resource is unknown rather than `concurrency`
+(`analysis.target_gap_reason`).
 """
 
 from __future__ import annotations
