@@ -42,8 +42,6 @@ SUITE_VARIABLES = ("MIN_WAIT_TIME", "MAX_WAIT_TIME", "USERS_COUNT", "LOGIN_USERS
                    "REGISTRATION_ENDPOINT", "LOGIN_ENDPOINT", "HEALTH_ENDPOINT", "REGISTRATION_BODY", "LOGIN_BODY",
                    "REGISTRATION_OK_STATUS", "LOGIN_OK_STATUS", "LOGIN_TOKEN_FIELD")
 SECRET = re.compile(r"PASSWORD|TOKEN|SECRET|_WEB_", re.IGNORECASE)  # LOCUST_WEB_PASSWORD, the master's web UI
-LOOPBACK_NOTE = ("Locust's master listens on loopback only (--master-bind 127.0.0.1): workers on other machines "
-                 "cannot reach it; pass --master-bind <this machine's address> (no authentication there: see README)")
 SECURITY_NOTE = ("Locust's master port has no authentication: open --master-bind only on a trusted network "
                  "(anyone who reaches it can join as a worker)")
 
@@ -100,6 +98,14 @@ def is_open(bind: str) -> bool:
         return not ipaddress.ip_address(socket.gethostbyname(bind)).is_loopback
     except (OSError, ValueError):
         return True
+
+
+def loopback_note(bind: str) -> str | None:
+    """With remote workers: why none on another machine would connect to a master bound to loopback."""
+    if is_open(bind):
+        return None
+    return (f"Locust's master listens on loopback only (--master-bind {bind}): workers on other machines cannot "
+            f"reach it; pass --master-bind <this machine's address> (no authentication there: see README)")
 
 
 def master_host(bind: str) -> str:
@@ -207,6 +213,6 @@ def lost_worker(count: MasterCount | None, expected: int, missing: str | None = 
             f"worker was stopped); the steps after that would run with fewer users than they ask for")
 
 
-__all__ = ["DEFAULT_WORKERS_TIMEOUT_S", "LOOPBACK_NOTE", "MISSING_AFTER_S", "MasterCount", "MissingLog", "SECURITY_NOTE", "WorkerLost",
-           "WorkersMissing", "check_bind", "is_open", "local_master_host", "lost_worker", "master_count", "master_host",
-           "missing_message", "wait_for_workers", "worker_command", "worker_env"]
+__all__ = ["DEFAULT_WORKERS_TIMEOUT_S", "MISSING_AFTER_S", "MasterCount", "MissingLog", "SECURITY_NOTE", "WorkerLost",
+           "WorkersMissing", "check_bind", "is_open", "local_master_host", "loopback_note", "lost_worker",
+           "master_count", "master_host", "missing_message", "wait_for_workers", "worker_command", "worker_env"]

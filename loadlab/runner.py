@@ -886,8 +886,9 @@ class Lab:
         if not self.opts.remote_workers:
             return
         n = self.opts.remote_workers
-        if not fleet.is_open(self.opts.master_bind):
-            self.say(f"workers    note: {fleet.LOOPBACK_NOTE}")
+        loopback = fleet.loopback_note(self.opts.master_bind)
+        if loopback:
+            self.say(f"workers    note: {loopback}")
         self.say(f"workers    waiting up to {self.opts.workers_timeout:g} s for {n} remote worker{'s' if n > 1 else ''} "
                  f"at {fleet.master_host(self.opts.master_bind)}:{self.ports['master']} (--workers-timeout)")
         master = self.locust_master
