@@ -187,8 +187,10 @@ def limiting_resource(steps: list[StepSummary], ref: int | None, brk: int | None
                 f"(loadlab run --workers N, or Locust --processes/--worker) or move Locust to another machine")
     window = _plateau_window(steps, ref, brk)
     known = [s for s in window if s.target_cpu_cores is not None]
-    if not known:
+    if not known and not any(s.resource_gap for s in window):
         return None, "target CPU unknown (no sidecar samples for the target group, e.g. a --host target)"
+    if not known:
+        return None, target_gap_reason(window, None, what, steps[ref].users)
     peak = max(known, key=lambda s: s.target_cpu_cores or 0.0)
     for s in known:  # one machine of a fleet (several --target-sidecar) saturated: it limits the fleet
         machine = saturated_target(s, th)
@@ -215,15 +217,41 @@ def limiting_resource(steps: list[StepSummary], ref: int | None, brk: int | None
                 f"the host's CPUs were saturated ({s.host_cpu_busy_cores:.2f} of {s.host_cores} cores busy) while "
                 f"the target spent {demand_ms:.0f} ms of CPU per request of a {r0:.0f} ms light-load response: "
                 f"CPU-bound, and it got only {s.target_cpu_cores:.2f} cores because other processes took the rest")
+    if len(known) < len(window):  # the steps where its CPU would saturate may be the ones without samples
+        return None, target_gap_reason(window, peak, what, steps[ref].users)
     avail = peak.target_cores_available
-    # Say only what was measured: the generator's spare CPU, when its CPU was sampled at all.
-    generator = [s.generator_cpu_cores for s in steps[: ref + 1] if s.generator_cpu_cores is not None]
     return CONCURRENCY, (
         f"{'throughput flat' if knee else 'the SLO broke'} while the target used only {peak.target_cpu_cores:.2f}"
         + (f" of {avail:g} usable cores" if avail else " cores")
-        + (" and the generator had CPU to spare" if generator else
-           " (the generator's CPU was not sampled, so a generator limit is not ruled out)")
+        + generator_spare(steps[: ref + 1])
         + ": a pool, lock or I/O limit (workers, threads, connections, database)")
+
+
+def generator_spare(steps: list[StepSummary]) -> str:
+    """The concurrency reason's word on the generator, for the steps up to the reference: spare CPU
+    only when every one of them had its CPU (every load machine's) measured; say only what was."""
+    blind = [s for s in steps if s.generator_cpu_cores is None
+             or any(m.get("cpu_cores") is None for m in s.generator_machines or [])]
+    if not blind:
+        return " and the generator had CPU to spare"
+    if len(blind) == len(steps):
+        return " (the generator's CPU was not sampled, so a generator limit is not ruled out)"
+    return (f" (the generator's CPU is unknown at {', '.join(str(s.users) for s in blind)} users, "
+            f"so a generator limit is not ruled out)")
+
+
+def target_gap_reason(window: list[StepSummary], peak: StepSummary | None, what: str, ref_users: int) -> str:
+    """Why the limiting resource is unknown: steps of the judged window have no target CPU (a remote
+    sidecar stopped answering, `loadlab.remote.apply_outages`), and the ones that have it show no limit.
+    Past the knee is where a CPU-bound target saturates: the steps without samples may be just those."""
+    blank = [s for s in window if s.target_cpu_cores is None]
+    why = "; ".join(dict.fromkeys(s.resource_gap for s in blank if s.resource_gap)) or "no samples in their holds"
+    seen = ("" if peak is None else
+            f"; the steps that have it show no CPU limit (at most {peak.target_cpu_cores:.2f}"
+            + (f" of {peak.target_cores_available:g} usable cores" if peak.target_cores_available else " cores")
+            + f" at {peak.users} users), which rules out neither a CPU nor a concurrency limit")
+    return (f"{what} at {ref_users} users, but the target's CPU is unknown at "
+            f"{', '.join(str(s.users) for s in blank)} users ({why}), where it would saturate{seen}")
 
 
 def saturated_generator(step: StepSummary, th: Thresholds = DEFAULT_THRESHOLDS) -> dict | None:
@@ -257,7 +285,8 @@ def fleet_reason(step: StepSummary, machine: dict, th: Thresholds) -> str:
              f"{step.target_cores_available:g} usable cores" if step.target_cpu_cores is not None
              and step.target_cores_available else f"the fleet of {len(machines)} machines")
     why = ("every machine was saturated: the fleet is out of CPU" if every else
-           "that machine limits the fleet (a slower machine, or a load balancer that sends it more than its share)")
+           "that machine limits the fleet: imbalance behind the load balancer (it got more than its share of the "
+           "load) or a slower machine")
     wait = machine.get("cpu_wait_cores") or 0.0
     waited = (f" and waited for a CPU another {wait:.2f} cores' worth"
               if not _saturated(machine["cpu_cores"], machine["cores_available"], th,

@@ -100,6 +100,14 @@ def is_open(bind: str) -> bool:
         return True
 
 
+def loopback_note(bind: str) -> str | None:
+    """With remote workers: why none on another machine would connect to a master bound to loopback."""
+    if is_open(bind):
+        return None
+    return (f"Locust's master listens on loopback only (--master-bind {bind}): workers on other machines cannot "
+            f"reach it; pass --master-bind <this machine's address> (no authentication there: see README)")
+
+
 def master_host(bind: str) -> str:
     """The address workers connect to: the bind address, or this machine's name when it binds them all."""
     return socket.getfqdn() if bind in ("0.0.0.0", "*", "") else bind
@@ -206,5 +214,5 @@ def lost_worker(count: MasterCount | None, expected: int, missing: str | None = 
 
 
 __all__ = ["DEFAULT_WORKERS_TIMEOUT_S", "MISSING_AFTER_S", "MasterCount", "MissingLog", "SECURITY_NOTE", "WorkerLost",
-           "WorkersMissing", "check_bind", "is_open", "local_master_host", "lost_worker", "master_count", "master_host",
-           "missing_message", "wait_for_workers", "worker_command", "worker_env"]
+           "WorkersMissing", "check_bind", "is_open", "local_master_host", "loopback_note", "lost_worker",
+           "master_count", "master_host", "missing_message", "wait_for_workers", "worker_command", "worker_env"]

@@ -31,7 +31,7 @@ from loadlab.history import Samples, Scrape, series
 from loadlab.processes import LabError
 from loadlab.steps import CPU, NODE_CPU, PROCS, STEAL, StepSummary, steal_over, window_increase
 
-SOURCE_PREFIX = "generator_sidecar"
+SOURCE_PREFIX = remote.GENERATOR_SIDECAR_SOURCE
 MASTER = "this machine (the Locust master and any local workers)"
 SIDECAR_COMMAND = ("python -m monitoring.sidecar --host 0.0.0.0 --port 9256 --group 'locust=locust .*--worker'")
 

@@ -13,14 +13,16 @@ outpace completions, a queue grows without draining, and the throughput stays at
   their arrivals (or dropped some; `at_ceiling`): the ceiling, measured while overloaded. None when
   no step was overloaded;
 - `max_sustained_rate`: the highest offered rate sustained before the break;
-- `limiting_resource`: judged at the break by `analysis.limiting_resource` as for a closed run,
-  except `generator_concurrency` when the generator's own request slots were the limit.
+- `limiting_resource`: judged at the break by `analysis.limiting_resource` as for a closed run (a
+  fleet's machines and each load machine too, `judge_machines`), except `generator_concurrency`
+  when the generator's own request slots were the limit.
 """
 
 from __future__ import annotations
 
 import re
 import statistics
+from collections.abc import Callable
 from dataclasses import replace
 
 from loadlab import analysis, functional
@@ -105,8 +107,34 @@ def limiting_resource(summaries: list[StepSummary], rate_steps: list[RateStep], 
     users (the request slots), so each is named by its index, then by its rate."""
     by_index = [replace(s, users=i) for i, s in enumerate(summaries)]
     resource, basis = analysis.limiting_resource(by_index, brk, brk, th)
-    return resource, re.sub(r" at (\d+) users", lambda m: f" at the {rate_steps[int(m[1])].offered_rps:g} arrivals/s step",
-                            basis)
+    return resource, by_rate_text(basis, rate_steps)
+
+
+def by_rate_text(text: str, rate_steps: list[RateStep]) -> str:
+    """`text` written of steps named by their position in `rate_steps` ("at 3 users", "the steps at
+    3, 4 users"), worded by offered rate ("at the 30 arrivals/s step", "the 30, 40 arrivals/s steps")."""
+    def rates(m: re.Match) -> str:
+        named = [f"{rate_steps[int(i)].offered_rps:g}" for i in m[2].split(", ")]
+        return (f"{'the' if m[1] else 'at the'} {', '.join(named)} arrivals/s step"
+                f"{'s' if len(named) > 1 else ''}")
+
+    return re.sub(r"\b((?:the )?steps? )?at (\d+(?:, \d+)*) users", rates, text)
+
+
+def judge_machines(summaries: list[StepSummary], rate_steps: list[RateStep],
+                   per_machine: Callable[[list[StepSummary]], list[str]]) -> list[str]:
+    """Run `per_machine` (`rundir.per_machine`: a fleet's machines, each load machine's CPU, the steps a
+    remote source left without samples) on the steps, its notes worded by offered rate. Every step has
+    the same users (the request slots), so while it runs each is named by its position instead."""
+    slots = [s.users for s in summaries]
+    for i, s in enumerate(summaries):
+        s.users = i
+    try:
+        notes = per_machine(summaries)
+    finally:
+        for s, users in zip(summaries, slots):
+            s.users = users
+    return [by_rate_text(note, rate_steps) for note in notes]
 
 
 def signals(rate_steps: list[RateStep], summaries: list[StepSummary], th: Thresholds) -> list[Signal]:
@@ -188,15 +216,20 @@ def analyze_rate_steps(rate_steps: list[RateStep], summaries: list[StepSummary],
 
 def analyze_samples(samples: Samples, meta: dict, th: Thresholds, resources: ResourceSeries | None,
                     until: float | None = None, run_errors: list[TopError] | None = None,
-                    failures_csv: str | None = None) -> Verdict:
+                    failures_csv: str | None = None,
+                    per_machine: Callable[[list[StepSummary]], list[str]] | None = None) -> Verdict:
     """The open-model verdict of a run's samples (`until`: only what ran before it, for a partial run).
     `run_errors`: Locust's failures CSV (`failures_csv`) rows, for a functional failure's top errors
-    when the exporter's samples lack them; None: the functional check is not made."""
+    when the exporter's samples lack them; None: the functional check is not made. `per_machine`:
+    fills the steps' per-machine figures as for a closed run (`judge_machines`); its notes join the verdict's."""
     rate_steps = summarize_rate_steps(samples, th, until)
     summaries = step_summaries(rate_steps, resources, meta)
+    notes = judge_machines(summaries, rate_steps, per_machine) if per_machine is not None else []
     evidence = None if run_errors is None else functional.ErrorEvidence(
         by_step=[functional.step_errors(samples, s) for s in summaries], run=run_errors, failures_csv=failures_csv)
-    return analyze_rate_steps(rate_steps, summaries, th, evidence)
+    verdict = analyze_rate_steps(rate_steps, summaries, th, evidence)
+    verdict.notes.extend(notes)
+    return verdict
 
 
 Point = tuple[float, float]
@@ -214,5 +247,6 @@ def timeline(samples: Samples) -> dict[str, list[Point]]:
     }
 
 
-__all__ = ["analyze_rate_steps", "analyze_samples", "at_ceiling", "by_rate", "generator_slots_limited", "refuted_steps",
+__all__ = ["analyze_rate_steps", "analyze_samples", "at_ceiling", "by_rate", "by_rate_text", "generator_slots_limited",
+           "judge_machines", "refuted_steps",
            "step_summaries", "timeline"]

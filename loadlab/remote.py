@@ -14,7 +14,9 @@ a source that stops answering mid-run does to the verdict.
 Both are checked before anything starts (one line and exit 2 when a source does not answer, lacks
 the group, or its group matches no process). During the run a remote source may stop answering:
 the run goes on, the console says which source and since when, and the steps whose hold has no
-samples from it get no resource verdict (`apply_outages`), with a note in the verdict.
+samples from it get no resource figures (`apply_outages`), with a note in the verdict; where those
+steps are the ones the CPU is judged on, the limiting resource is unknown rather than `concurrency`
+(`analysis.target_gap_reason`).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ SERVER_LATENCY_FIELDS = ("server_p95_ms", "server_mean_ms", "server_rps")
 # its hold; an outage shorter than MIN_NOTED_S that cost no step is not worth a note.
 MIN_COVERAGE = 0.5
 MIN_NOTED_S = 3.0
+GENERATOR_SIDECAR_SOURCE = "generator_sidecar"  # a load machine's sidecar (`loadlab.generators.SOURCE_PREFIX`)
 
 
 def metrics_url(text: str, flag: str) -> str:
@@ -199,16 +202,16 @@ def apply_outages(steps: list[StepSummary], remote: Mapping[str, str], samples: 
             SERVER_LATENCY_FIELDS if source == TARGET_JOB or source.startswith(TARGET_JOB + "_metrics_") else ())
         times = sorted(s.t for s in samples.scrapes(source))
         for outage in outages(samples, source):
+            when = time.strftime("%H:%M:%S", time.localtime(outage.start))
             hit = [s for s in steps if _overlaps(s, outage) and coverage(s, times) < MIN_COVERAGE]
             for step in hit:
                 for name in fields:
                     setattr(step, name, None)
-                if sidecar:
-                    step.resource_gap = f"{source} did not answer during most of this step's hold"
+                if sidecar:  # the analysis quotes it where this step's CPU was needed (`analysis.target_gap_reason`)
+                    step.resource_gap = f"{source} {url} stopped answering at {when}"
             lasted = (outage.end if outage.end is not None else float("inf")) - outage.start
             if not hit and lasted < MIN_NOTED_S:
                 continue
-            when = time.strftime("%H:%M:%S", time.localtime(outage.start))
             since = f" ({outage.start - t0:.0f} s into the run)" if t0 is not None else ""
             until = (f"to {time.strftime('%H:%M:%S', time.localtime(outage.end))}" if outage.end is not None
                      else "to the end of the run")
@@ -222,11 +225,14 @@ def apply_outages(steps: list[StepSummary], remote: Mapping[str, str], samples: 
 
 
 def describe_change(source: str, url: str, ok: bool, since: float, error: str, down_since: float | None) -> str:
-    """The console's line when a remote source stops answering or answers again."""
+    """The console's line when a remote source (on the API's machines, or a load machine's
+    `generator_sidecar_<i>`) stops answering or answers again."""
     when = time.strftime("%H:%M:%S", time.localtime(since))
     if not ok:
-        return (f"{source} {url} stopped answering at {when} ({error}); the run goes on: steps without its samples "
-                f"get no {'resource' if source.startswith(TARGET_SIDECAR_SOURCE) else 'server-side latency'} figures")
+        lost = ("no resource figures" if source.startswith(TARGET_SIDECAR_SOURCE) else
+                "no CPU from that load machine, so a generator limit there is not ruled out"
+                if source.startswith(GENERATOR_SIDECAR_SOURCE) else "no server-side latency figures")
+        return f"{source} {url} stopped answering at {when} ({error}); the run goes on: steps without its samples get {lost}"
     gone = f" (silent for {since - down_since:.0f} s)" if down_since is not None else ""
     return f"{source} {url} answers again at {when}{gone}"
 

@@ -25,7 +25,7 @@ from loadlab.history import Damage, DamagedInput, LocustHistory, Samples, read_s
 from loadlab.ratesteps import is_open_run
 from loadlab.remote import apply_outages
 from loadlab.report import write_report
-from loadlab.steps import ResourceSeries, after_stop, resource_series, summarize_steps
+from loadlab.steps import ResourceSeries, StepSummary, after_stop, resource_series, summarize_steps
 from loadlab.verdict import Source, Verdict
 
 LOCUST_PREFIX = "locust"  # Locust's --csv prefix inside a run directory
@@ -115,6 +115,19 @@ def failures_csv(history_csv: Path) -> Path:
     return history_csv.with_name(history_csv.name[: -len(HISTORY_SUFFIX)] + FAILURES_SUFFIX)
 
 
+def per_machine(steps: list[StepSummary], samples: Samples, meta: Mapping[str, Any],
+                remote_sources: Mapping[str, str]) -> list[str]:
+    """Each machine's part of the steps, for a closed run's steps and an open run's alike; notes for
+    the verdict. Order matters: a fleet's sums first, then the outages blank what a silent source
+    left unknown, then the load machines."""
+    # The API's own latency beside Locust's, when its metrics were sampled (every machine's of a fleet).
+    server_latency.fill(steps, samples, targets.metrics_of(meta))
+    notes = targets.apply(steps, samples, meta)  # several --target-sidecar: the fleet's sums, per machine
+    notes += apply_outages(steps, remote_sources, samples)  # a source on the API's machine that stopped answering
+    notes += generators.apply(steps, samples, meta)  # --remote-workers: each load machine's CPU
+    return notes
+
+
 def judge(inputs: RunInputs, history: LocustHistory, samples: Samples, th: Thresholds,
           run_errors: list | None = None, failures_path: Path | None = None) -> tuple[Verdict, ResourceSeries | None]:
     """The verdict of a run's history and samples (and the resource series it was built from). The
@@ -128,16 +141,14 @@ def judge(inputs: RunInputs, history: LocustHistory, samples: Samples, th: Thres
     if is_open_run(samples):  # an arrival-rate run: its steps are plateaus of offered rate
         cut = inputs.meta.get("incomplete_at") if inputs.meta.get("incomplete") else None
         verdict = openmodel.analyze_samples(samples, meta, th, resources, cut if isinstance(cut, (int, float)) else None,
-                                            run_errors=run_errors or [], failures_csv=failures_csv_name)
+                                            run_errors=run_errors or [], failures_csv=failures_csv_name,
+                                            per_machine=lambda steps: per_machine(steps, samples, inputs.meta,
+                                                                                  remote_sources))
         steps = verdict.steps
     else:
         steps = summarize_steps(history, samples, meta, transient_fraction=th.step_transient_fraction,
                                 resources=resources)
-        # The API's own latency beside Locust's, when its metrics were sampled (every machine's of a fleet).
-        server_latency.fill(steps, samples, targets.metrics_of(inputs.meta))
-        remote_notes = targets.apply(steps, samples, inputs.meta)  # several --target-sidecar: the fleet's sums, per machine
-        remote_notes += apply_outages(steps, remote_sources, samples)  # a source on the API's machine that stopped answering
-        remote_notes += generators.apply(steps, samples, inputs.meta)  # --remote-workers: each load machine's CPU
+        remote_notes = per_machine(steps, samples, inputs.meta, remote_sources)
         stale = after_stop(history.rows, samples.scrapes(LOCUST_JOB))
         if stale:  # e.g. a master that still counted a quit worker's users
             remote_notes.append(f"note: {len(stale)} rows of Locust's CSV after its test stopped (its exporter said so) "
@@ -153,6 +164,9 @@ def judge(inputs: RunInputs, history: LocustHistory, samples: Samples, th: Thres
         windowed_percentiles=history.windowed_percentiles,
         scenario=inputs.meta.get("scenario"),
     )
+    if inputs.meta.get("step_hunt") is False:  # the lab saw the user's own LoadTestShape run (runner.Lab.start_locust)
+        verdict.notes.insert(0, "note: the locustfile's own LoadTestShape drove the load, not the lab's step hunt: "
+                                "the steps are its levels, and there is a knee or a break only if they reached one")
     if inputs.meta.get("incomplete"):  # the lab recorded that the run did not finish (runner.Lab.execute)
         verdict.complete = False
         verdict.incomplete_reason = str(inputs.meta["incomplete"])

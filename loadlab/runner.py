@@ -499,9 +499,10 @@ class Lab:
             what = f"master + {self.opts.workers} local and {self.opts.remote_workers} remote workers"
         file, preset = ((self.opts.locustfile.name, own_locustfile.STEP) if self.opts.locustfile
                         else SCENARIOS[self.opts.scenario])
-        self.say(f"locust     {file} --scenario {preset} "
-                 f"({what}, pid {comp.pid}); exporter {self.exporter_url()}")
         own_shape = own_locustfile.own_shape(comp.log_path) if self.opts.locustfile else None
+        # Its own shape ran instead of the step hunt: the console does not name the hunt's preset then.
+        self.say(f"locust     {file}{'' if own_shape else f' --scenario {preset}'} "
+                 f"({what}, pid {comp.pid}); exporter {self.exporter_url()}")
         if own_shape:
             self.say(f"locust     {file}: {own_shape}")
             self.meta["step_hunt"] = False
@@ -796,22 +797,24 @@ class Lab:
         return out
 
     def report_remote_sources(self, tty: bool) -> None:
-        """Say when a source on the API's machine stops answering (once it has been silent for
-        remote.MIN_NOTED_S: one slow scrape is no news) and when it answers again; the run goes on."""
+        """Say when a source on the API's machines or a load machine's sidecar stops answering (once
+        it has been silent for remote.MIN_NOTED_S: one slow scrape is no news) and when it answers
+        again; the run goes on."""
+        watched = {**self.remote, **generators.sources(self.opts.generator_sidecars)}
         lines = []
         for name, ok, since, error, _ in self.sampler.changes() if self.sampler else []:
-            if name not in self.remote:
+            if name not in watched:
                 continue
             if not ok:
                 self._silent[name] = (since, error, False)
                 continue
             was = self._silent.pop(name, None)
             if was is not None and was[2]:
-                lines.append(remote.describe_change(name, self.remote[name], True, since, "", was[0]))
+                lines.append(remote.describe_change(name, watched[name], True, since, "", was[0]))
         for name, (since, error, announced) in self._silent.items():
             if not announced and time.time() - since >= remote.MIN_NOTED_S:
                 self._silent[name] = (since, error, True)
-                lines.append(remote.describe_change(name, self.remote[name], False, since, error, None))
+                lines.append(remote.describe_change(name, watched[name], False, since, error, None))
         for line in lines:
             if tty:
                 self.out.write("\n")
@@ -888,6 +891,9 @@ class Lab:
         if not self.opts.remote_workers:
             return
         n = self.opts.remote_workers
+        loopback = fleet.loopback_note(self.opts.master_bind)
+        if loopback:
+            self.say(f"workers    note: {loopback}")
         self.say(f"workers    waiting up to {self.opts.workers_timeout:g} s for {n} remote worker{'s' if n > 1 else ''} "
                  f"at {fleet.master_host(self.opts.master_bind)}:{self.ports['master']} (--workers-timeout)")
         master = self.locust_master

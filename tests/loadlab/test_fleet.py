@@ -51,6 +51,7 @@ def test_one_saturated_machine_limits_a_fleet_with_spare_cpu_and_is_named():
     assert verdict["limiting_resource"] == "target_cpu", basis
     assert f"target machine {MACHINES[1]} used 0.98 of its 1 usable cores" in basis, basis
     assert MACHINES[0] not in basis and "the fleet of 2 machines used 1.20 of its 2 usable cores" in basis
+    assert "imbalance behind the load balancer (it got more than its share of the load) or a slower machine" in basis
     assert any(s["signal"] == "target_cpu" for s in verdict["signals"])
     assert verdict["steps"][0]["target_machines"][1]["instance"] == MACHINES[1]
 
@@ -182,6 +183,7 @@ def test_a_fleet_behind_a_load_balancer_is_limited_by_its_slower_machine(spawn, 
     # The slower machine limits the fleet, and the verdict names it.
     assert verdict["limiting_resource"] == "target_cpu", detail
     assert f"target machine {slow_sidecar} used" in verdict["limiting_resource_basis"], detail
+    assert "imbalance" in verdict["limiting_resource_basis"], detail
     assert fast_sidecar not in verdict["limiting_resource_basis"], detail
     # Each machine's CPU per step, and the fleet's CPU their sum.
     for s in verdict["steps"]:

@@ -8,16 +8,16 @@ import json
 
 import pytest
 
-from loadlab import cli, rundir
+from loadlab import cli, generators, rundir, targets
 from loadlab.contract.exits import EXIT_API_FAILED
 from loadlab.contract.openmodel import ARRIVALS_WERE_DROPPED, LATENCY_GROWING, THROUGHPUT_BELOW_OFFERED
 from loadlab.contract.slo import LATENCY_P95
 from loadlab.contract.thresholds import DEFAULT_THRESHOLDS as TH
-from loadlab.history import Samples
-from loadlab.openmodel import analyze_samples
+from loadlab.history import Samples, Scrape
+from loadlab.openmodel import analyze_samples, judge_machines, step_summaries
 from loadlab.ratesteps import is_open_run, summarize_rate_steps
 from loadlab.steps import resource_series
-from loadlab.verdict import CONCURRENCY, GENERATOR_CONCURRENCY, TARGET_CPU
+from loadlab.verdict import CONCURRENCY, GENERATOR_CONCURRENCY, GENERATOR_CPU, TARGET_CPU, Verdict
 from tests.loadlab.open_synthetic import open_run
 from tests.loadlab.synthetic import write_history
 
@@ -217,3 +217,63 @@ def test_a_steps_rate_is_over_the_times_its_counts_were_current(tmp_path, export
         assert max(errors) < 1e-9, errors
     else:  # the flaw it fixes, shown on the same data
         assert max(errors) > 0.05, errors
+
+
+# --- several machines (--remote-workers with --generator-sidecar, --target-sidecar repeated): each judged ---
+
+MACHINES = ("http://10.0.0.5:9256/metrics", "http://10.0.0.6:9256/metrics")
+
+
+def machine_scrapes(samples: Samples, source: str, group: str, cores: float, procs: float = 1.0) -> list[Scrape]:
+    """A remote sidecar of a 1-core machine, scraped beside the lab's own: its `group` using `cores` the whole run."""
+    t0 = samples.scrapes("sidecar")[0].t - 1.0
+    return [Scrape(s.t, source, [
+        ("namedprocess_namegroup_cpu_seconds_total", {"groupname": group, "mode": "user"}, cores * (s.t - t0)),
+        ("namedprocess_namegroup_num_procs", {"groupname": group}, procs),
+        ("node_cpu_seconds_total", {"cpu": "0", "mode": "idle"}, 0.5 * (s.t - t0)),
+    ]) for s in samples.scrapes("sidecar")]
+
+
+def judged_run_dir(path, samples: Samples, **meta) -> Verdict:
+    write_run_dir(path, samples)
+    recorded = json.loads((path / rundir.RUN_META).read_text())
+    (path / rundir.RUN_META).write_text(json.dumps({**recorded, **meta}))
+    verdict, _ = rundir.analyze(path, write=False)
+    return verdict
+
+
+def test_a_rate_run_judges_each_load_machine_not_the_masters_idle_cpu(tmp_path):
+    samples = open_run([10, 20, 30, 40], capacity=25)  # the master's CPU: 0.1 of 2 cores
+    sidecars = generators.sources(MACHINES)
+    samples.by_source["generator_sidecar_1"] = machine_scrapes(samples, "generator_sidecar_1", "locust", 0.2)
+    samples.by_source["generator_sidecar_2"] = machine_scrapes(samples, "generator_sidecar_2", "locust", 0.98)
+    verdict = judged_run_dir(tmp_path, samples, remote_workers=2, generator_sidecars=sidecars)
+    assert verdict.open_model and verdict.brk is not None and verdict.brk.rate == 30
+    assert verdict.limiting_resource == GENERATOR_CPU and not verdict.measurement_valid, verdict.limiting_resource_basis
+    assert f"the load generator on {MACHINES[1]} used 0.98 of its 1 usable cores at the 10 arrivals/s step" \
+        in verdict.limiting_resource_basis
+    assert all(len(s.generator_machines) == 3 for s in verdict.steps)
+    assert any(line.startswith("note: generator CPU per load machine") for line in verdict.summary())
+
+
+def test_a_rate_run_against_a_fleet_names_the_saturated_machine(tmp_path):
+    samples = open_run([10, 20, 30, 40], capacity=25)
+    sidecars = targets.sidecar_sources(MACHINES)
+    samples.by_source["target_sidecar"] = machine_scrapes(samples, "target_sidecar", "target", 0.3, procs=2)
+    samples.by_source["target_sidecar_2"] = machine_scrapes(samples, "target_sidecar_2", "target", 0.97, procs=2)
+    verdict = judged_run_dir(tmp_path, samples, target_sidecars=sidecars, target_sidecar_cores={s: 1 for s in sidecars},
+                             target_sidecar=MACHINES[0], remote_sources=sidecars)
+    basis = verdict.limiting_resource_basis
+    assert verdict.limiting_resource == TARGET_CPU, basis
+    assert f"the target machine {MACHINES[1]} used 0.97 of its 1 usable cores" in basis and "imbalance" in basis
+    assert "at the 30 arrivals/s step" in basis and MACHINES[0] not in basis
+    assert all([m["instance"] for m in s.target_machines] == list(MACHINES) for s in verdict.steps)
+
+
+def test_a_rate_runs_machine_notes_name_the_steps_by_their_rate():
+    rate_steps = summarize_rate_steps(open_run([10, 20, 30], capacity=100))
+    summaries = step_summaries(rate_steps, None, META)
+    notes = judge_machines(summaries, rate_steps, lambda steps: [f"note: nothing from X during the steps at 1, 2 users; "
+                                                                 f"the first at {steps[0].users} users"])
+    assert notes == ["note: nothing from X during the 20, 30 arrivals/s steps; the first at the 10 arrivals/s step"]
+    assert [s.users for s in summaries] == [100, 100, 100]  # the request slots again

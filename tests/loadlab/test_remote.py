@@ -9,6 +9,8 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
+from loadlab.analysis import analyze_steps, limiting_resource
+from loadlab.contract.thresholds import DEFAULT_THRESHOLDS
 from loadlab.history import Samples, Scrape
 from loadlab.processes import LabError
 from loadlab.remote import apply_outages, metrics_url, metrics_url_on_host, outages
@@ -16,6 +18,7 @@ from loadlab.sampler import Sampler
 from loadlab.server_latency import between
 from loadlab.steps import StepSummary, _resource_fields, resource_series
 from tests.helpers import free_port
+from tests.loadlab.synthetic import model_steps
 
 
 @pytest.mark.parametrize(("given", "url"), [
@@ -160,3 +163,50 @@ def test_server_latency_is_the_apis_requests_between_two_scrapes_without_health_
     assert mean == pytest.approx(200.0)
     restarted = http_scrape(6, {"0.1": 1, "0.5": 1, "+Inf": 1}, 0.01)
     assert between(last, restarted) == (None, None)
+
+
+# --- the verdict over steps a silent sidecar left without samples ---
+
+SIDECAR_URL = "http://10.0.0.5:9256/metrics"
+
+
+def _knee_at_8(cpu_at_knee: float) -> list[StepSummary]:
+    """Steps at 2, 4, 8, 10, 12 users of a 2-worker server whose throughput flattens at 8 users; the
+    target's sidecar answers up to the 8-user step, then stops: the 10- and 12-user steps get no CPU."""
+    steps = model_steps([2, 4, 8, 10, 12], workers=2, service_s=0.1, think_s=0.3, t0=0.0, target_cores_available=2.0,
+                        generator_cpu_cores=0.2, generator_cores_available=2.0)
+    for s in steps:
+        s.target_cpu_cores = round(cpu_at_knee * min(s.users, 8) / 8, 3)
+    samples = Samples({"target_sidecar": [Scrape(float(t), "target_sidecar", []) for t in range(30)]},
+                      {"target_sidecar": [(float(t), "URLError: timed out") for t in range(30, 50)]})
+    apply_outages(steps, {"target_sidecar": SIDECAR_URL}, samples)
+    return steps
+
+
+def test_a_knee_whose_later_steps_lack_target_samples_is_no_concurrency_claim():
+    steps = _knee_at_8(1.1)
+    assert [s.target_cpu_cores for s in steps] == [0.275, 0.55, 1.1, None, None]
+    verdict = analyze_steps(steps, DEFAULT_THRESHOLDS)
+    assert verdict.knee is not None and verdict.knee.step_users == 8
+    basis = verdict.limiting_resource_basis
+    assert verdict.limiting_resource is None, basis  # not `concurrency`: 10 and 12 users may be where it saturates
+    # The CPU is judged from the knee to the first step 10% more loaded (`_plateau_window`): 8 and 10 users.
+    assert "the target's CPU is unknown at 10 users" in basis and "concurrency limit" in basis
+    assert f"target_sidecar {SIDECAR_URL} stopped answering at" in basis
+    assert "at most 1.10 of 2 usable cores at 8 users" in basis
+    assert any(line.startswith("limiting resource: unknown (") for line in verdict.summary())
+
+
+def test_a_saturated_step_with_samples_is_target_cpu_whatever_the_gap():
+    verdict = analyze_steps(_knee_at_8(1.95), DEFAULT_THRESHOLDS)
+    assert verdict.limiting_resource == "target_cpu", verdict.limiting_resource_basis
+    assert "the target used 1.95 of its 2 usable cores" in verdict.limiting_resource_basis
+
+
+def test_a_window_with_no_target_samples_at_all_says_which_source_went_silent():
+    steps = _knee_at_8(1.1)
+    for s in steps[2:]:
+        s.target_cpu_cores, s.resource_gap = None, "target_sidecar http://x stopped answering at 12:00:00"
+    resource, basis = limiting_resource(steps, 2, None, DEFAULT_THRESHOLDS)
+    assert resource is None and "unknown at 8, 10 users" in basis and "12:00:00" in basis, basis
+    assert "--host" not in basis

@@ -12,21 +12,24 @@ separate kernels, clocks and networks (firewalls, latency between machines).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import re
 import signal
 import subprocess
 import time
+import types
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from loadlab import generators
+from loadlab import fleet, generators
 from loadlab.analysis import analyze_steps
 from loadlab.contract.thresholds import DEFAULT_THRESHOLDS
 from loadlab.history import Samples, read_samples, scrape_value
+from loadlab.runner import Lab, LabOptions
 from tests.helpers import ManagedProcess
 from tests.loadlab.conftest import (
     LOADLAB,
@@ -319,6 +322,17 @@ def test_remote_workers_without_generator_sidecars_never_claim_spare_generator_c
     assert "--generator-sidecar" in notes[0]
 
 
+def test_a_load_machine_unknown_at_a_step_before_the_knee_is_no_spare_generator_cpu():
+    steps = _fleet_steps(busy_machine_cpu=0.5)
+    steps[1].generator_machines[2]["cpu_cores"] = None  # its sidecar went silent during the 8-user hold
+    steps[1].generator_cpu_cores = steps[1].generator_cores_available = None  # as generators.apply sums it
+    verdict = analyze_steps(steps, DEFAULT_THRESHOLDS)
+    assert verdict.limiting_resource == "concurrency", verdict.limiting_resource_basis
+    assert "the generator had CPU to spare" not in verdict.limiting_resource_basis
+    assert "the generator's CPU is unknown at 8 users, so a generator limit is not ruled out" \
+        in verdict.limiting_resource_basis
+
+
 def test_the_printed_worker_command_carries_the_suite_variables_and_no_secret():
     from loadlab.fleet import worker_command, worker_env
 
@@ -354,3 +368,47 @@ def test_a_bad_generator_sidecar_is_one_line_before_anything_starts(tmp_path, ar
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stderr.startswith(message) and proc.stderr.count("\n") == 1, proc.stderr
     assert not (tmp_path / "reports").exists()  # nothing started, no run directory
+
+
+# --- what the console says about the load machines (no processes: a Lab whose sampler is a stub) ---
+
+
+class _Changes:
+    """The sampler's `changes()`, as given."""
+
+    def __init__(self, *changes: tuple) -> None:
+        self.pending = list(changes)
+
+    def changes(self) -> list[tuple]:
+        out, self.pending = self.pending, []
+        return out
+
+
+def test_a_load_machines_sidecar_going_silent_is_said_with_its_source_and_since_when():
+    out = io.StringIO()
+    lab = Lab(LabOptions("login-step", remote_workers=2, generator_sidecars=list(LOAD_MACHINES)), out)
+    since = time.time() - 5  # silent for longer than a slow scrape
+    lab.sampler = _Changes(("generator_sidecar_2", False, since, "URLError: refused", None))  # type: ignore[assignment]
+    lab.report_remote_sources(tty=False)
+    said = out.getvalue()
+    assert said.startswith(f"generator_sidecar_2 {LOAD_MACHINES[1]} stopped answering at "
+                           f"{time.strftime('%H:%M:%S', time.localtime(since))} (URLError: refused)"), said
+    assert "no CPU from that load machine, so a generator limit there is not ruled out" in said
+    lab.sampler = _Changes(("generator_sidecar_2", True, since + 7, "", since))  # type: ignore[assignment]
+    lab.report_remote_sources(tty=False)
+    assert f"generator_sidecar_2 {LOAD_MACHINES[1]} answers again at" in out.getvalue()
+
+
+@pytest.mark.parametrize("bind, noted", [("127.0.0.1", True), ("0.0.0.0", False)])
+def test_a_loopback_master_is_noted_before_waiting_for_remote_workers(monkeypatch, bind, noted):
+    out = io.StringIO()
+    lab = Lab(LabOptions("login-step", remote_workers=1, master_bind=bind), out)
+    lab.ports = {"master": 5557, "exporter": 9646}
+    lab._locust_master = types.SimpleNamespace(poll=lambda: None)  # type: ignore[assignment]
+    monkeypatch.setattr(fleet, "wait_for_workers", lambda *args: None)
+    lab.wait_for_remote_workers()
+    lines = out.getvalue().splitlines()
+    note = ("workers    note: Locust's master listens on loopback only (--master-bind 127.0.0.1): workers on other "
+            "machines cannot reach it; pass --master-bind <this machine's address> (no authentication there: see README)")
+    assert (note in lines) is noted, lines
+    assert lines[-1].startswith("workers    waiting up to")  # the note comes first

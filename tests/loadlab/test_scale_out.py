@@ -119,4 +119,5 @@ def test_remote_workers_against_a_fleet_give_one_verdict_naming_the_slower_machi
     # The limiting resource is the slower API machine's CPU, and the verdict names it, not the fast one.
     assert verdict["limiting_resource"] == "target_cpu", detail
     assert f"target machine {slow_sidecar} used" in verdict["limiting_resource_basis"], detail
+    assert "imbalance" in verdict["limiting_resource_basis"], detail
     assert fast_sidecar not in verdict["limiting_resource_basis"], detail

@@ -361,9 +361,24 @@ def test_a_locustfile_with_its_own_shape_keeps_it_and_the_lab_says_no_step_hunt(
     assert "locust     shaped.py: the locustfile defines its own LoadTestShape TwoLevels: it runs as written, " \
            "and --scenario step is not applied (no step hunt)" in run.output
     assert run.meta()["step_hunt"] is False
+    assert "shaped.py --scenario step" not in run.output  # the console names no hunt that did not run
     verdict = run.verdict()
+    assert any("own LoadTestShape drove the load, not the lab's step hunt" in line for line in verdict["summary"])
     assert [s["users"] for s in verdict["steps"]] == [2, 4], step_table(verdict)  # its levels, not the hunt's 10s
     assert_all_gone(run.started_pids())
+
+
+def test_a_run_of_its_own_shape_says_so_in_the_verdict_and_a_step_hunt_does_not(tmp_path):
+    from loadlab import rundir
+    from tests.loadlab.synthetic import write_history
+
+    write_history(tmp_path / f"{rundir.LOCUST_PREFIX}{rundir.HISTORY_SUFFIX}",
+                  [(2, 4.0, 0.0, 50.0)] * 10 + [(4, 8.0, 0.0, 50.0)] * 10)
+    note = "note: the locustfile's own LoadTestShape drove the load, not the lab's step hunt"
+    for step_hunt, said in ((False, True), (None, False)):
+        (tmp_path / rundir.RUN_META).write_text(json.dumps({"scenario": "shaped.py", "step_hunt": step_hunt}))
+        verdict, _ = rundir.analyze(tmp_path, write=False)
+        assert any(line.startswith(note) for line in verdict.summary()) is said, verdict.summary()
 
 
 @pytest.mark.timeout(180)
