@@ -25,7 +25,7 @@ from loadlab import compare as comparing
 from loadlab import gates as gating
 from loadlab import rundir
 from loadlab.contract.exits import COMPARE_REGRESSED as EXIT_REGRESSED
-from loadlab.contract.exits import EXIT_API_FAILED, EXIT_GATE, EXIT_USAGE
+from loadlab.contract.exits import EXIT_API_FAILED, EXIT_COMPONENT_FAILED, EXIT_GATE, EXIT_USAGE
 from loadlab.contract.names import DEFAULT_BIND, DEFAULT_PORTS
 from loadlab.fleet import DEFAULT_WORKERS_TIMEOUT_S
 from loadlab.history import Damage, DamagedInput
@@ -273,7 +273,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         gating.write_junit(args.junit, [("loadlab gates", gating.gate_cases(verdict.gates or []))])
     if verdict.functional_failure is not None:
         return EXIT_API_FAILED
-    return EXIT_GATE if gating.failed(verdict.gates) else 0
+    if gating.failed(verdict.gates):
+        return EXIT_GATE
+    return EXIT_COMPONENT_FAILED if verdict.resource_lost_to_outage else 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

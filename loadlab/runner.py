@@ -29,7 +29,7 @@ from typing import Any, TextIO
 from loadlab import fleet, generators, own_locustfile, remote, rundir, targets
 from loadlab.contract import thresholds
 from loadlab.contract.cores import usable_cores
-from loadlab.contract.exits import EXIT_API_FAILED, EXIT_GATE, EXIT_USAGE
+from loadlab.contract.exits import EXIT_API_FAILED, EXIT_COMPONENT_FAILED, EXIT_GATE, EXIT_USAGE
 from loadlab.contract.live import RUN_DIR_ENV
 from loadlab.contract.names import DEFAULT_BIND, DEFAULT_PORTS, GENERATOR_GROUP, LOCUST_JOB, SIDECAR_JOB, TARGET_GROUP, TARGET_JOB
 from loadlab.contract.scenarios import STOP_TIMEOUT_S, lab_scenarios
@@ -1006,7 +1006,13 @@ class Lab:
                 return 1
             if verdict.functional_failure is not None:
                 return EXIT_API_FAILED
-            return self.after_checks(verdict)
+            code = self.after_checks(verdict)
+            if code == 0 and verdict.resource_lost_to_outage:
+                self.say("\nerror: the limiting resource is unknown because a source on the API's machine stopped "
+                         "answering (see the verdict's notes): the capacity is measured, what ran out is not; "
+                         "keep the sidecar running and run again")
+                return EXIT_COMPONENT_FAILED
+            return code
         except Interrupted:
             self.say("stopped every component this run started")
             self.finish_partial()

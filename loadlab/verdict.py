@@ -187,6 +187,13 @@ class Verdict:
         return self.knee is not None or self.brk is not None
 
     @property
+    def resource_lost_to_outage(self) -> bool:
+        """The run found a knee or a break, but a source on the API's machine stopped answering and
+        left the limiting resource unknown: a partial verdict (exit 1), not a finding."""
+        return (self.limiting_resource is None and self.breaking_point_reached
+                and any(s.resource_gap for s in self.steps))
+
+    @property
     def measurement_valid(self) -> bool:
         return self.limiting_resource not in (GENERATOR_CPU, GENERATOR_CONCURRENCY)
 

@@ -1,7 +1,9 @@
 """Exit codes: what `loadlab` (and the Locust suite, where it stops a run itself) tells a script.
 
     0    a verdict (the API was measured; read verdict.json for what it says)
-    1    a component failed (the target, the sidecar, Locust, Prometheus): no trustworthy verdict
+    1    a component failed (the target, the sidecar, Locust, Prometheus): no trustworthy verdict;
+         also a source on the API's machine that stopped answering and left the limiting resource
+         unknown (the capacity is measured, what ran out is not)
     2    usage or input error: a flag, a path, a damaged input file; nothing was measured
     3    the API failed functionally: its answers are errors at light load (or to the preflight's
          own requests), so there is no capacity to report; fix the API or the suite's settings

@@ -195,11 +195,21 @@ def test_a_knee_whose_later_steps_lack_target_samples_is_no_concurrency_claim():
     assert f"target_sidecar {SIDECAR_URL} stopped answering at" in basis
     assert "at most 1.10 of 2 usable cores at 8 users" in basis
     assert any(line.startswith("limiting resource: unknown (") for line in verdict.summary())
+    assert verdict.resource_lost_to_outage  # a partial verdict: `loadlab run` and `analyze` exit 1
+
+
+def test_a_target_with_no_sidecar_at_all_is_no_outage():
+    steps = _knee_at_8(1.1)
+    for s in steps:
+        s.target_cpu_cores, s.resource_gap = None, None  # a --host target without --target-sidecar
+    verdict = analyze_steps(steps, DEFAULT_THRESHOLDS)
+    assert verdict.limiting_resource is None and not verdict.resource_lost_to_outage
 
 
 def test_a_saturated_step_with_samples_is_target_cpu_whatever_the_gap():
     verdict = analyze_steps(_knee_at_8(1.95), DEFAULT_THRESHOLDS)
     assert verdict.limiting_resource == "target_cpu", verdict.limiting_resource_basis
+    assert not verdict.resource_lost_to_outage  # the gap did not cost the finding
     assert "the target used 1.95 of its 2 usable cores" in verdict.limiting_resource_basis
 
 
