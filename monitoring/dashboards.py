@@ -108,10 +108,12 @@ def timeseries(title: str, description: str, targets: list[dict[str, Any]], unit
     }
 
 
-def stat(title: str, description: str, expr: str, unit: str, *, line: float | None = None) -> dict[str, Any]:
+def stat(title: str, description: str, expr: str | list[dict[str, Any]], unit: str, *,
+         line: float | None = None) -> dict[str, Any]:
+    """A stat of one query, or of several (`expr` a list of targets), each shown with its legend."""
     return {
         "type": "stat", "title": title, "description": description, "datasource": DS,
-        "targets": _with_ref_ids([q(expr)]),
+        "targets": _with_ref_ids([q(expr)] if isinstance(expr, str) else expr),
         "fieldConfig": {"defaults": {"unit": unit, "decimals": 2, "color": {"mode": "thresholds"},
                                      "thresholds": _thresholds(line)}, "overrides": []},
         "options": {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
@@ -181,7 +183,8 @@ def _alert_annotations() -> list[dict[str, Any]]:
         # Prometheus's own alert state: firing breaking-point alerts appear on every panel.
         {"datasource": DS, "enable": True, "hide": False, "iconColor": "red", "name": "Firing alerts",
          "expr": 'ALERTS{alertstate="firing"}', "step": "10s", "titleFormat": "{{alertname}}",
-         "tagKeys": "severity,component", "textFormat": "{{component}}: {{alertname}}", "useValueForTime": False},
+         "tagKeys": "severity,component,instance", "textFormat": "{{component}}: {{alertname}} {{instance}}",
+         "useValueForTime": False},
     ]
 
 
@@ -218,9 +221,24 @@ def _group_rows(g: _Grid, t: Thresholds, group: str, who: str) -> None:
     memory_line = t.target_memory_limit_bytes if group == r.TARGET_GROUP else None
     g.add(timeseries(
         f"{who} memory",
-        "Resident memory summed over the group's processes (shared pages of forked workers count once per "
-        "process, so this errs high)." + (" Dashed line: TargetMemoryHigh." if memory_line else ""),
-        [q(r.by_group(r.GROUP_RESIDENT_BYTES, group), "resident")], "bytes", line=memory_line), w=8)
+        "Resident memory summed over the group's processes, per machine (instance) (shared pages of forked "
+        "workers count once per process, so this errs high)."
+        + (" Dashed line: TargetMemoryHigh, which judges each machine." if memory_line else ""),
+        [q(r.by_group(r.INSTANCE_RESIDENT_BYTES, group), "{{instance}}")], "bytes", line=memory_line), w=8)
+
+
+def _saturation_stat(t: Thresholds, who: str, group: str, description: str) -> dict[str, Any]:
+    """Cores used / available of all the group's machines together, and of its busiest machine: a
+    fleet at 60% can have one machine at 100%."""
+    return stat(f"{who} CPU saturation", description + " All machines together, and the busiest one.",
+                [q(r.by_group(r.GROUP_CPU_SATURATION, group), "all"),
+                 q(f"max({r.by_group(r.INSTANCE_CPU_SATURATION, group)})", "busiest machine")],
+                "percentunit", line=t.cpu_saturation_fraction)
+
+
+def _per_instance(metric: str, group: str) -> str:
+    """A sidecar metric of one group, summed per machine (instance)."""
+    return f"sum by (instance) ({r.by_group(metric, group, r.SIDECAR)})"
 
 
 def load_vs_resources(t: Thresholds = DEFAULT_THRESHOLDS) -> dict[str, Any]:
@@ -233,13 +251,9 @@ def load_vs_resources(t: Thresholds = DEFAULT_THRESHOLDS) -> dict[str, Any]:
                r.latency("locust", "p95"), "s", line=slo), w=4, h=4)
     g.add(stat("Error ratio", f"Failed / all requests; SLO {t.error_ratio:g}.", r.LOCUST_ERROR_RATIO,
                "percentunit", line=t.error_ratio), w=4, h=4)
-    g.add(stat("Target CPU saturation", "Target cores used / cores available.",
-               r.by_group(r.GROUP_CPU_SATURATION, r.TARGET_GROUP), "percentunit",
-               line=t.cpu_saturation_fraction), w=4, h=4)
-    g.add(stat("Generator CPU saturation", "Locust cores used / cores available. Above the line the "
-               "generator, not the target, is the bottleneck.",
-               r.by_group(r.GROUP_CPU_SATURATION, r.GENERATOR_GROUP), "percentunit",
-               line=t.cpu_saturation_fraction), w=4, h=4)
+    g.add(_saturation_stat(t, "Target", r.TARGET_GROUP, "Target cores used / cores available."), w=4, h=4)
+    g.add(_saturation_stat(t, "Generator", r.GENERATOR_GROUP, "Locust cores used / cores available. Above the "
+                           "line the generator, not the target, is the bottleneck."), w=4, h=4)
 
     g.row("Load: users and throughput")
     g.add(timeseries(
@@ -323,23 +337,27 @@ def load_vs_resources(t: Thresholds = DEFAULT_THRESHOLDS) -> dict[str, Any]:
     g.add(timeseries(
         "Target processes and requests in flight",
         "gunicorn arbiter + workers, their threads, and the mean number of requests being handled "
-        "(Little's law: the rate of the time spent in requests).",
-        [q(r.by_group("namedprocess_namegroup_num_procs", r.TARGET_GROUP, r.SIDECAR), "processes"),
-         q(r.by_group("namedprocess_namegroup_num_threads", r.TARGET_GROUP, r.SIDECAR), "threads"),
-         q(f"sum(rate(http_request_duration_seconds_sum{{{r.TARGET}}}[$__rate_interval]))", "requests in flight")],
+        "(Little's law: the rate of the time spent in requests), per machine: the sidecar's instance for "
+        "processes and threads, the metrics endpoint's (`target` job) for requests in flight.",
+        [q(_per_instance("namedprocess_namegroup_num_procs", r.TARGET_GROUP), "{{instance}} processes"),
+         q(_per_instance("namedprocess_namegroup_num_threads", r.TARGET_GROUP), "{{instance}} threads"),
+         q(f"sum by (instance) (rate(http_request_duration_seconds_sum{{{r.TARGET}}}[$__rate_interval]))",
+           "{{instance}} requests in flight")],
         "none"), w=12, h=7)
     g.add(timeseries(
-        "Target open file descriptors", "Sockets, the SQLite file and its WAL across the target's processes.",
-        [q(r.by_group("namedprocess_namegroup_open_filedesc", r.TARGET_GROUP, r.SIDECAR), "open fds")],
+        "Target open file descriptors", "Sockets, the SQLite file and its WAL across the target's processes, "
+        "per machine (instance).",
+        [q(_per_instance("namedprocess_namegroup_open_filedesc", r.TARGET_GROUP), "{{instance}}")],
         "none"), w=12, h=7)
 
     g.row("Load generator (Locust) resources")
     _group_rows(g, t, r.GENERATOR_GROUP, "Generator")
     g.add(timeseries(
         "Locust processes and workers",
-        "Processes in the sidecar's locust group, and workers connected to the master (0 standalone).",
-        [q(r.by_group("namedprocess_namegroup_num_procs", r.GENERATOR_GROUP, r.SIDECAR), "processes"),
-         q(f"sum(locust_workers{{{r.LOCUST}}})", "workers")], "none"), w=24, h=6)
+        "Processes in the sidecar's locust group on each load machine (instance), and workers connected to "
+        "the master (0 standalone).",
+        [q(_per_instance("namedprocess_namegroup_num_procs", r.GENERATOR_GROUP), "{{instance}} processes"),
+         q(f"sum(locust_workers{{{r.LOCUST}}})", "workers (master)")], "none"), w=24, h=6)
 
     g.row("Per instance (each machine of a fleet)")
     g.add(timeseries(
@@ -356,6 +374,20 @@ def load_vs_resources(t: Thresholds = DEFAULT_THRESHOLDS) -> dict[str, Any]:
         f"{t.cpu_saturation_fraction:g} when a group runs on more than one machine.",
         [q(r.INSTANCE_CPU_SATURATION, "{{instance}} {{groupname}}")], "percentunit",
         line=t.cpu_saturation_fraction), w=12)
+    g.add(timeseries(
+        "API requests per instance",
+        "Requests/s each metrics endpoint of the API (`target` job, --target-metrics repeated) counted, health "
+        "checks excluded. Behind a load balancer the machines' shares show here: unequal lines with equal "
+        "machines mean an unequal balance.",
+        [q(f"sum by (instance) (rate(http_requests_total{{{r.TARGET_API}}}[$__rate_interval]))", "{{instance}}")],
+        "reqps"), w=12)
+    g.add(timeseries(
+        "API p95 latency per instance",
+        f"Server-side p95 of each metrics endpoint (`target` job); dashed line: the {t.latency_p95_ms:g} ms SLO. "
+        "One machine far above the others is the slower or the busier one.",
+        [q("histogram_quantile(0.95, sum by (instance, le) "
+           f"(rate(http_request_duration_seconds_bucket{{{r.TARGET_API}}}[$__rate_interval])))", "{{instance}} p95")],
+        "s", line=slo), w=12)
 
     g.row("Host")
     g.add(timeseries(
@@ -383,8 +415,9 @@ def load_vs_resources(t: Thresholds = DEFAULT_THRESHOLDS) -> dict[str, Any]:
         overrides=[_dashed(".* cores$", regexp=True)]), w=12, h=7)
     g.add(table(
         "Alerts in the time range",
-        "Every lab alert that was pending or firing at some point of the dashboard's time range.",
-        [q("max by (alertname, alertstate, severity, component) (max_over_time(ALERTS[$__range]))",
+        "Every lab alert that was pending or firing at some point of the dashboard's time range, one row per "
+        "machine (instance) for the alerts that judge one.",
+        [q("max by (alertname, alertstate, severity, component, instance) (max_over_time(ALERTS[$__range]))",
            instant=True, table=True)], "none", hide=("Time", "Value")), w=12, h=7)
     return _dashboard(
         "loadlab-load-vs-resources", "Load lab: Load vs Resources",

@@ -46,13 +46,14 @@ def _const(value: float) -> Fn:
 @dataclass(frozen=True)
 class Machine:
     """One machine of a fleet: its sidecar's `instance`, the group it runs, its host's cores, and its
-    group's CPU (cores) and processes over time."""
+    group's CPU (cores), processes and resident memory (bytes) over time."""
 
     instance: str
     group: str
     host_cores: int
     cores: Fn
     procs: Fn
+    resident: Fn = _const(100 * 1024**2)
 
 
 @dataclass
@@ -187,7 +188,7 @@ def _world_series(world: World, interval: int) -> list[dict[str, str]]:
             (r.TARGET_GROUP, world.target_cores, world.target_procs, world.target_resident, remote),
             (r.GENERATOR_GROUP, world.locust_cores, world.locust_procs, _const(80 * 1024**2), None)]
         groups = [g for g in groups if g[0] not in on_fleet]
-        groups += [(m.group, m.cores, m.procs, _const(100 * 1024**2), m.instance) for m in world.fleet]
+        groups += [(m.group, m.cores, m.procs, m.resident, m.instance) for m in world.fleet]
         for group, cores, procs, resident, instance in groups:
             g = f'groupname="{group}"'
             add("sidecar", "namedprocess_namegroup_cpu_seconds_total", g + ', mode="user"', _counter(world, interval, cores),
@@ -423,8 +424,30 @@ def rule_test_files(t: Thresholds = DEFAULT_THRESHOLDS) -> dict[str, dict[str, A
         b.case("target memory above the limit",
                World(duration=at + 30, target_resident=_step(60, 200 * 1024**2, 1.5 * t.target_memory_limit_bytes)),
                {at + 30: [Expect("TargetMemoryHigh", 1.5 * t.target_memory_limit_bytes,
-                                 labels={"groupname": r.TARGET_GROUP}, queries=load)]},
+                                 labels={"groupname": r.TARGET_GROUP, "instance": INSTANCES["sidecar"]}, queries=load)]},
                {50: ("TargetMemoryHigh",)}),
+    ]
+    # Memory on an API served by two machines: the limit is one machine's. One above it fires for that
+    # machine only; two each at 60% of it (120% together) fire nothing.
+    limit = t.target_memory_limit_bytes
+    most = float(round(0.6 * limit))  # whole bytes: the series notation writes them exactly
+    big, small = ("10.0.0.5:9256", "10.0.0.6:9256")
+    grows = _step(60, 200 * 1024**2, 1.5 * limit)
+    breaches += [
+        b.case("target memory above the limit on one machine of two",
+               World(duration=at + 30, fleet=(Machine(big, r.TARGET_GROUP, 2, _const(0.2), _const(2), grows),
+                                              Machine(small, r.TARGET_GROUP, 2, _const(0.2), _const(2),
+                                                      _const(200 * 1024**2)))),
+               {at + 30: [Expect("TargetMemoryHigh", 1.5 * limit, labels={"groupname": r.TARGET_GROUP, "instance": big},
+                                 queries=load)]},
+               {50: ("TargetMemoryHigh",)}),
+        b.case("two machines each at 60% of the memory limit: no alert",
+               World(duration=at + 30, fleet=tuple(Machine(i, r.TARGET_GROUP, 2, _const(0.2), _const(2), _const(most))
+                                                   for i in (big, small))),
+               {}, {at + 30: ("TargetMemoryHigh",)},
+               exprs=[{"expr": r.by_group(r.INSTANCE_RESIDENT_BYTES, r.TARGET_GROUP), "eval_time": f"{at + 30}s",
+                       "exp_samples": [{"labels": f'{r.INSTANCE_RESIDENT_BYTES}{{groupname="{r.TARGET_GROUP}", instance="{i}"}}',
+                                        "value": most} for i in (big, small)]}]),
     ]
 
     # CPU: 2 gunicorn workers (3 processes) on 2 cores can use 2 cores; 4 workers on 2 cores

@@ -47,11 +47,13 @@ HOST_CORES = "loadlab:host_cpu:cores"
 GROUP_CPU_CORES = "loadlab:namegroup_cpu:cores"
 GROUP_CORES_AVAILABLE = "loadlab:namegroup_cpu:cores_available"
 GROUP_CPU_SATURATION = "loadlab:namegroup_cpu:saturation"
-GROUP_RESIDENT_BYTES = "loadlab:namegroup_memory_resident:bytes"
 # The same per sidecar (`instance`): each machine of an API's fleet, each load machine.
 INSTANCE_CPU_CORES = "loadlab_instance:namegroup_cpu:cores"
 INSTANCE_CORES_AVAILABLE = "loadlab_instance:namegroup_cpu:cores_available"
 INSTANCE_CPU_SATURATION = "loadlab_instance:namegroup_cpu:saturation"
+# Memory only per machine: its limit is a machine's, and a fleet's sum against it would fire for
+# two machines that are each fine.
+INSTANCE_RESIDENT_BYTES = "loadlab_instance:namegroup_memory_resident:bytes"
 # Open model (arrival-rate runs only; loadlab.contract.openmodel): the rate offered, arrivals
 # scheduled/late/dropped per second, and latency from the scheduled start (corrected).
 OFFERED = "loadlab:locust_arrival_rate"
@@ -173,8 +175,8 @@ def recording_groups(t: Thresholds = DEFAULT_THRESHOLDS) -> list[dict[str, Any]]
         {"record": INSTANCE_CORES_AVAILABLE, "labels": {"groupname": GENERATOR_GROUP},
          "expr": per_instance_at_most_host_cores(generator_busy)},
         {"record": INSTANCE_CPU_SATURATION, "expr": f"{INSTANCE_CPU_CORES} / {INSTANCE_CORES_AVAILABLE}"},
-        {"record": GROUP_RESIDENT_BYTES, "expr": (
-            f'sum by (groupname) (namedprocess_namegroup_memory_bytes{{{SIDECAR}, memtype="resident", '
+        {"record": INSTANCE_RESIDENT_BYTES, "expr": (
+            f'sum by (instance, groupname) (namedprocess_namegroup_memory_bytes{{{SIDECAR}, memtype="resident", '
             f'groupname=~"{TARGET_GROUP}|{GENERATOR_GROUP}"}})')},
     ]
     interval = _s(t.scrape_interval_seconds)
@@ -294,13 +296,14 @@ def alert_rules(t: Thresholds = DEFAULT_THRESHOLDS) -> list[dict[str, Any]]:
                            "Target CPU on {{ $labels.instance }} at {{ $value | humanizePercentage }} of its available cores",
                            "One machine of the API's fleet is out of CPU and limits it: a slower machine, or a load "
                            "balancer that sends it more than its share."),
+        # Per machine, on one machine or many: the limit is what one machine holds.
         alert("TargetMemoryHigh",
-              f"{by_group(GROUP_RESIDENT_BYTES, TARGET_GROUP)} > {t.target_memory_limit_bytes}",
+              f"{by_group(INSTANCE_RESIDENT_BYTES, TARGET_GROUP)} > {t.target_memory_limit_bytes}",
               "warning", "target",
-              "Target resident memory {{ $value | humanize1024 }}B is above "
+              "Target resident memory on {{ $labels.instance }} {{ $value | humanize1024 }}B is above "
               f"{t.target_memory_limit_bytes / 1024**2:g} MiB",
-              "The target's processes hold {{ $value | humanize1024 }}B resident (limit "
-              f"{t.target_memory_limit_bytes / 1024**2:g} MiB), " + ctx + ". A leak or too many workers."),
+              "The target's processes on {{ $labels.instance }} hold {{ $value | humanize1024 }}B resident (limit "
+              f"{t.target_memory_limit_bytes / 1024**2:g} MiB per machine), " + ctx + ". A leak or too many workers."),
         cpu_saturated("LoadGeneratorSaturated", GENERATOR_GROUP, "critical", "generator", "load generator",
                       "Locust is out of CPU ({{ $value | humanizePercentage }}): the measured breaking point is not valid",
                       "Latency and throughput now measure Locust, not the target: add Locust workers "

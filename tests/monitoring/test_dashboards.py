@@ -15,6 +15,7 @@ from loadlab.contract.thresholds import DEFAULT_THRESHOLDS
 from monitoring import dashboards, rules
 from tests.helpers import REPO_ROOT
 from tests.monitoring.grafana_queries import panel_targets, substitute
+from tests.monitoring.grafana_queries import rows as grafana_rows
 
 BOARD_FILES = sorted((REPO_ROOT / "grafana/dashboards").glob("*.json"))
 T = DEFAULT_THRESHOLDS
@@ -80,10 +81,33 @@ def test_load_vs_resources_covers_the_issue_rows():
         assert any(needle.lower() in row.lower() for row in rows), needle
     exprs = " ".join(t["expr"] for _, t in panel_targets(board))
     for metric in (rules.USERS, rules.LOCUST_RPS, rules.latency("locust", "p95"), rules.latency("http", "p99"),
-                   rules.GROUP_CPU_CORES, rules.GROUP_RESIDENT_BYTES, "node_network_receive_bytes_total",
+                   rules.GROUP_CPU_CORES, rules.INSTANCE_RESIDENT_BYTES, "node_network_receive_bytes_total",
                    "node_memory_MemAvailable_bytes", "locust_request_failures_total"):
         assert metric in exprs, metric
     assert "$__rate_interval" in exprs
+
+
+def test_several_machines_stay_apart_on_load_vs_resources():
+    """Issue 16: with several sidecars and `target` instances, the per-instance row has CPU, requests and
+    p95 by `instance`, the saturation stats show the busiest machine beside the sum, and the alerts table
+    keeps one row per instance (tests/monitoring/test_two_sidecars.py runs these against Prometheus)."""
+    board = dashboards.load_vs_resources(T)
+    by_title = {p["title"]: p for p in _panels(board)}
+    row = [p["title"] for p in _panels(board) if grafana_rows(board)[p["id"]].startswith("Per instance")]
+    exprs = {title: [t["expr"] for t in by_title[title]["targets"]] for title in row}
+    assert any(rules.INSTANCE_CPU_SATURATION in e for es in exprs.values() for e in es), row
+    assert any("sum by (instance) (rate(http_requests_total" in e for es in exprs.values() for e in es), row
+    assert any("sum by (instance, le) (rate(http_request_duration_seconds_bucket" in e
+               for es in exprs.values() for e in es), row
+    for who, group in (("Target", rules.TARGET_GROUP), ("Generator", rules.GENERATOR_GROUP)):
+        targets = next(p for p in _panels(board) if p["title"] == f"{who} CPU saturation" and p["type"] == "stat")["targets"]
+        assert [t["legendFormat"] for t in targets] == ["all", "busiest machine"]
+        assert targets[1]["expr"] == f"max({rules.by_group(rules.INSTANCE_CPU_SATURATION, group)})"
+    (alerts,) = by_title["Alerts in the time range"]["targets"]
+    assert re.search(r"max by \([^)]*\binstance\b[^)]*\) \(max_over_time\(ALERTS", alerts["expr"]), alerts["expr"]
+    for title in ("Target processes and requests in flight", "Target open file descriptors", "Target memory",
+                  "Generator memory"):
+        assert all(t["legendFormat"].startswith("{{instance}}") for t in by_title[title]["targets"]), title
 
 
 def test_slo_and_saturation_lines_come_from_the_thresholds():

@@ -76,6 +76,22 @@ def test_rule_unit_tests_fail_when_the_rules_are_wrong(promtool, tmp_path, chang
     assert "FAILED" in result.stdout + result.stderr
 
 
+def test_memory_rule_tests_catch_an_alert_on_the_fleets_sum(promtool, tmp_path):
+    """The memory limit is one machine's: judged on the sum over machines (as the rule once was), two
+    machines each at 60% of it fire, and one machine's alert loses its `instance`. The rule tests say so."""
+    shutil.copytree(PROM_DIR / "tests", tmp_path / "tests")
+    shutil.copytree(PROM_DIR / "rules", tmp_path / "rules")
+    alerts = tmp_path / "rules/alerts.yml"
+    per_machine = f'{rules.INSTANCE_RESIDENT_BYTES}{{groupname="{rules.TARGET_GROUP}"}}'
+    text = alerts.read_text()
+    assert f"expr: {per_machine} >" in text
+    alerts.write_text(text.replace(f"expr: {per_machine}", f"expr: sum by (groupname) ({per_machine})"))
+    result = _run([promtool, "test", "rules", "tests/breaches_test.yml"], cwd=tmp_path)
+    assert result.returncode != 0
+    for case in ("two machines each at 60% of the memory limit: no alert", "target memory above the limit on one machine"):
+        assert f"name: {case}" in result.stdout + result.stderr, case
+
+
 def test_the_seven_alerts_exist_with_labels_and_annotations():
     alerts = _alerts()
     names = {a["alert"] for a in alerts}
