@@ -151,7 +151,8 @@ def judge(inputs: RunInputs, history: LocustHistory, samples: Samples, th: Thres
         remote_notes = per_machine(steps, samples, inputs.meta, remote_sources)
         stale = after_stop(history.rows, samples.scrapes(LOCUST_JOB))
         if stale:  # e.g. a master that still counted a quit worker's users
-            remote_notes.append(f"note: {len(stale)} rows of Locust's CSV after its test stopped (its exporter said so) "
+            remote_notes.append(f"note: {len(stale)} {'row' if len(stale) == 1 else 'rows'} of Locust's CSV after its "
+                                f"test stopped (its exporter said so) "
                                 f"still counted users ({', '.join(sorted({str(r.users) for r in stale}))}); "
                                 f"no step was cut from them")
         evidence = ErrorEvidence(by_step=[step_errors(samples, s) for s in steps], run=run_errors or [],
