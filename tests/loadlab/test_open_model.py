@@ -151,10 +151,11 @@ def test_the_adaptive_rate_hunt_finds_the_capacity_in_fewer_steps_than_the_fixed
     steps = verdict["rate_steps"]
     rates = [s["offered_rps"] for s in steps]  # as they ran
     # The truth as this run's server delivered it: X = W / D, D its own mean time per login over the
-    # holds of the overloaded steps (all 16 workers busy), from its request-duration histogram.
+    # holds of the overloaded steps (all 16 workers busy), from its request-duration histogram. Every
+    # step not sustained counts: at 48/s the shortfall can sit within the judge's edge allowance
+    # (16 logins of 400 ms in flight) and the step fail on latency alone (a CI run: 40.1 of 47.8/s).
     samples = read_samples(run.run_dir / "samples.jsonl")
-    served = [served_seconds(samples, s["hold_start"], s["end"]) for s in steps
-              if "throughput_below_offered" in s["reasons"]]
+    served = [served_seconds(samples, s["hold_start"], s["end"]) for s in steps if s["reasons"]]
     seconds, count = sum(t for t, _ in served), sum(c for _, c in served)
     assert count > 0, detail
     truth = gt.workers / (seconds / count)
